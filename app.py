@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""CDK entry point: synthesize one environment, chosen with `-c env=<name>` (default: dev).
+
+`-c config_dir=<path>` reads the environment files from another directory (default: config/).
+"""
+
+import sys
+from pathlib import Path
+
+from aws_cdk import App
+
+from config import CONFIG_DIR, ConfigError, load_environment
+from stacks.checks import attach_checks
+from stacks.platform import build_platform
+
+
+def main() -> int:
+    app = App()
+    env_name = str(app.node.try_get_context("env") or "dev")
+    config_dir = Path(app.node.try_get_context("config_dir") or CONFIG_DIR)
+    try:
+        config = load_environment(env_name, config_dir=config_dir)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"config error: {line}", file=sys.stderr)
+        return 1
+    build_platform(app, config)
+    attach_checks(app)
+    app.synth()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

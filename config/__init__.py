@@ -1,0 +1,155 @@
+"""Load one environment's settings: `config/catalog.toml` overlaid with `config/<env>.toml`.
+
+The catalog declares the queues and worker groups once; an environment file sets what is
+specific to it (sizes, network, Redis) and may override any catalog value, for example a
+worker group's `max_tasks`. The merged result is validated by `EnvironmentConfig`, and any
+problem is raised as a `ConfigError` with one line per problem naming the environment, the
+field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from config import model
+from config.model import EnvironmentConfig, WorkerGroupConfig
+
+__all__ = [
+    "CONFIG_DIR",
+    "ConfigError",
+    "EnvironmentConfig",
+    "WorkerGroupConfig",
+    "available_environments",
+    "load_environment",
+    "parse_environment",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent
+CATALOG_FILE = "catalog.toml"
+
+
+# What each name pattern of the model means, in words.
+PATTERN_HINTS = {
+    model.QUEUE_NAME: "lowercase letters, digits, '_', '.' or '-', starting with a letter, "
+    "at most 63 characters",
+    model.GROUP_NAME: "lowercase letters, digits or '-', starting with a letter, "
+    "at most 24 characters",
+    model.ENV_NAME: "lowercase letters, digits or '-', starting with a letter, 2-16 characters",
+    model.PROJECT_NAME: "lowercase letters, digits or '-', starting with a letter, 2-24 characters",
+    model.ACCOUNT_ID: "a 12-digit AWS account id",
+    model.REGION: "an AWS region such as eu-west-1",
+    model.VPC_ID: "a VPC id such as vpc-0123456789abcdef0",
+    model.NODE_TYPE: "an ElastiCache node type such as cache.t4g.micro",
+}
+
+
+class ConfigError(Exception):
+    """An environment's settings are invalid; the message is meant for the user as is."""
+
+
+def available_environments(config_dir: Path = CONFIG_DIR) -> list[str]:
+    return sorted(p.stem for p in config_dir.glob("*.toml") if p.name != CATALOG_FILE)
+
+
+def load_environment(name: str, config_dir: Path = CONFIG_DIR) -> EnvironmentConfig:
+    """Read, merge and validate the settings of environment `name`."""
+    env_file = config_dir / f"{name}.toml"
+    if name == Path(CATALOG_FILE).stem or not env_file.is_file():
+        known = ", ".join(available_environments(config_dir)) or "none"
+        raise ConfigError(f"unknown environment {name!r}; known environments: {known}")
+    catalog = _read_toml(name, config_dir / CATALOG_FILE)
+    overrides = _read_toml(name, env_file)
+    return parse_environment(name, _deep_merge(catalog, overrides))
+
+
+def parse_environment(name: str, data: dict[str, Any]) -> EnvironmentConfig:
+    """Validate already-merged settings; `name` is the environment they belong to."""
+    if "name" in data:
+        raise ConfigError(f"{name}: name: not a setting, the environment is named by its file")
+    try:
+        return EnvironmentConfig.model_validate({**data, "name": name})
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(name, err) for err in exc.errors())) from None
+
+
+def _read_toml(env: str, path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{env}: {path.name}: not valid TOML: {exc}") from None
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; any other value (including a list) replaces the base."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(env: str, err: Any) -> str:
+    loc = tuple(str(part) for part in err["loc"])
+    kind = err["type"]
+    if loc[-1:] == ("[key]",):  # a bad name used as a table key, e.g. [worker_groups.Bad]
+        loc = (*loc[:-2], f"<name {loc[-2]!r}>")
+    where = ".".join(loc)
+    prefix = f"{env}: {where}: " if where else f"{env}: "
+    if kind == "extra_forbidden":
+        allowed = _fields_at(loc[:-1])
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return f"{prefix}unknown setting{hint}"
+    if kind == "missing":
+        return f"{prefix}required setting is missing"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if kind == "string_pattern_mismatch":
+        pattern = err.get("ctx", {}).get("pattern", "")
+        message = "must be " + PATTERN_HINTS.get(pattern, f"text matching {pattern}")
+    if kind.startswith(
+        ("string_", "int_", "literal_", "bool_", "list_", "dict_", "greater", "less")
+    ):
+        got = err.get("input")
+        if not isinstance(got, dict | list):
+            message += f" (got {got!r})"
+    return f"{prefix}{message}"
+
+
+def _fields_at(loc: tuple[str, ...]) -> list[str]:
+    """Names of the settings allowed at `loc`, found by walking the model types."""
+    model: Any = EnvironmentConfig
+    expect_key = False
+    for part in loc:
+        if expect_key:  # a free-form key of a dict[str, Model], e.g. a worker group name
+            expect_key = False
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model, expect_key = _unwrap(field.annotation)
+    if expect_key or not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return [name for name in model.model_fields if name != "name"]
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """(model type, whether a dict key comes next) for Model, Model | None, dict[k, Model]."""
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        return typing.get_args(annotation)[1], True
+    if origin in (typing.Union, types.UnionType):
+        models = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return (models[0], False) if len(models) == 1 else (None, False)
+    return annotation, False

@@ -1,0 +1,332 @@
+"""Typed, validated settings of one deployment environment.
+
+Everything an environment can change lives here, including the queue catalog that the
+stacks, the worker containers and the autoscaler all build from. Validation happens once,
+when the environment is loaded; nothing downstream re-checks or re-reads settings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+# CloudWatch Logs accepts only these retention periods (days).
+LOG_RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+    2922, 3288, 3653,
+)  # fmt: skip
+
+# ElastiCache engine versions this project supports, and their parameter group family.
+ENGINE_VERSIONS: dict[str, dict[str, str]] = {
+    "valkey": {"7.2": "valkey7", "8.0": "valkey8", "8.1": "valkey8"},
+    "redis": {"7.0": "redis7", "7.1": "redis7"},
+}
+
+# Fargate task sizes: CPU units -> allowed memory (MiB).
+FARGATE_SIZES: dict[int, range] = {
+    256: range(512, 2048 + 1, 512),
+    512: range(1024, 4096 + 1, 1024),
+    1024: range(2048, 8192 + 1, 1024),
+    2048: range(4096, 16384 + 1, 1024),
+    4096: range(8192, 30720 + 1, 1024),
+    8192: range(16384, 61440 + 1, 4096),
+    16384: range(32768, 122880 + 1, 8192),
+}
+
+# Celery's hard time limit kills a task; the broker redelivers an unacknowledged message
+# after the visibility timeout. The timeout must leave this margin (seconds) above the
+# longest hard limit so a running task is never delivered to a second worker.
+VISIBILITY_MARGIN_S = 60
+
+# Queue names end up in Redis keys and environment variables, group names in ECS service
+# and CloudFormation names: keep both to a safe alphabet.
+QUEUE_NAME = r"^[a-z][a-z0-9_.-]{0,62}$"
+GROUP_NAME = r"^[a-z][a-z0-9-]{0,23}$"
+ENV_NAME = r"^[a-z][a-z0-9-]{1,15}$"
+PROJECT_NAME = r"^[a-z][a-z0-9-]{1,23}$"
+ACCOUNT_ID = r"^\d{12}$"
+REGION = r"^[a-z]{2}(-gov)?-[a-z]+-\d$"
+VPC_ID = r"^vpc-[0-9a-f]{8,17}$"
+NODE_TYPE = r"^cache\.[a-z0-9]+\.[a-z0-9]+$"
+
+QueueName = Annotated[str, StringConstraints(pattern=QUEUE_NAME)]
+GroupName = Annotated[str, StringConstraints(pattern=GROUP_NAME)]
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class NetworkConfig(Strict):
+    """A new VPC (the default) or an existing one imported by id."""
+
+    vpc_id: Annotated[str, StringConstraints(pattern=VPC_ID)] | None = None
+    cidr: str = "10.40.0.0/16"
+    az_count: int = Field(default=2, ge=2, le=6)
+    # Explicit AZ names; needed for more than two AZs when account and region are not set,
+    # because an environment-agnostic stack can only address two AZs.
+    availability_zones: list[str] | None = None
+    nat_gateways: int = Field(default=1, ge=0, le=6)
+    # Interface endpoints (ECR, logs, Secrets Manager, ECS, CloudWatch) so private tasks
+    # reach AWS APIs without a NAT gateway. About 7 USD per endpoint per AZ per month.
+    interface_endpoints: bool = False
+    flow_log_retention_days: int = 30
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError(f"must be an IPv4 CIDR such as 10.40.0.0/16, got {value!r}") from None
+        if not 16 <= net.prefixlen <= 22:
+            raise ValueError(f"prefix must be between /16 and /22, got /{net.prefixlen}")
+        return value
+
+    @field_validator("flow_log_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        return _check_retention(value)
+
+    @model_validator(mode="after")
+    def _cross(self) -> NetworkConfig:
+        if self.vpc_id is not None:
+            new_vpc_only = {"cidr", "az_count", "availability_zones", "nat_gateways"}
+            clash = sorted(new_vpc_only & self.model_fields_set)
+            if clash:
+                raise ValueError(
+                    f"vpc_id imports an existing VPC, so {', '.join(clash)} cannot be set; "
+                    "remove them or remove vpc_id"
+                )
+            return self
+        if self.availability_zones is not None:
+            if len(self.availability_zones) != self.az_count:
+                raise ValueError(
+                    f"availability_zones lists {len(self.availability_zones)} zones but "
+                    f"az_count is {self.az_count}; they must agree"
+                )
+            if len(set(self.availability_zones)) != len(self.availability_zones):
+                raise ValueError("availability_zones must not repeat a zone")
+        if self.nat_gateways > self.az_count:
+            raise ValueError(
+                f"nat_gateways ({self.nat_gateways}) must be between 0 and "
+                f"az_count ({self.az_count})"
+            )
+        if self.nat_gateways == 0 and not self.interface_endpoints:
+            raise ValueError(
+                "nat_gateways = 0 leaves private tasks without a route to ECR, logs and "
+                "Secrets Manager; set interface_endpoints = true or nat_gateways >= 1"
+            )
+        return self
+
+
+class RedisConfig(Strict):
+    """The ElastiCache replication group that is the Celery broker (cluster mode disabled)."""
+
+    engine: Literal["valkey", "redis"] = "valkey"
+    engine_version: str = "8.1"
+    node_type: Annotated[str, StringConstraints(pattern=NODE_TYPE)] = "cache.t4g.micro"
+    replicas: int = Field(default=0, ge=0, le=5)
+    multi_az: bool = False
+    port: int = Field(default=6379, ge=1024, le=65535)
+    snapshot_retention_days: int = Field(default=1, ge=0, le=35)
+    snapshot_window: str = "03:00-04:00"  # UTC, hh:mm-hh:mm
+    maintenance_window: str = "sun:05:00-sun:06:00"  # UTC, ddd:hh:mm-ddd:hh:mm
+    removal_policy: Literal["destroy", "snapshot", "retain"] = "destroy"
+    log_retention_days: int = 14
+
+    @field_validator("snapshot_window")
+    @classmethod
+    def _snapshot_window(cls, value: str) -> str:
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError(f"must look like 03:00-04:00 (UTC), got {value!r}")
+        return value
+
+    @field_validator("maintenance_window")
+    @classmethod
+    def _maintenance_window(cls, value: str) -> str:
+        day = r"(mon|tue|wed|thu|fri|sat|sun)"
+        clock = r"([01]\d|2[0-3]):[0-5]\d"
+        if not re.fullmatch(f"{day}:{clock}-{day}:{clock}", value):
+            raise ValueError(f"must look like sun:05:00-sun:06:00 (UTC), got {value!r}")
+        return value
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        return _check_retention(value)
+
+    @model_validator(mode="after")
+    def _cross(self) -> RedisConfig:
+        versions = ENGINE_VERSIONS[self.engine]
+        if self.engine_version not in versions:
+            raise ValueError(
+                f"engine_version {self.engine_version!r} is not supported for engine "
+                f"{self.engine!r}; allowed: {', '.join(versions)}"
+            )
+        if self.multi_az and self.replicas < 1:
+            raise ValueError("multi_az = true needs replicas >= 1 to fail over to")
+        return self
+
+    @property
+    def parameter_group_family(self) -> str:
+        return ENGINE_VERSIONS[self.engine][self.engine_version]
+
+
+class BrokerConfig(Strict):
+    """Transport settings shared by every publisher and worker of the environment."""
+
+    # Seconds before Redis redelivers an unacknowledged message. It is global per Redis
+    # database: it must exceed every hard time limit, and it is also how long a crashed
+    # worker's messages wait before they come back.
+    visibility_timeout_s: int = Field(default=3600, ge=60, le=43200)
+
+
+class QueueConfig(Strict):
+    """One Celery queue. Its name is the key in the `queues` table."""
+
+    description: str = ""
+
+
+class WorkerGroupConfig(Strict):
+    """One ECS worker service and the queues it alone consumes."""
+
+    queues: list[QueueName] = Field(min_length=1)
+    concurrency: int = Field(default=4, ge=1, le=256)  # task slots per ECS task
+    pool: Literal["prefork", "threads", "solo"] = "prefork"
+    cpu: int = 512  # Fargate CPU units
+    memory_mib: int = 1024
+    min_tasks: int = Field(default=1, ge=0, le=1000)
+    max_tasks: int = Field(default=10, ge=1, le=1000)
+    # Longest acceptable wait (seconds) between publishing a message and a worker starting it.
+    target_wait_s: int = Field(default=60, ge=1, le=86400)
+    soft_time_limit_s: int = Field(default=240, ge=1)
+    time_limit_s: int = Field(default=300, ge=1)
+
+    @model_validator(mode="after")
+    def _cross(self) -> WorkerGroupConfig:
+        if self.min_tasks > self.max_tasks:
+            raise ValueError(
+                f"min_tasks ({self.min_tasks}) must be <= max_tasks ({self.max_tasks})"
+            )
+        if self.soft_time_limit_s >= self.time_limit_s:
+            raise ValueError(
+                f"soft_time_limit_s ({self.soft_time_limit_s}) must be < time_limit_s "
+                f"({self.time_limit_s}) so the task can clean up before it is killed"
+            )
+        if len(set(self.queues)) != len(self.queues):
+            raise ValueError("queues must not list a queue twice")
+        memory = FARGATE_SIZES.get(self.cpu)
+        if memory is None:
+            raise ValueError(
+                f"cpu {self.cpu} is not a Fargate size; allowed: "
+                f"{', '.join(str(c) for c in FARGATE_SIZES)}"
+            )
+        if self.memory_mib not in memory:
+            raise ValueError(
+                f"memory_mib {self.memory_mib} is not valid with cpu {self.cpu}; allowed: "
+                f"{memory.start}-{memory.stop - 1} in steps of {memory.step}"
+            )
+        return self
+
+
+class EnvironmentConfig(Strict):
+    """All settings of one environment (dev, staging, prod, ...)."""
+
+    name: Annotated[str, StringConstraints(pattern=ENV_NAME)]
+    project: Annotated[str, StringConstraints(pattern=PROJECT_NAME)] = "celery"
+    account: Annotated[str, StringConstraints(pattern=ACCOUNT_ID)] | None = None
+    region: Annotated[str, StringConstraints(pattern=REGION)] | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    queues: dict[QueueName, QueueConfig] = Field(min_length=1)
+    worker_groups: dict[GroupName, WorkerGroupConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross(self) -> EnvironmentConfig:
+        self._check_catalog()
+        self._check_visibility_timeout()
+        self._check_placement()
+        if self.name == "prod" and self.redis.removal_policy == "destroy":
+            raise ValueError(
+                "redis.removal_policy 'destroy' would delete prod's queued work with the "
+                "stack; allowed for prod: snapshot, retain"
+            )
+        return self
+
+    def _check_catalog(self) -> None:
+        consumers: dict[str, list[str]] = {}
+        for group, settings in self.worker_groups.items():
+            for queue in settings.queues:
+                if queue not in self.queues:
+                    raise ValueError(
+                        f"worker_groups.{group}.queues names {queue!r}, which is not in "
+                        f"queues; declared queues: {', '.join(self.queues)}"
+                    )
+                consumers.setdefault(queue, []).append(group)
+        for queue in self.queues:
+            groups = consumers.get(queue, [])
+            if len(groups) != 1:
+                found = ", ".join(groups) if groups else "none"
+                raise ValueError(
+                    f"queues.{queue} must be consumed by exactly one worker group (found: {found})"
+                )
+
+    def _check_visibility_timeout(self) -> None:
+        group, longest = max(
+            ((name, g.time_limit_s) for name, g in self.worker_groups.items()),
+            key=lambda item: item[1],
+        )
+        needed = longest + VISIBILITY_MARGIN_S
+        if self.broker.visibility_timeout_s < needed:
+            raise ValueError(
+                f"broker.visibility_timeout_s ({self.broker.visibility_timeout_s}) must be at "
+                f"least {needed}: the longest hard limit (worker_groups.{group}.time_limit_s = "
+                f"{longest}) plus {VISIBILITY_MARGIN_S} s, or a running task is delivered twice"
+            )
+
+    def _check_placement(self) -> None:
+        net = self.network
+        if net.vpc_id is not None and (self.account is None or self.region is None):
+            raise ValueError(
+                "network.vpc_id needs account and region: an existing VPC is looked up in them"
+            )
+        unnamed_zones = net.vpc_id is None and net.availability_zones is None
+        if unnamed_zones and net.az_count > 2 and (self.account is None or self.region is None):
+            raise ValueError(
+                f"network.az_count {net.az_count} needs network.availability_zones, or "
+                "account and region: without them a stack can only address 2 AZs"
+            )
+        if net.availability_zones is not None and self.region is not None:
+            stray = [az for az in net.availability_zones if not az.startswith(self.region)]
+            if stray:
+                raise ValueError(
+                    f"network.availability_zones {', '.join(stray)} are not in region {self.region}"
+                )
+
+    def group_of(self, queue: str) -> str:
+        """The worker group that consumes `queue` (exactly one, by validation)."""
+        return next(name for name, g in self.worker_groups.items() if queue in g.queues)
+
+
+def _check_retention(value: int) -> int:
+    if value not in LOG_RETENTION_DAYS:
+        raise ValueError(
+            f"{value} is not a CloudWatch Logs retention; allowed: "
+            f"{', '.join(str(d) for d in LOG_RETENTION_DAYS)}"
+        )
+    return value

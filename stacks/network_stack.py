@@ -1,0 +1,105 @@
+"""The VPC every other stack places its resources in: new (with flow logs) or imported."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from config import EnvironmentConfig
+from stacks.retention import log_retention
+
+# What a private Fargate task or Lambda calls without a NAT gateway: image pulls (ECR API
+# and registry), logs, secrets, the ECS agent's three endpoints and CloudWatch metrics.
+INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
+    "EcrApi": ec2.InterfaceVpcEndpointAwsService.ECR,
+    "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
+    "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
+    "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
+    "Ecs": ec2.InterfaceVpcEndpointAwsService.ECS,
+    "EcsAgent": ec2.InterfaceVpcEndpointAwsService.ECS_AGENT,
+    "EcsTelemetry": ec2.InterfaceVpcEndpointAwsService.ECS_TELEMETRY,
+    "Monitoring": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING,
+}
+
+
+class NetworkStack(Stack):
+    """Owns the VPC. `vpc` and `app_subnets` are what the other stacks place resources in."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, **kwargs: Any
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        net = config.network
+        self.vpc: ec2.IVpc
+        if net.vpc_id is not None:
+            # Looked up once with the deploying credentials and cached in cdk.context.json.
+            self.vpc = ec2.Vpc.from_lookup(self, "Vpc", vpc_id=net.vpc_id)
+            private_type = (
+                ec2.SubnetType.PRIVATE_WITH_EGRESS
+                if self.vpc.private_subnets
+                else ec2.SubnetType.PRIVATE_ISOLATED
+            )
+        else:
+            private_type = (
+                ec2.SubnetType.PRIVATE_WITH_EGRESS
+                if net.nat_gateways > 0
+                else ec2.SubnetType.PRIVATE_ISOLATED
+            )
+            self.vpc = self._new_vpc(config, private_type)
+
+        # Private subnets for tasks, Lambdas and Redis: nothing in them is publicly addressable.
+        self.app_subnets = ec2.SubnetSelection(subnet_type=private_type)
+
+        # S3 gateway endpoint: free, and ECR serves image layers from S3.
+        self.vpc.add_gateway_endpoint(
+            "S3", service=ec2.GatewayVpcEndpointAwsService.S3, subnets=[self.app_subnets]
+        )
+        if net.interface_endpoints:
+            # One group for all endpoints: HTTPS from inside the VPC only. The CIDR is a
+            # literal (from config or the lookup) so the rule is reviewable in the template.
+            cidr = net.cidr if net.vpc_id is None else self.vpc.vpc_cidr_block
+            endpoints_sg = ec2.SecurityGroup(
+                self,
+                "EndpointsSecurityGroup",
+                vpc=self.vpc,
+                description="AWS API interface endpoints: HTTPS from inside the VPC",
+                allow_all_outbound=False,
+            )
+            endpoints_sg.add_ingress_rule(ec2.Peer.ipv4(cidr), ec2.Port.HTTPS, "HTTPS from the VPC")
+            for name, service in INTERFACE_ENDPOINTS.items():
+                self.vpc.add_interface_endpoint(
+                    name,
+                    service=service,
+                    subnets=self.app_subnets,
+                    private_dns_enabled=True,
+                    security_groups=[endpoints_sg],
+                    open=False,
+                )
+
+    def _new_vpc(self, config: EnvironmentConfig, private_type: ec2.SubnetType) -> ec2.Vpc:
+        net = config.network
+        vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            ip_addresses=ec2.IpAddresses.cidr(net.cidr),
+            availability_zones=net.availability_zones,
+            max_azs=None if net.availability_zones else net.az_count,
+            nat_gateways=net.nat_gateways,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC),
+                ec2.SubnetConfiguration(name="private", subnet_type=private_type),
+            ],
+        )
+        flow_logs = logs.LogGroup(
+            self, "FlowLogs", retention=log_retention(net.flow_log_retention_days)
+        )
+        vpc.add_flow_log(
+            "FlowLog",
+            destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs),
+            traffic_type=ec2.FlowLogTrafficType.ALL,
+        )
+        return vpc

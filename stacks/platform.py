@@ -1,0 +1,48 @@
+"""Compose one environment's stacks. `app.py` and the tests both build through here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aws_cdk import App, Environment, Stack, Tags
+
+from config import EnvironmentConfig
+from stacks.data_stack import DataStack
+from stacks.network_stack import NetworkStack
+
+
+@dataclass(frozen=True)
+class Platform:
+    network: NetworkStack
+    data: DataStack
+
+    @property
+    def stacks(self) -> list[Stack]:
+        return [self.network, self.data]
+
+
+def build_platform(app: App, config: EnvironmentConfig) -> Platform:
+    prefix = f"{config.project}-{config.name}"
+    env = Environment(account=config.account, region=config.region)
+    network = NetworkStack(
+        app,
+        f"{prefix}-network",
+        config=config,
+        env=env,
+        description=f"Celery platform {config.name}: VPC, flow logs, endpoints",
+    )
+    data = DataStack(
+        app,
+        f"{prefix}-data",
+        config=config,
+        network=network,
+        env=env,
+        description=f"Celery platform {config.name}: Redis broker (stateful)",
+    )
+    platform = Platform(network=network, data=data)
+    for stack in platform.stacks:
+        Tags.of(stack).add("project", config.project)
+        Tags.of(stack).add("environment", config.name)
+        for key, value in config.tags.items():
+            Tags.of(stack).add(key, value)
+    return platform

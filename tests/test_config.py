@@ -1,0 +1,289 @@
+"""The per-environment config: shipped environments load, bad ones fail with one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config import (
+    CONFIG_DIR,
+    ConfigError,
+    available_environments,
+    load_environment,
+    parse_environment,
+)
+from config.model import VISIBILITY_MARGIN_S
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def catalog() -> dict[str, Any]:
+    with (CONFIG_DIR / "catalog.toml").open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def merged(**overrides: Any) -> dict[str, Any]:
+    """The catalog with top-level tables merged one level deep (enough for these cases)."""
+    data = catalog()
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            for sub, subvalue in value.items():
+                if isinstance(subvalue, dict) and isinstance(data[key].get(sub), dict):
+                    data[key][sub] = {**data[key][sub], **subvalue}
+                else:
+                    data[key][sub] = subvalue
+        else:
+            data[key] = value
+    return data
+
+
+def test_shipped_environments_are_dev_staging_prod() -> None:
+    assert available_environments() == ["dev", "prod", "staging"]
+
+
+def test_dev_is_cheap_and_prod_is_highly_available() -> None:
+    dev, prod = load_environment("dev"), load_environment("prod")
+    assert (dev.redis.replicas, dev.redis.multi_az) == (0, False)
+    assert (dev.network.nat_gateways, dev.network.interface_endpoints) == (1, False)
+    assert dev.redis.removal_policy == "destroy"
+
+    assert prod.redis.replicas >= 1
+    assert prod.redis.multi_az
+    assert prod.network.az_count >= 3
+    assert prod.network.nat_gateways == prod.network.az_count
+    assert prod.redis.removal_policy in {"retain", "snapshot"}
+    assert prod.redis.snapshot_retention_days >= 7
+
+
+def test_environment_file_overrides_catalog_values_only_where_it_says() -> None:
+    dev, prod = load_environment("dev"), load_environment("prod")
+    # prod.toml raises max_tasks of `general`; everything else comes from the catalog.
+    assert prod.worker_groups["general"].max_tasks == 50
+    assert dev.worker_groups["general"].max_tasks == 3
+    assert prod.worker_groups["general"].queues == dev.worker_groups["general"].queues
+    assert (
+        prod.worker_groups["general"].time_limit_s
+        == catalog()["worker_groups"]["general"]["time_limit_s"]
+    )
+
+
+def test_every_queue_has_exactly_one_consumer_in_every_environment() -> None:
+    for name in available_environments():
+        cfg = load_environment(name)
+        for queue in cfg.queues:
+            owners = [g for g, group in cfg.worker_groups.items() if queue in group.queues]
+            assert owners == [cfg.group_of(queue)]
+
+
+def test_visibility_timeout_exceeds_every_hard_limit_in_every_environment() -> None:
+    for name in available_environments():
+        cfg = load_environment(name)
+        longest = max(g.time_limit_s for g in cfg.worker_groups.values())
+        assert cfg.broker.visibility_timeout_s >= longest + VISIBILITY_MARGIN_S
+
+
+# Each case: the broken settings, then fragments the single error line must contain
+# (the field, and what is allowed or what rule was broken).
+MALFORMED: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "unknown engine": (
+        {"redis": {"engine": "memcached"}},
+        ("redis.engine", "'valkey' or 'redis'", "memcached"),
+    ),
+    "engine version of the other engine": (
+        {"redis": {"engine": "redis", "engine_version": "8.1"}},
+        ("redis", "engine_version '8.1'", "allowed: 7.0, 7.1"),
+    ),
+    "too many replicas": (
+        {"redis": {"replicas": 9}},
+        ("redis.replicas", "less than or equal to 5", "got 9"),
+    ),
+    "multi-AZ without a replica": (
+        {"redis": {"multi_az": True, "replicas": 0}},
+        ("redis", "multi_az", "replicas >= 1"),
+    ),
+    "misspelled setting": (
+        {"redis": {"engine_versoin": "8.1"}},
+        ("redis.engine_versoin", "unknown setting", "allowed: engine, engine_version"),
+    ),
+    "min above max": (
+        {"worker_groups": {"general": {"min_tasks": 5, "max_tasks": 2}}},
+        ("worker_groups.general", "min_tasks (5) must be <= max_tasks (2)"),
+    ),
+    "number written as a string": (
+        {"worker_groups": {"general": {"concurrency": "8"}}},
+        ("worker_groups.general.concurrency", "valid integer", "got '8'"),
+    ),
+    "visibility timeout below a hard limit": (
+        {"broker": {"visibility_timeout_s": 600}},
+        ("broker.visibility_timeout_s (600)", "worker_groups.batch.time_limit_s = 3600", "3660"),
+    ),
+    "queue consumed by two groups": (
+        {"worker_groups": {"general": {"queues": ["default", "priority", "reports"]}}},
+        ("queues.reports", "exactly one worker group", "general, batch"),
+    ),
+    "queue consumed by nobody": (
+        {"queues": {"orphans": {}}},
+        ("queues.orphans", "exactly one worker group", "none"),
+    ),
+    "group consumes an undeclared queue": (
+        {"worker_groups": {"batch": {"queues": ["reports", "exports"]}}},
+        ("worker_groups.batch.queues", "'exports'", "declared queues: default, priority, reports"),
+    ),
+    "soft limit not below hard limit": (
+        {"worker_groups": {"general": {"soft_time_limit_s": 300, "time_limit_s": 300}}},
+        ("worker_groups.general", "soft_time_limit_s (300) must be < time_limit_s (300)"),
+    ),
+    "not a Fargate size": (
+        {"worker_groups": {"general": {"cpu": 300}}},
+        ("worker_groups.general", "cpu 300", "allowed: 256, 512, 1024"),
+    ),
+    "memory not valid for the cpu": (
+        {"worker_groups": {"general": {"cpu": 256, "memory_mib": 4096}}},
+        ("worker_groups.general", "memory_mib 4096", "512-2048 in steps of 512"),
+    ),
+    "no NAT and no endpoints": (
+        {"network": {"nat_gateways": 0, "interface_endpoints": False}},
+        ("network", "nat_gateways = 0", "interface_endpoints = true"),
+    ),
+    "more NAT gateways than AZs": (
+        {"network": {"nat_gateways": 3}},
+        ("network", "nat_gateways (3)", "az_count (2)"),
+    ),
+    "CIDR too large": (
+        {"network": {"cidr": "10.0.0.0/8"}},
+        ("network.cidr", "between /16 and /22", "/8"),
+    ),
+    "three AZs with no names and no region": (
+        {"network": {"az_count": 3, "nat_gateways": 1}},
+        ("network.az_count 3", "availability_zones", "account and region"),
+    ),
+    "AZ outside the region": (
+        {
+            "region": "eu-west-1",
+            "network": {"az_count": 2, "availability_zones": ["us-east-1a", "us-east-1b"]},
+        },
+        ("network.availability_zones", "us-east-1a", "eu-west-1"),
+    ),
+    "existing VPC with new-VPC settings": (
+        {
+            "account": "123456789012",
+            "region": "eu-west-1",
+            "network": {"vpc_id": "vpc-0123456789abcdef0", "nat_gateways": 2},
+        },
+        ("network", "vpc_id", "nat_gateways cannot be set"),
+    ),
+    "existing VPC without account": (
+        {"network": {"vpc_id": "vpc-0123456789abcdef0"}},
+        ("network.vpc_id", "account and region"),
+    ),
+    "malformed account": (
+        {"account": "1234"},
+        ("account", "12-digit AWS account id", "got '1234'"),
+    ),
+    "retention CloudWatch does not offer": (
+        {"network": {"flow_log_retention_days": 10}},
+        (
+            "network.flow_log_retention_days",
+            "10 is not a CloudWatch Logs retention",
+            "allowed: 1, 3",
+        ),
+    ),
+    "group name not usable in AWS names": (
+        {"worker_groups": {"Bad_Group": {"queues": ["default"]}}},
+        ("worker_groups.<name 'Bad_Group'>", "lowercase letters, digits or '-'"),
+    ),
+    "bad snapshot window": (
+        {"redis": {"snapshot_window": "3am"}},
+        ("redis.snapshot_window", "03:00-04:00", "'3am'"),
+    ),
+    "removal policy that would delete prod data": (
+        {"redis": {"removal_policy": "destroy"}},
+        ("redis.removal_policy", "prod", "allowed for prod: snapshot, retain"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_config_fails_with_one_clear_line(case: str) -> None:
+    overrides, fragments = MALFORMED[case]
+    env = "prod" if "prod" in case else "staging"
+    data = merged(**overrides)
+    if case == "group name not usable in AWS names":
+        # the bad group takes `default` from `general`, which keeps the rest valid
+        data["worker_groups"]["general"]["queues"] = ["priority"]
+    with pytest.raises(ConfigError) as raised:
+        parse_environment(env, data)
+    message = str(raised.value)
+    assert "\n" not in message, f"expected one line, got:\n{message}"
+    assert message.startswith(f"{env}: ")
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} missing from: {message}"
+
+
+def test_several_problems_give_one_line_each() -> None:
+    data = merged(redis={"engine": "memcached"}, network={"cidr": "nonsense"})
+    with pytest.raises(ConfigError) as raised:
+        parse_environment("dev", data)
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 2
+    assert any(line.startswith("dev: redis.engine:") for line in lines)
+    assert any(line.startswith("dev: network.cidr:") for line in lines)
+
+
+def test_unknown_environment_names_the_known_ones() -> None:
+    with pytest.raises(
+        ConfigError, match=r"unknown environment 'qa'; known environments: dev, prod, staging"
+    ):
+        load_environment("qa")
+
+
+def test_environment_cannot_rename_itself(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="dev: name: not a setting"):
+        parse_environment("dev", {**catalog(), "name": "prod"})
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    shutil.copy(CONFIG_DIR / "catalog.toml", tmp_path / "catalog.toml")
+    (tmp_path / "qa.toml").write_text("[redis]\nreplicas = = 2\n")
+    with pytest.raises(ConfigError, match=r"^qa: qa.toml: not valid TOML: .*line 2"):
+        load_environment("qa", config_dir=tmp_path)
+
+
+def test_config_is_immutable_once_loaded() -> None:
+    cfg = load_environment("dev")
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.redis.replicas = 3  # type: ignore[misc]
+
+
+def run_app(tmp_path: Path, context: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps(context), "CDK_OUTDIR": str(tmp_path)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "app.py")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_app_reports_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    shutil.copy(CONFIG_DIR / "catalog.toml", config_dir / "catalog.toml")
+    (config_dir / "qa.toml").write_text("[worker_groups.general]\nmin_tasks = 20\nmax_tasks = 4\n")
+    result = run_app(tmp_path, {"env": "qa", "config_dir": str(config_dir)})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "config error: qa: worker_groups.general: min_tasks (20) must be <= max_tasks (4)"
+    )
