@@ -15,7 +15,7 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 # The CDK CLI runs `python3 app.py` (cdk.json): make that the project's interpreter.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: synth test lint typecheck pytest setup redis-server clean
+.PHONY: synth test lint typecheck pytest setup redis-server clean local bench-worker
 
 ## Synthesize one environment (ENV=dev|staging|prod) into cdk.out/ and list its stacks.
 synth: $(VENV)/.runtime-installed $(CDK)
@@ -52,6 +52,14 @@ $(CDK): package.json package-lock.json
 	@command -v npm >/dev/null || { echo "npm (Node.js 20 or newer) is needed for the CDK CLI"; exit 1; }
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
+
+## Run the platform on this machine: redis-server, a worker per group, beat, Flower.
+local: $(VENV)/.dev-installed redis-server
+	$(BIN)/python tools/run_local.py --env $(ENV)
+
+## Throughput and start latency of the shipped worker settings vs Celery's defaults.
+bench-worker: $(VENV)/.dev-installed redis-server
+	$(BIN)/python bench/worker_bench.py
 
 ## Tests start their own redis-server on a free loopback port; install it if missing.
 redis-server:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -192,12 +192,64 @@ class BrokerConfig(Strict):
     # database: it must exceed every hard time limit, and it is also how long a crashed
     # worker's messages wait before they come back.
     visibility_timeout_s: int = Field(default=3600, ge=60, le=43200)
+    # Queue of tasks that no `tasks` entry routes; must be a declared queue.
+    default_queue: QueueName = "default"
+    # Seconds a task result (and its progress) stays readable in Redis.
+    result_expires_s: int = Field(default=86400, ge=60, le=30 * 86400)
 
 
 class QueueConfig(Strict):
     """One Celery queue. Its name is the key in the `queues` table."""
 
     description: str = ""
+
+
+# Priorities are named in the catalog and in code. Redis (kombu) consumes 0 first, so each
+# name maps to one of kombu's default priority steps 0, 3, 6, 9; "normal" is the default.
+PRIORITIES: dict[str, int] = {"high": 0, "normal": 3, "low": 6, "bulk": 9}
+RATE_LIMIT = r"^\d+(\.\d+)?/[smh]$"
+
+
+class TaskConfig(Strict):
+    """Routing and limits of one task, keyed by its Celery name (e.g. "samples.send_email")."""
+
+    queue: QueueName
+    priority: Literal["high", "normal", "low", "bulk"] = "normal"
+    rate_limit: Annotated[str, StringConstraints(pattern=RATE_LIMIT)] | None = None  # per worker
+    max_retries: int = Field(default=5, ge=0, le=100)
+    # Override the worker group's limits for this task (seconds).
+    soft_time_limit_s: int | None = Field(default=None, ge=1)
+    time_limit_s: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _cross(self) -> TaskConfig:
+        if (
+            self.soft_time_limit_s is not None
+            and self.time_limit_s is not None
+            and self.soft_time_limit_s >= self.time_limit_s
+        ):
+            raise ValueError(
+                f"soft_time_limit_s ({self.soft_time_limit_s}) must be < time_limit_s "
+                f"({self.time_limit_s})"
+            )
+        return self
+
+
+class ScheduleConfig(Strict):
+    """A periodic task run by beat (RedBeat): every `every_s` seconds or on a cron line."""
+
+    task: str = Field(min_length=1)
+    every_s: int | None = Field(default=None, ge=1)
+    cron: str | None = None  # "minute hour day-of-month month day-of-week", UTC
+    args: list[Any] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross(self) -> ScheduleConfig:
+        if (self.every_s is None) == (self.cron is None):
+            raise ValueError("set exactly one of every_s or cron")
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError(f"cron must have 5 fields (m h dom mon dow), got {self.cron!r}")
+        return self
 
 
 class WorkerGroupConfig(Strict):
@@ -255,6 +307,8 @@ class EnvironmentConfig(Strict):
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     queues: dict[QueueName, QueueConfig] = Field(min_length=1)
     worker_groups: dict[GroupName, WorkerGroupConfig] = Field(min_length=1)
+    tasks: dict[str, TaskConfig] = Field(default_factory=dict)
+    schedules: dict[GroupName, ScheduleConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _cross(self) -> EnvironmentConfig:
@@ -278,6 +332,17 @@ class EnvironmentConfig(Strict):
                         f"queues; declared queues: {', '.join(self.queues)}"
                     )
                 consumers.setdefault(queue, []).append(group)
+        if self.broker.default_queue not in self.queues:
+            raise ValueError(
+                f"broker.default_queue {self.broker.default_queue!r} is not a declared queue; "
+                f"declared queues: {', '.join(self.queues)}"
+            )
+        for task, spec in self.tasks.items():
+            if spec.queue not in self.queues:
+                raise ValueError(
+                    f"tasks.{task}.queue {spec.queue!r} is not a declared queue; "
+                    f"declared queues: {', '.join(self.queues)}"
+                )
         for queue in self.queues:
             groups = consumers.get(queue, [])
             if len(groups) != 1:
@@ -287,15 +352,14 @@ class EnvironmentConfig(Strict):
                 )
 
     def _check_visibility_timeout(self) -> None:
-        group, longest = max(
-            ((name, g.time_limit_s) for name, g in self.worker_groups.items()),
-            key=lambda item: item[1],
-        )
+        limits = [(f"worker_groups.{n}", g.time_limit_s) for n, g in self.worker_groups.items()]
+        limits += [(f"tasks.{n}", t.time_limit_s) for n, t in self.tasks.items() if t.time_limit_s]
+        where, longest = max(limits, key=lambda item: item[1])
         needed = longest + VISIBILITY_MARGIN_S
         if self.broker.visibility_timeout_s < needed:
             raise ValueError(
                 f"broker.visibility_timeout_s ({self.broker.visibility_timeout_s}) must be at "
-                f"least {needed}: the longest hard limit (worker_groups.{group}.time_limit_s = "
+                f"least {needed}: the longest hard limit ({where}.time_limit_s = "
                 f"{longest}) plus {VISIBILITY_MARGIN_S} s, or a running task is delivered twice"
             )
 
@@ -317,6 +381,24 @@ class EnvironmentConfig(Strict):
                 raise ValueError(
                     f"network.availability_zones {', '.join(stray)} are not in region {self.region}"
                 )
+
+    def runtime_catalog(self) -> dict[str, Any]:
+        """What containers and the autoscaler receive (as JSON in CELERY_CATALOG): the queue
+        catalog and broker settings, nothing about infrastructure and no secret."""
+        return {
+            "visibility_timeout_s": self.broker.visibility_timeout_s,
+            "default_queue": self.broker.default_queue,
+            "result_expires_s": self.broker.result_expires_s,
+            "queues": sorted(self.queues),
+            "worker_groups": {
+                name: group.model_dump(
+                    include={"queues", "concurrency", "pool", "soft_time_limit_s", "time_limit_s"}
+                )
+                for name, group in self.worker_groups.items()
+            },
+            "tasks": {name: task.model_dump() for name, task in self.tasks.items()},
+            "schedules": {name: s.model_dump() for name, s in self.schedules.items()},
+        }
 
     def group_of(self, queue: str) -> str:
         """The worker group that consumes `queue` (exactly one, by validation)."""

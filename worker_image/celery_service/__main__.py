@@ -1,0 +1,107 @@
+"""Entry point of the image: `python -m celery_service <command>`.
+
+    worker        consume the queues of $CELERY_WORKER_GROUP
+    beat          run the scheduler (RedBeat; a second one waits on the lock)
+    flower        run Flower; refuses to start without $FLOWER_BASIC_AUTH
+    healthcheck   exit 0 if this container's process is alive (no broker round trip)
+    dlq ...       list, show, replay or purge dead letters (see `dlq --help`)
+    check         validate the settings and print them (secrets masked)
+
+Settings are validated before Celery starts: a problem prints one line and exits with 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from celery_service.settings import Settings, SettingsError
+
+USAGE = __doc__ or ""
+HEARTBEAT_MAX_AGE_S = 60  # the monitor touches the file every 2 s; beat at least every 5 s
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "healthcheck":
+        return healthcheck(rest)
+    try:
+        settings = Settings.from_env()
+        if command == "worker":
+            settings.group  # noqa: B018  (a worker needs its group)
+    except SettingsError as exc:
+        for line in str(exc).splitlines():
+            print(f"settings error: {line}", file=sys.stderr)
+        return 2
+    if command == "worker":
+        return exec_celery(worker_args(settings) + rest)
+    if command == "beat":
+        return exec_celery(["beat", "--loglevel", settings.log_level, *rest])
+    if command == "flower":
+        if not os.environ.get("FLOWER_BASIC_AUTH") and not os.environ.get("FLOWER_AUTH"):
+            print("settings error: FLOWER_BASIC_AUTH: required (user:password); Flower is "
+                  "never started without authentication", file=sys.stderr)  # fmt: skip
+            return 2
+        return exec_celery(["flower", *rest])
+    if command == "dlq":
+        from celery_service.dlq_cli import main as dlq_main
+
+        return dlq_main(settings, rest)
+    if command == "check":
+        print(settings.model_dump_json(indent=2, exclude={"broker_auth_token"}))
+        print(f"broker: {settings.redis_url(with_password=False)}")
+        return 0
+    print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+def worker_args(settings: Settings) -> list[str]:
+    group = settings.group
+    return [
+        "worker",
+        "--queues", ",".join(group.queues),
+        "--concurrency", str(group.concurrency),
+        "--pool", group.pool,
+        "--hostname", f"{settings.worker_group}@%h",
+        "--loglevel", settings.log_level,
+        # Mingle and gossip make every worker talk to every other at start; not needed here.
+        "--without-mingle",
+        "--without-gossip",
+    ]  # fmt: skip
+
+
+def exec_celery(args: list[str]) -> int:
+    # SIGTERM (what ECS sends) must start Celery's soft shutdown (SIGQUIT) rather than its
+    # warm shutdown, which waits for running tasks without any limit.
+    os.environ["REMAP_SIGTERM"] = "SIGQUIT"
+    argv = [sys.executable, "-m", "celery", "--app", "celery_service.main", *args]
+    os.execv(sys.executable, argv)
+    return 1  # not reached
+
+
+def healthcheck(args: list[str]) -> int:
+    """Liveness without touching the broker: the heartbeat file, or Flower's local endpoint."""
+    role = args[0] if args else "worker"
+    if role == "flower":
+        port = os.environ.get("FLOWER_PORT", "5555")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=3) as r:
+                return 0 if r.status == 200 else 1
+        except OSError:
+            return 1
+    path = Path(os.environ.get("CELERY_HEARTBEAT_FILE", "/tmp/celery-heartbeat"))
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 1
+    return 0 if age < HEARTBEAT_MAX_AGE_S else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,33 @@
+"""RedBeat with a heartbeat: only the beat holding the lock ticks, and each tick says so."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from redbeat import RedBeatScheduler
+
+from celery_service import names
+from celery_service.metrics import statsd
+from celery_service.redis_client import client_for
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_TTL_S = 300  # the key disappears if no beat ticks for this long (seconds)
+
+
+class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        interval: float = super().tick(*args, **kwargs)
+        settings = self.app.platform_settings
+        try:
+            client_for(settings).set(names.BEAT_HEARTBEAT_KEY, time.time(), ex=HEARTBEAT_TTL_S)
+        except Exception as exc:
+            log.warning("beat heartbeat not written: %s", exc)
+        Path(settings.heartbeat_file).touch()
+        client = statsd(settings)
+        if client is not None:
+            client.increment(names.BEAT_HEARTBEAT)
+        return interval

@@ -1,0 +1,222 @@
+"""Settings of a worker, beat or Flower process, read from the environment only.
+
+The services stack sets these variables from the environment's config (`CELERY_CATALOG` is
+`EnvironmentConfig.runtime_catalog()` as JSON) and injects the AUTH token as an ECS secret.
+Anything invalid stops the process at start with one line per problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+# Redis (kombu) consumes priority 0 first. Names map onto kombu's default steps, which every
+# publisher of this broker must share (a publisher with other steps strands priorities).
+PRIORITIES: dict[str, int] = {"high": 0, "normal": 3, "low": 6, "bulk": 9}
+PRIORITY_STEPS = [0, 3, 6, 9]
+DEFAULT_PRIORITY = PRIORITIES["normal"]
+
+# Margin (seconds) the visibility timeout keeps above the longest hard time limit.
+VISIBILITY_MARGIN_S = 60
+# Fargate sends SIGKILL this long after SIGTERM at most (stopTimeout maximum, seconds).
+FARGATE_MAX_STOP_TIMEOUT_S = 120
+
+QueueName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")]
+
+
+class SettingsError(Exception):
+    """Invalid process settings; the message is one line per problem, for the operator."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GroupSpec(_Model):
+    queues: list[QueueName] = Field(min_length=1)
+    concurrency: int = Field(ge=1, le=256)
+    pool: Literal["prefork", "threads", "solo"] = "prefork"
+    soft_time_limit_s: int = Field(ge=1)
+    time_limit_s: int = Field(ge=1)
+
+
+class TaskSpec(_Model):
+    queue: QueueName
+    priority: Literal["high", "normal", "low", "bulk"] = "normal"
+    rate_limit: str | None = None
+    max_retries: int = Field(default=5, ge=0)
+    soft_time_limit_s: int | None = None
+    time_limit_s: int | None = None
+
+
+class ScheduleSpec(_Model):
+    task: str
+    every_s: int | None = None
+    cron: str | None = None
+    args: list[Any] = Field(default_factory=list)
+
+
+class Catalog(_Model):
+    """The queue catalog as the CDK renders it (see config/model.py, runtime_catalog)."""
+
+    visibility_timeout_s: int = Field(ge=60)
+    default_queue: QueueName
+    result_expires_s: int = Field(default=86400, ge=60)
+    queues: list[QueueName] = Field(min_length=1)
+    worker_groups: dict[str, GroupSpec] = Field(min_length=1)
+    tasks: dict[str, TaskSpec] = Field(default_factory=dict)
+    schedules: dict[str, ScheduleSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cross(self) -> Catalog:
+        limits = [(f"worker_groups.{n}", g.time_limit_s) for n, g in self.worker_groups.items()]
+        limits += [(f"tasks.{n}", t.time_limit_s) for n, t in self.tasks.items() if t.time_limit_s]
+        where, longest = max(limits, key=lambda item: item[1])
+        if self.visibility_timeout_s < longest + VISIBILITY_MARGIN_S:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must be at least "
+                f"{longest + VISIBILITY_MARGIN_S}: the longest hard limit ({where} = {longest} s) "
+                f"plus {VISIBILITY_MARGIN_S} s, or Redis redelivers running tasks"
+            )
+        known = set(self.queues)
+        for name, group in self.worker_groups.items():
+            unknown = sorted(set(group.queues) - known)
+            if unknown:
+                raise ValueError(f"worker_groups.{name} consumes undeclared queues {unknown}")
+        for name, task in self.tasks.items():
+            if task.queue not in known:
+                raise ValueError(f"tasks.{name} routes to undeclared queue {task.queue!r}")
+        if self.default_queue not in known:
+            raise ValueError(f"default_queue {self.default_queue!r} is not declared")
+        return self
+
+    def queue_of(self, task_name: str) -> str:
+        spec = self.tasks.get(task_name)
+        return spec.queue if spec else self.default_queue
+
+
+class Settings(_Model):
+    """Everything a process needs. Build it with `Settings.from_env()`."""
+
+    broker_host: str = Field(min_length=1)
+    broker_port: int = Field(default=6379, ge=1, le=65535)
+    broker_tls: bool = True
+    broker_auth_token: SecretStr | None = None
+    broker_db: int = Field(default=0, ge=0, le=15)
+    catalog: Catalog
+    # The worker group this process serves (workers only).
+    worker_group: str | None = None
+    # SIGTERM budget (seconds): running tasks get this long to finish, the rest is requeued.
+    shutdown_budget_s: float = Field(default=90.0, gt=0, lt=FARGATE_MAX_STOP_TIMEOUT_S - 10)
+    # Datadog agent (DogStatsD over UDP); no host means metrics are not sent.
+    statsd_host: str | None = None
+    statsd_port: int = Field(default=8125, ge=1, le=65535)
+    service_tags: dict[str, str] = Field(default_factory=dict)
+    # ECS agent endpoint; absent outside ECS, which makes scale-in protection a no-op.
+    ecs_agent_uri: str | None = None
+    protection_minutes: int = Field(default=60, ge=1, le=2880)
+    # Where the health check reads liveness (a file touched by the worker's monitor).
+    heartbeat_file: str = "/tmp/celery-heartbeat"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _cross(self) -> Settings:
+        if self.worker_group is not None and self.worker_group not in self.catalog.worker_groups:
+            raise ValueError(
+                f"CELERY_WORKER_GROUP {self.worker_group!r} is not in the catalog; known: "
+                f"{', '.join(self.catalog.worker_groups)}"
+            )
+        return self
+
+    @property
+    def group(self) -> GroupSpec:
+        if self.worker_group is None:
+            raise SettingsError("CELERY_WORKER_GROUP: required for a worker")
+        return self.catalog.worker_groups[self.worker_group]
+
+    def redis_url(self, *, with_password: bool = True) -> str:
+        scheme = "rediss" if self.broker_tls else "redis"
+        auth = ""
+        if self.broker_auth_token is not None:
+            secret = self.broker_auth_token.get_secret_value() if with_password else "***"
+            auth = f":{quote(secret, safe='')}@"
+        query = "?ssl_cert_reqs=required" if self.broker_tls else ""
+        return f"{scheme}://{auth}{self.broker_host}:{self.broker_port}/{self.broker_db}{query}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        raw: dict[str, Any] = {}
+        for field, variable in ENV_VARS.items():
+            if variable in env and env[variable] != "":
+                raw[field] = env[variable]
+        try:
+            if "catalog" in raw:
+                raw["catalog"] = json.loads(raw["catalog"])
+            if "service_tags" in raw:
+                raw["service_tags"] = json.loads(raw["service_tags"])
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"{_var_of(raw, exc)}: not valid JSON ({exc.msg})") from None
+        # Datadog's unified service tags, as the agent sidecar and the dashboards use them.
+        unified = {key: env.get(f"DD_{key.upper()}", "") for key in ("env", "service", "version")}
+        tags = {key: value for key, value in unified.items() if value}
+        if tags:
+            raw["service_tags"] = {**tags, **raw.get("service_tags", {})}
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise SettingsError("\n".join(_describe(err) for err in exc.errors())) from None
+
+
+# Field -> environment variable. AUTH token and Flower credentials arrive as ECS secrets.
+ENV_VARS: dict[str, str] = {
+    "broker_host": "CELERY_BROKER_HOST",
+    "broker_port": "CELERY_BROKER_PORT",
+    "broker_tls": "CELERY_BROKER_TLS",
+    "broker_auth_token": "CELERY_BROKER_AUTH_TOKEN",
+    "broker_db": "CELERY_BROKER_DB",
+    "catalog": "CELERY_CATALOG",
+    "worker_group": "CELERY_WORKER_GROUP",
+    "shutdown_budget_s": "CELERY_SHUTDOWN_BUDGET_S",
+    "statsd_host": "DD_AGENT_HOST",
+    "statsd_port": "DD_DOGSTATSD_PORT",
+    "service_tags": "CELERY_METRIC_TAGS",
+    "ecs_agent_uri": "ECS_AGENT_URI",
+    "protection_minutes": "CELERY_PROTECTION_MINUTES",
+    "heartbeat_file": "CELERY_HEARTBEAT_FILE",
+    "log_level": "CELERY_LOG_LEVEL",
+}
+
+
+def _var_of(raw: dict[str, Any], exc: json.JSONDecodeError) -> str:
+    for field in ("catalog", "service_tags"):
+        if raw.get(field) == exc.doc:
+            return ENV_VARS[field]
+    return "environment"
+
+
+def _describe(err: Any) -> str:
+    loc = [str(p) for p in err["loc"]]
+    variable = ENV_VARS.get(loc[0], loc[0]) if loc else "environment"
+    where = variable + ("." + ".".join(loc[1:]) if len(loc) > 1 else "")
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "missing":
+        message = "required"
+    elif err["type"] == "extra_forbidden":
+        message = "unknown setting"
+    elif loc and loc[0] != "broker_auth_token" and not isinstance(err.get("input"), dict | list):
+        message += f" (got {err.get('input')!r})"
+    return f"{where}: {message}"

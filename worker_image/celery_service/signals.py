@@ -1,0 +1,197 @@
+"""Celery signal handlers: metrics, completion counters, dead letters, logging, protection.
+
+Imported once by `create_app`. Handlers never raise into Celery: a metrics or Redis hiccup
+is logged and the task goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback as tb
+from typing import Any
+
+from celery import current_app, signals
+from celery.worker import state as worker_state
+
+from celery_service import logs, names
+from celery_service.dlq import DeadLetter, DeadLetterQueues, encode_raw
+from celery_service.metrics import statsd, tags
+from celery_service.protection import TaskMonitor
+from celery_service.redis_client import client_for
+from celery_service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_started: dict[str, float] = {}  # task id -> monotonic start, in the executing process
+_monitor: list[TaskMonitor] = []
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.platform_settings
+    return settings
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    logs.configure(_settings().log_level)
+
+
+@signals.before_task_publish.connect
+def _stamp_publish_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    if headers is not None:
+        headers.setdefault(names.PUBLISHED_AT_HEADER, time.time())
+
+
+def _queue_of(task: Any) -> str:
+    delivery = getattr(task.request, "delivery_info", None) or {}
+    queue = delivery.get("routing_key")
+    return str(queue) if queue else _settings().catalog.queue_of(task.name)
+
+
+@signals.task_prerun.connect
+def _task_started(task_id: str, task: Any, **_: Any) -> None:
+    _started[task_id] = time.monotonic()
+    client = statsd(_settings())
+    published = getattr(task.request, names.PUBLISHED_AT_HEADER, None)
+    if client is not None and isinstance(published, int | float):
+        wait_ms = max(0.0, (time.time() - published) * 1000)
+        client.distribution(
+            names.TASK_QUEUE_WAIT_MS, wait_ms, tags=tags(_queue_of(task), task.name)
+        )
+
+
+@signals.task_postrun.connect
+def _task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
+    settings = _settings()
+    queue = _queue_of(task)
+    started = _started.pop(task_id, None)
+    client = statsd(settings)
+    if client is not None:
+        if started is not None:
+            runtime_ms = (time.monotonic() - started) * 1000
+            client.distribution(names.TASK_RUNTIME_MS, runtime_ms, tags=tags(queue, task.name))
+        if state == "SUCCESS":
+            client.increment(names.TASK_SUCCEEDED, tags=tags(queue, task.name))
+    try:
+        # Every attempt that leaves a slot counts, retries included: a retry is a new arrival.
+        client_for(settings).incr(names.completed_key(queue))
+    except Exception as exc:
+        log.warning("completion counter not updated: %s", exc)
+
+
+@signals.task_retry.connect
+def _task_retried(sender: Any = None, **_: Any) -> None:
+    client = statsd(_settings())
+    if client is not None and sender is not None:
+        client.increment(names.TASK_RETRIED, tags=tags(_queue_of(sender), sender.name))
+
+
+@signals.task_failure.connect
+def _task_failed(
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    """A terminal failure (retries exhausted, a non-retryable error, a hard time limit)."""
+    if sender is None:
+        return
+    request = sender.request
+    trace = str(einfo) if einfo else None
+    if trace is None and exception is not None:
+        trace = "".join(tb.format_exception(exception))
+    in_task = getattr(request, "id", None) == task_id  # False for hard limits (main process)
+    queue = _queue_of(sender) if in_task else _settings().catalog.queue_of(sender.name)
+    entry = DeadLetter(
+        queue=queue,
+        kind="failed",
+        task_name=sender.name,
+        task_id=task_id,
+        args=list(args or []),
+        kwargs=dict(kwargs or {}),
+        exception=f"{type(exception).__name__}: {exception}" if exception else None,
+        traceback=trace,
+        attempts=(request.retries or 0) + 1 if in_task else None,
+        published_at=getattr(request, names.PUBLISHED_AT_HEADER, None) if in_task else None,
+    )
+    record_dead_letter(entry)
+    client = statsd(_settings())
+    if client is not None:
+        client.increment(names.TASK_FAILED, tags=tags(queue, sender.name))
+
+
+def record_dead_letter(entry: DeadLetter) -> bool:
+    settings = _settings()
+    try:
+        DeadLetterQueues(client_for(settings)).record(entry)
+    except Exception:
+        log.exception("dead letter NOT recorded for %s %s", entry.task_name, entry.task_id)
+        return False
+    log.error(
+        "dead letter recorded",
+        extra={"dlq_id": entry.id, "dlq_queue": entry.queue, "kind": entry.kind,
+               "failed_task_id": entry.task_id, "failed_task_name": entry.task_name},
+    )  # fmt: skip
+    client = statsd(settings)
+    if client is not None:
+        client.increment(
+            names.DLQ_WRITTEN, tags=[*tags(entry.queue, entry.task_name), f"kind:{entry.kind}"]
+        )
+    return True
+
+
+def dead_letter_from_message(message: Any, kind: str, exc: BaseException | None) -> DeadLetter:
+    headers = dict(getattr(message, "headers", None) or {})
+    delivery = getattr(message, "delivery_info", None) or {}
+    queue = str(delivery.get("routing_key") or _settings().catalog.default_queue)
+    return DeadLetter(
+        queue=queue,
+        kind=kind,
+        task_name=headers.get("task"),
+        task_id=headers.get("id"),
+        exception=f"{type(exc).__name__}: {exc}" if exc else None,
+        raw=encode_raw(getattr(message, "body", None)),
+        headers={k: v for k, v in headers.items() if isinstance(v, str | int | float | None)},
+        published_at=headers.get(names.PUBLISHED_AT_HEADER),
+    )
+
+
+@signals.task_unknown.connect
+def _unknown_task(message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
+    if message is not None:
+        record_dead_letter(dead_letter_from_message(message, "unknown_task", exc))
+
+
+@signals.task_rejected.connect
+def _rejected(message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
+    if message is not None:
+        record_dead_letter(dead_letter_from_message(message, "rejected", exc))
+
+
+@signals.worker_ready.connect
+def _start_monitor(**_: Any) -> None:
+    settings = _settings()
+    monitor = TaskMonitor(
+        busy=lambda: len(worker_state.reserved_requests),
+        agent_uri=settings.ecs_agent_uri,
+        protection_minutes=settings.protection_minutes,
+        heartbeat_file=settings.heartbeat_file,
+    )
+    monitor.start()
+    _monitor.append(monitor)
+
+
+@signals.task_received.connect
+def _wake_monitor(**_: Any) -> None:
+    for monitor in _monitor:
+        monitor.wake()
+
+
+@signals.worker_shutdown.connect
+def _stop_monitor(**_: Any) -> None:
+    while _monitor:
+        _monitor.pop().stop()

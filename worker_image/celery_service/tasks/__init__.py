@@ -1,0 +1,1 @@
+"""Task modules. Add yours here and list it in factory.TASK_MODULES."""

@@ -1,0 +1,28 @@
+"""The base class of the platform's tasks: retries with backoff and jitter, then the DLQ."""
+
+from __future__ import annotations
+
+from celery import Task
+
+from celery_service.factory import RETRY_BACKOFF_MAX_S
+
+
+class TransientError(Exception):
+    """Raise (or raise from) this for failures worth retrying: timeouts, 5xx, throttling."""
+
+
+class PermanentError(Exception):
+    """Raise this when retrying cannot help (bad input, 4xx): the task goes to the DLQ now."""
+
+
+class PlatformTask(Task):  # type: ignore[misc]
+    """Retries transient errors with exponential backoff (2, 4, 8 ... s, capped, randomized)
+    up to `max_retries` (from the catalog); then, or on any other error, the failure is
+    recorded in the queue's dead-letter queue by the `task_failure` handler."""
+
+    autoretry_for = (TransientError, ConnectionError, TimeoutError)
+    dont_autoretry_for = (PermanentError,)
+    retry_backoff = 2  # seconds, doubled per attempt
+    retry_backoff_max = RETRY_BACKOFF_MAX_S  # stays far below the visibility timeout
+    retry_jitter = True  # spread retries of a failed batch instead of stampeding
+    max_retries = 5
