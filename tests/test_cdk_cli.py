@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.synth import ROOT
@@ -27,6 +28,8 @@ def test_cli_synthesizes_an_environment_without_credentials(tmp_path: Path) -> N
         if not key.startswith(("AWS_", "CDK_DEFAULT_"))
     }
     env["AWS_EC2_METADATA_DISABLED"] = "true"  # never ask an instance role
+    # cdk.json runs `python3 app.py`: the interpreter running the tests must be that python3.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     command = [str(CDK), "synth", "--quiet", "--no-notices"]
     result = subprocess.run(
         [*command, "--context", "env=staging", "--output", str(outdir)],
