@@ -43,10 +43,11 @@ FARGATE_SIZES: dict[int, range] = {
     16384: range(32768, 122880 + 1, 8192),
 }
 
-# Celery's hard time limit kills a task; the broker redelivers an unacknowledged message
-# after the visibility timeout. The timeout must leave this margin (seconds) above the
-# longest hard limit so a running task is never delivered to a second worker.
-VISIBILITY_MARGIN_S = 60
+# Redis redelivers a message left unacknowledged for the visibility timeout. A message is
+# unacknowledged while its retry countdown runs (the worker holds it) and while the task
+# runs (until its hard time limit), so the timeout must exceed both together plus this
+# margin (seconds) for the ack to land, or one task runs on two workers at once.
+VISIBILITY_MARGIN_S = 10
 
 # Queue names end up in Redis keys and environment variables, group names in ECS service
 # and CloudFormation names: keep both to a safe alphabet.
@@ -196,6 +197,8 @@ class BrokerConfig(Strict):
     default_queue: QueueName = "default"
     # Seconds a task result (and its progress) stays readable in Redis.
     result_expires_s: int = Field(default=86400, ge=60, le=30 * 86400)
+    # Longest wait between two retries (seconds); the backoff doubles up to this.
+    retry_backoff_max_s: int = Field(default=300, ge=1, le=3600)
 
 
 class QueueConfig(Strict):
@@ -355,12 +358,14 @@ class EnvironmentConfig(Strict):
         limits = [(f"worker_groups.{n}", g.time_limit_s) for n, g in self.worker_groups.items()]
         limits += [(f"tasks.{n}", t.time_limit_s) for n, t in self.tasks.items() if t.time_limit_s]
         where, longest = max(limits, key=lambda item: item[1])
-        needed = longest + VISIBILITY_MARGIN_S
+        backoff = self.broker.retry_backoff_max_s
+        needed = longest + backoff + VISIBILITY_MARGIN_S
         if self.broker.visibility_timeout_s < needed:
             raise ValueError(
                 f"broker.visibility_timeout_s ({self.broker.visibility_timeout_s}) must be at "
-                f"least {needed}: the longest hard limit ({where}.time_limit_s = "
-                f"{longest}) plus {VISIBILITY_MARGIN_S} s, or a running task is delivered twice"
+                f"least {needed}: the longest hard limit ({where}.time_limit_s = {longest}) "
+                f"+ the longest retry wait (broker.retry_backoff_max_s = {backoff}) "
+                f"+ {VISIBILITY_MARGIN_S} s, or a task is delivered twice"
             )
 
     def _check_placement(self) -> None:
@@ -389,6 +394,7 @@ class EnvironmentConfig(Strict):
             "visibility_timeout_s": self.broker.visibility_timeout_s,
             "default_queue": self.broker.default_queue,
             "result_expires_s": self.broker.result_expires_s,
+            "retry_backoff_max_s": self.broker.retry_backoff_max_s,
             "queues": sorted(self.queues),
             "worker_groups": {
                 name: group.model_dump(

@@ -70,8 +70,19 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
 
     def start(**options: str) -> RedisServer:
         port = free_port()
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(tmp_path)]  # fmt: skip
+        args = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ]
         for key, value in options.items():
             args += [f"--{key.replace('_', '-')}", value]
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

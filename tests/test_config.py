@@ -87,7 +87,8 @@ def test_visibility_timeout_exceeds_every_hard_limit_in_every_environment() -> N
     for name in available_environments():
         cfg = load_environment(name)
         longest = max(g.time_limit_s for g in cfg.worker_groups.values())
-        assert cfg.broker.visibility_timeout_s >= longest + VISIBILITY_MARGIN_S
+        needed = longest + cfg.broker.retry_backoff_max_s + VISIBILITY_MARGIN_S
+        assert cfg.broker.visibility_timeout_s >= needed
 
 
 # Each case: the broken settings, then fragments the single error line must contain
@@ -123,7 +124,12 @@ MALFORMED: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     ),
     "visibility timeout below a hard limit": (
         {"broker": {"visibility_timeout_s": 600}},
-        ("broker.visibility_timeout_s (600)", "worker_groups.batch.time_limit_s = 3600", "3660"),
+        (
+            "broker.visibility_timeout_s (600)",
+            "at least 3910",
+            "worker_groups.batch.time_limit_s = 3600",
+            "broker.retry_backoff_max_s = 300",
+        ),
     ),
     "queue consumed by two groups": (
         {"worker_groups": {"general": {"queues": ["default", "priority", "reports"]}}},

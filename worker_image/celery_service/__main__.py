@@ -45,8 +45,11 @@ def main(argv: list[str]) -> int:
         return exec_celery(["beat", "--loglevel", settings.log_level, *rest])
     if command == "flower":
         if not os.environ.get("FLOWER_BASIC_AUTH") and not os.environ.get("FLOWER_AUTH"):
-            print("settings error: FLOWER_BASIC_AUTH: required (user:password); Flower is "
-                  "never started without authentication", file=sys.stderr)  # fmt: skip
+            print(
+                "settings error: FLOWER_BASIC_AUTH: required (user:password); Flower is "
+                "never started without authentication",
+                file=sys.stderr,
+            )
             return 2
         return exec_celery(["flower", *rest])
     if command == "dlq":
@@ -65,21 +68,23 @@ def worker_args(settings: Settings) -> list[str]:
     group = settings.group
     return [
         "worker",
-        "--queues", ",".join(group.queues),
-        "--concurrency", str(group.concurrency),
-        "--pool", group.pool,
-        "--hostname", f"{settings.worker_group}@%h",
-        "--loglevel", settings.log_level,
+        "--queues",
+        ",".join(group.queues),
+        "--concurrency",
+        str(group.concurrency),
+        "--pool",
+        group.pool,
+        "--hostname",
+        f"{settings.worker_group}@%h",
+        "--loglevel",
+        settings.log_level,
         # Mingle and gossip make every worker talk to every other at start; not needed here.
         "--without-mingle",
         "--without-gossip",
-    ]  # fmt: skip
+    ]
 
 
 def exec_celery(args: list[str]) -> int:
-    # SIGTERM (what ECS sends) must start Celery's soft shutdown (SIGQUIT) rather than its
-    # warm shutdown, which waits for running tasks without any limit.
-    os.environ["REMAP_SIGTERM"] = "SIGQUIT"
     argv = [sys.executable, "-m", "celery", "--app", "celery_service.main", *args]
     os.execv(sys.executable, argv)
     return 1  # not reached

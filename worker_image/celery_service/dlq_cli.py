@@ -75,9 +75,13 @@ def _replay(settings: Settings, dlq: DeadLetterQueues, queue: str, ids: list[str
 
     def send(entry: DeadLetter, task_id: str) -> None:
         app.send_task(
-            entry.task_name, args=entry.args, kwargs=entry.kwargs, queue=entry.queue,
-            task_id=task_id, headers={"replayed_from": entry.id},
-        )  # fmt: skip
+            entry.task_name,
+            args=entry.args,
+            kwargs=entry.kwargs,
+            queue=entry.queue,
+            task_id=task_id,
+            headers={"replayed_from": entry.id},
+        )
 
     status = 0
     for entry_id in ids:

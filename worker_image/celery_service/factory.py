@@ -26,7 +26,6 @@ TASK_MODULES = ["celery_service.tasks.samples"]
 # keys q, q\x06\x163, q\x06\x166, q\x06\x169. Shared with the autoscaler's depth reader.
 PRIORITY_SEPARATOR = "\x06\x16"
 
-RETRY_BACKOFF_MAX_S = 600  # longest wait between two retries (seconds)
 BEAT_MAX_LOOP_INTERVAL_S = 5  # beat wakes at least this often (seconds)
 # The RedBeat lock expires this long after its holder stops renewing it (seconds): how long a
 # replacement beat waits after a crash. RedBeat's default (25 minutes) skips schedules.
@@ -94,16 +93,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             Queue(name, Exchange(name, type="direct"), routing_key=name) for name in catalog.queues
         ],
         "task_create_missing_queues": False,
-        "task_routes": {name: {"queue": spec.queue} for name, spec in catalog.tasks.items()},
+        "task_routes": _routes(settings),
         "task_annotations": _annotations(settings),
         "task_track_started": True,
         "task_send_sent_event": True,
         "worker_send_task_events": True,  # Flower and `celery events` need them
         "worker_hijack_root_logger": False,
-        # SIGTERM (remapped to SIGQUIT by the entry point) first waits this long for running
-        # tasks, then requeues what is left and exits, well inside Fargate's stop timeout.
-        "worker_soft_shutdown_timeout": settings.shutdown_budget_s,
-        "worker_enable_soft_shutdown_on_idle": True,
+        # SIGTERM starts a warm shutdown, bounded by signals._bound_warm_shutdown. Celery's own
+        # soft shutdown is off: it sleeps its whole timeout inside the signal handler, with
+        # the event loop stopped, so even a task that ends early is neither acked nor
+        # reported until the timeout is over.
+        "worker_soft_shutdown_timeout": 0,
+        "worker_enable_soft_shutdown_on_idle": False,
         "worker_consumer": "celery_service.consumer:SafeConsumer",
         # Beat: RedBeat keeps schedules and its lock in Redis; a second beat waits on the lock.
         "beat_scheduler": "celery_service.beat:HeartbeatScheduler",
@@ -123,12 +124,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def _annotations(settings: Settings) -> dict[str, dict[str, Any]]:
-    annotations: dict[str, dict[str, Any]] = {}
+    # "*" applies to every task, on top of its own entry.
+    annotations: dict[str, dict[str, Any]] = {
+        "*": {"retry_backoff_max": settings.catalog.retry_backoff_max_s}
+    }
     for name, spec in settings.catalog.tasks.items():
-        options: dict[str, Any] = {
-            "priority": PRIORITIES[spec.priority],
-            "max_retries": spec.max_retries,
-        }
+        options: dict[str, Any] = {"max_retries": spec.max_retries}
         if spec.rate_limit:
             options["rate_limit"] = spec.rate_limit
         if spec.soft_time_limit_s:
@@ -137,6 +138,22 @@ def _annotations(settings: Settings) -> dict[str, dict[str, Any]]:
             options["time_limit"] = spec.time_limit_s
         annotations[name] = options
     return annotations
+
+
+def _routes(settings: Settings) -> list[Any]:
+    """Queue and priority of each task from the catalog; anything else goes to the default
+    queue at normal priority. A caller's explicit queue= or priority= still wins."""
+    catalog = settings.catalog
+    by_name = {
+        name: {"queue": spec.queue, "priority": PRIORITIES[spec.priority]}
+        for name, spec in catalog.tasks.items()
+    }
+    fallback = {"queue": catalog.default_queue, "priority": DEFAULT_PRIORITY}
+
+    def default_route(*_: Any, **__: Any) -> dict[str, Any]:
+        return dict(fallback)
+
+    return [by_name, default_route]
 
 
 def _beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:

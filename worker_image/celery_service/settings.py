@@ -29,8 +29,9 @@ PRIORITIES: dict[str, int] = {"high": 0, "normal": 3, "low": 6, "bulk": 9}
 PRIORITY_STEPS = [0, 3, 6, 9]
 DEFAULT_PRIORITY = PRIORITIES["normal"]
 
-# Margin (seconds) the visibility timeout keeps above the longest hard time limit.
-VISIBILITY_MARGIN_S = 60
+# Margin (seconds) the visibility timeout keeps above the longest retry wait plus the longest
+# hard time limit (the same rule as config/model.py, checked again where it matters).
+VISIBILITY_MARGIN_S = 10
 # Fargate sends SIGKILL this long after SIGTERM at most (stopTimeout maximum, seconds).
 FARGATE_MAX_STOP_TIMEOUT_S = 120
 
@@ -72,9 +73,10 @@ class ScheduleSpec(_Model):
 class Catalog(_Model):
     """The queue catalog as the CDK renders it (see config/model.py, runtime_catalog)."""
 
-    visibility_timeout_s: int = Field(ge=60)
+    visibility_timeout_s: int = Field(ge=10)
     default_queue: QueueName
     result_expires_s: int = Field(default=86400, ge=60)
+    retry_backoff_max_s: int = Field(default=300, ge=1)
     queues: list[QueueName] = Field(min_length=1)
     worker_groups: dict[str, GroupSpec] = Field(min_length=1)
     tasks: dict[str, TaskSpec] = Field(default_factory=dict)
@@ -85,11 +87,13 @@ class Catalog(_Model):
         limits = [(f"worker_groups.{n}", g.time_limit_s) for n, g in self.worker_groups.items()]
         limits += [(f"tasks.{n}", t.time_limit_s) for n, t in self.tasks.items() if t.time_limit_s]
         where, longest = max(limits, key=lambda item: item[1])
-        if self.visibility_timeout_s < longest + VISIBILITY_MARGIN_S:
+        needed = longest + self.retry_backoff_max_s + VISIBILITY_MARGIN_S
+        if self.visibility_timeout_s < needed:
             raise ValueError(
-                f"visibility_timeout_s ({self.visibility_timeout_s}) must be at least "
-                f"{longest + VISIBILITY_MARGIN_S}: the longest hard limit ({where} = {longest} s) "
-                f"plus {VISIBILITY_MARGIN_S} s, or Redis redelivers running tasks"
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must be at least {needed}: "
+                f"the longest hard limit ({where} = {longest} s) + retry_backoff_max_s "
+                f"({self.retry_backoff_max_s} s) + {VISIBILITY_MARGIN_S} s, or Redis "
+                "redelivers waiting and running tasks"
             )
         known = set(self.queues)
         for name, group in self.worker_groups.items():
@@ -151,8 +155,8 @@ class Settings(_Model):
         scheme = "rediss" if self.broker_tls else "redis"
         auth = ""
         if self.broker_auth_token is not None:
-            secret = self.broker_auth_token.get_secret_value() if with_password else "***"
-            auth = f":{quote(secret, safe='')}@"
+            secret = self.broker_auth_token.get_secret_value()
+            auth = f":{quote(secret, safe='')}@" if with_password else ":***@"
         query = "?ssl_cert_reqs=required" if self.broker_tls else ""
         return f"{scheme}://{auth}{self.broker_host}:{self.broker_port}/{self.broker_db}{query}"
 

@@ -7,6 +7,9 @@ is logged and the task goes on.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 import traceback as tb
 from typing import Any
@@ -133,9 +136,14 @@ def record_dead_letter(entry: DeadLetter) -> bool:
         return False
     log.error(
         "dead letter recorded",
-        extra={"dlq_id": entry.id, "dlq_queue": entry.queue, "kind": entry.kind,
-               "failed_task_id": entry.task_id, "failed_task_name": entry.task_name},
-    )  # fmt: skip
+        extra={
+            "dlq_id": entry.id,
+            "dlq_queue": entry.queue,
+            "kind": entry.kind,
+            "failed_task_id": entry.task_id,
+            "failed_task_name": entry.task_name,
+        },
+    )
     client = statsd(settings)
     if client is not None:
         client.increment(
@@ -170,6 +178,21 @@ def _unknown_task(message: Any = None, exc: BaseException | None = None, **_: An
 def _rejected(message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
     if message is not None:
         record_dead_letter(dead_letter_from_message(message, "rejected", exc))
+
+
+@signals.worker_shutting_down.connect
+def _bound_warm_shutdown(how: str | None = None, **_: Any) -> None:
+    """Celery's warm shutdown (SIGTERM) stops consuming and waits for running tasks, acking
+    each as it ends, but without any limit, so Fargate would SIGKILL a long task and leave it
+    to the slow crash-recovery sweep. After the budget, switch to a cold shutdown (SIGQUIT):
+    it cancels what still runs and puts those messages straight back on their queue."""
+    if how != "Warm":
+        return
+    budget = _settings().shutdown_budget_s
+    log.warning("warm shutdown: running tasks have %.0f s before they are requeued", budget)
+    timer = threading.Timer(budget, os.kill, args=(os.getpid(), signal.SIGQUIT))
+    timer.daemon = True
+    timer.start()
 
 
 @signals.worker_ready.connect

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from celery import Task
 
-from celery_service.factory import RETRY_BACKOFF_MAX_S
-
 
 class TransientError(Exception):
     """Raise (or raise from) this for failures worth retrying: timeouts, 5xx, throttling."""
@@ -23,6 +21,7 @@ class PlatformTask(Task):  # type: ignore[misc]
     autoretry_for = (TransientError, ConnectionError, TimeoutError)
     dont_autoretry_for = (PermanentError,)
     retry_backoff = 2  # seconds, doubled per attempt
-    retry_backoff_max = RETRY_BACKOFF_MAX_S  # stays far below the visibility timeout
+    # retry_backoff_max comes from the catalog (task annotations): the visibility timeout
+    # is validated against it.
     retry_jitter = True  # spread retries of a failed batch instead of stampeding
     max_retries = 5
