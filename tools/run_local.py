@@ -40,9 +40,9 @@ from config import ConfigError, available_environments, load_environment  # noqa
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0  # SIGTERM, then SIGKILL after this long
-# Idle workers still wait their whole soft-shutdown budget on stop (enable_soft_shutdown_on
-# _idle); locally that only delays Ctrl-C.
-LOCAL_SHUTDOWN_BUDGET_S = "2"
+# Ctrl-C gives running tasks this long (seconds) before they are requeued: locally there is
+# no reason to wait as long as on Fargate.
+LOCAL_SHUTDOWN_BUDGET_S = "5"
 FLOWER_USER = "admin"
 SAMPLE_TASK = (
     "import celery_service.main; from celery_service.tasks.samples import square; "
