@@ -1,0 +1,88 @@
+"""The sample tasks' patterns on a real worker: idempotency, progress, canvas, rate limits,
+and results that expire."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from celery import chord, group
+
+from celery_service.tasks.samples import EMAILS_SENT_KEY
+from tests.conftest import RedisServer
+from tests.worker.harness import TEST_CATALOG, publisher, running, wait_for
+
+
+def test_idempotent_task_sends_once_however_often_it_runs(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    server = redis_server()
+    client = server.client()
+    app = publisher(server.port)
+    with running(server.port, tmp_path):
+        results = [app.send_task("samples.send_welcome_email", args=[42]) for _ in range(5)]
+        outcomes = sorted(r.get(timeout=20) for r in results)
+    assert outcomes == ["already sent"] * 4 + ["sent"]
+    assert client.lrange(EMAILS_SENT_KEY, 0, -1) == [b"42"]
+    app.close()
+
+
+def test_long_task_reports_progress_and_its_result_expires(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    server = redis_server()
+    client = server.client()
+    app = publisher(server.port)
+    seen: list[Any] = []
+    with running(server.port, tmp_path, group="batch"):
+        result = app.send_task("samples.build_report", args=["r-progress", 3, 0.5])
+        deadline = time.monotonic() + 20
+        while not result.ready() and time.monotonic() < deadline:
+            if result.state == "PROGRESS":
+                seen.append(result.info["done"])
+            time.sleep(0.05)
+        assert result.get(timeout=5) == "report r-progress: 3 sections"
+    assert set(seen) >= {1, 2}
+    ttl = client.ttl(f"celery-task-meta-{result.id}")
+    assert 0 < ttl <= TEST_CATALOG["result_expires_s"]
+    app.close()
+
+
+def test_chord_of_a_group_then_a_callback(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    server = redis_server()
+    app = publisher(server.port)
+    with running(server.port, tmp_path):
+        squares = group(app.signature("samples.square", args=[n]) for n in range(1, 6))
+        workflow = chord(squares, app.signature("samples.total"))
+        assert workflow.apply_async().get(timeout=30) == 1 + 4 + 9 + 16 + 25
+        chained = app.signature("samples.square", args=[3]) | app.signature("samples.square")
+        assert chained.apply_async().get(timeout=30) == 81
+    app.close()
+
+
+def test_rate_limit_from_the_catalog_spaces_out_tasks(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    server = redis_server()
+    client = server.client()
+    catalog = {
+        **TEST_CATALOG,
+        "tasks": {
+            **TEST_CATALOG["tasks"],
+            "samples.send_welcome_email": {"queue": "default", "rate_limit": "4/s"},
+        },
+    }
+    app = publisher(server.port, catalog)
+    with running(server.port, tmp_path, catalog=catalog):
+        started = time.monotonic()
+        for user_id in range(12):
+            app.send_task("samples.send_welcome_email", args=[user_id])
+        wait_for(lambda: client.llen(EMAILS_SENT_KEY) == 12, 30, "twelve emails")
+        took = time.monotonic() - started
+    # A token bucket of 4/s lets the first few through, then one every 0.25 s.
+    assert took >= 1.5, f"12 tasks at 4/s took only {took:.2f} s"
+    app.close()
