@@ -17,7 +17,15 @@ from celery.result import AsyncResult
 from celery_service.dlq import DeadLetterQueues
 from celery_service.names import completed_key
 from tests.conftest import RedisServer
-from tests.worker.harness import IMAGE_DIR, base_env, publisher, queue_keys, running, wait_for
+from tests.worker.harness import (
+    IMAGE_DIR,
+    TEST_CATALOG,
+    base_env,
+    publisher,
+    queue_keys,
+    running,
+    wait_for,
+)
 from tests.worker.http_standin import standin
 
 
@@ -214,4 +222,30 @@ def test_undecodable_and_unknown_messages_are_kept_and_the_worker_goes_on(
     assert base64.b64decode(undecodable.raw or "") == b"{this is not json"
     assert client.hlen("unacked") == 0
     assert int(client.get(completed_key("default")) or 0) >= 3
+    app.close()
+
+
+def test_time_limits_from_the_catalog_stop_a_task_and_record_it(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    server = redis_server()
+    catalog = {
+        **TEST_CATALOG,
+        "tasks": {
+            **TEST_CATALOG["tasks"],
+            "samples.build_report": {
+                "queue": "reports",
+                "soft_time_limit_s": 1,
+                "time_limit_s": 2,
+            },
+        },
+    }
+    app = publisher(server.port, catalog)
+    dlq = DeadLetterQueues(server.client())
+    with running(server.port, tmp_path, group="batch", catalog=catalog):
+        result = app.send_task("samples.build_report", args=["r-slow", 10, 0.5])
+        with pytest.raises(Exception, match=r"TimeLimitExceeded"):
+            result.get(timeout=20)
+        wait_for(lambda: dlq.depth("reports") == 1, 10, "the dead letter")
+    assert "TimeLimitExceeded" in (dlq.entries("reports")[0].exception or "")
     app.close()
