@@ -201,6 +201,83 @@ class BrokerConfig(Strict):
     retry_backoff_max_s: int = Field(default=300, ge=1, le=3600)
 
 
+class ServicesConfig(Strict):
+    """How the ECS services run (the queue catalog says what they run)."""
+
+    architecture: Literal["arm64", "x86_64"] = "arm64"  # Graviton is cheaper per vCPU
+    fargate_spot: bool = False  # workers only: interruptions are requeued like a SIGTERM
+    log_retention_days: int = 30
+    enable_exec: bool = False  # ECS Exec into running tasks, for debugging
+    # Fargate sends SIGKILL this long after SIGTERM (seconds, at most 120); the worker's
+    # shutdown budget stays 15 s below it.
+    stop_timeout_s: int = Field(default=120, ge=30, le=120)
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        return _check_retention(value)
+
+
+class FlowerConfig(Strict):
+    """Flower behind an ALB: internal with basic auth, or internet-facing with HTTPS + OIDC."""
+
+    internet_facing: bool = False
+    # Who may reach an internal ALB (default: the VPC's own CIDR).
+    allowed_cidrs: list[str] = Field(default_factory=list)
+    certificate_arn: Annotated[str, StringConstraints(pattern=r"^arn:aws[a-z-]*:acm:")] | None = (
+        None
+    )
+    oidc_issuer: str | None = None
+    oidc_authorization_endpoint: str | None = None
+    oidc_token_endpoint: str | None = None
+    oidc_user_info_endpoint: str | None = None
+    oidc_client_id: str | None = None
+    # Name of a Secrets Manager secret holding the OIDC client secret (never the value).
+    oidc_client_secret_name: str | None = None
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                net = ipaddress.IPv4Network(cidr)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IPv4 CIDR") from None
+            if net.prefixlen == 0:
+                raise ValueError("0.0.0.0/0 would open Flower to everyone; list your networks")
+        return value
+
+    @model_validator(mode="after")
+    def _cross(self) -> FlowerConfig:
+        if self.internet_facing:
+            oidc = {
+                "certificate_arn": self.certificate_arn,
+                "oidc_issuer": self.oidc_issuer,
+                "oidc_authorization_endpoint": self.oidc_authorization_endpoint,
+                "oidc_token_endpoint": self.oidc_token_endpoint,
+                "oidc_user_info_endpoint": self.oidc_user_info_endpoint,
+                "oidc_client_id": self.oidc_client_id,
+                "oidc_client_secret_name": self.oidc_client_secret_name,
+            }
+            missing = [name for name, value in oidc.items() if not value]
+            if missing:
+                raise ValueError(
+                    "internet_facing = true needs HTTPS and OIDC sign-in; missing: "
+                    + ", ".join(missing)
+                )
+        return self
+
+
+class DatadogConfig(Strict):
+    """The Datadog agent sidecar in every task (DogStatsD on localhost:8125)."""
+
+    enabled: bool = False
+    site: str = "datadoghq.com"
+    # Name of the Secrets Manager secret holding the API key (never the key itself).
+    api_key_secret_name: str = "datadog/api-key"
+    agent_image: str = "public.ecr.aws/datadog/agent:7"
+
+
 class QueueConfig(Strict):
     """One Celery queue. Its name is the key in the `queues` table."""
 
@@ -312,12 +389,20 @@ class EnvironmentConfig(Strict):
     worker_groups: dict[GroupName, WorkerGroupConfig] = Field(min_length=1)
     tasks: dict[str, TaskConfig] = Field(default_factory=dict)
     schedules: dict[GroupName, ScheduleConfig] = Field(default_factory=dict)
+    services: ServicesConfig = Field(default_factory=ServicesConfig)
+    flower: FlowerConfig = Field(default_factory=FlowerConfig)
+    datadog: DatadogConfig = Field(default_factory=DatadogConfig)
 
     @model_validator(mode="after")
     def _cross(self) -> EnvironmentConfig:
         self._check_catalog()
         self._check_visibility_timeout()
         self._check_placement()
+        if self.datadog.enabled and self.network.nat_gateways == 0:
+            raise ValueError(
+                "datadog.enabled needs network.nat_gateways >= 1: the agent sends to "
+                "Datadog over the internet"
+            )
         if self.name == "prod" and self.redis.removal_policy == "destroy":
             raise ValueError(
                 "redis.removal_policy 'destroy' would delete prod's queued work with the "
@@ -370,6 +455,11 @@ class EnvironmentConfig(Strict):
 
     def _check_placement(self) -> None:
         net = self.network
+        if self.region is None:
+            raise ValueError(
+                'region: required (e.g. region = "eu-west-1"): the Flower load balancer\'s '
+                "access logs are delivered by the region's ELB account"
+            )
         if net.vpc_id is not None and (self.account is None or self.region is None):
             raise ValueError(
                 "network.vpc_id needs account and region: an existing VPC is looked up in them"

@@ -4,7 +4,9 @@ cdk-nag 3.x reports through CDK's policy validation: a finding fails `app.synth(
 `cdk synth`), and the report lands in `validation-report.json` in the cloud assembly.
 """
 
-from aws_cdk import Acknowledgment, App, Validations
+from typing import Any
+
+from aws_cdk import Acknowledgment, App, Stack, Validations
 from cdk_nag import AwsSolutionsChecks
 from constructs import IConstruct
 
@@ -15,9 +17,34 @@ def attach_checks(app: App) -> None:
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))
 
 
-def acknowledge(scope: IConstruct, rule: str, reason: str) -> None:
+def acknowledge(scope: IConstruct | None, rule: str, reason: str) -> None:
     """Accept one finding of `rule` (e.g. "AwsSolutions-AEC5") on `scope` and its children.
 
     Attach it to the one resource it concerns, never to a stack, and say why it is acceptable.
     """
+    if scope is None:
+        raise ValueError(f"no construct to acknowledge {rule} on")
     Validations.of(scope).acknowledge(Acknowledgment(id=rule, reason=reason))
+
+
+def acknowledge_wildcard_resource(scope: IConstruct, resource: str, reason: str) -> None:
+    """Accept AwsSolutions-IAM5 for one wildcard `resource` (an ARN, tokens allowed) on the
+    policy or role `scope`. The finding id names the resource as cdk-nag renders it."""
+    rendered = _render(Stack.of(scope).resolve(resource))
+    acknowledge(scope, f"AwsSolutions-IAM5[Resource::{rendered}]", reason)
+
+
+def _render(value: Any) -> str:
+    """CloudFormation intrinsics the way cdk-nag prints them in finding ids."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, arg),) = value.items()
+        if key == "Ref":
+            return f"<{arg}>"
+        if key == "Fn::GetAtt":
+            return f"<{arg[0]}.{arg[1]}>"
+        if key == "Fn::Join":
+            separator, parts = arg
+            return str(separator).join(_render(part) for part in parts)
+    raise ValueError(f"cannot render {value!r} as a cdk-nag finding id")

@@ -9,16 +9,18 @@ from aws_cdk import App, Environment, Stack, Tags
 from config import EnvironmentConfig
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
+from stacks.services_stack import ServicesStack
 
 
 @dataclass(frozen=True)
 class Platform:
     network: NetworkStack
     data: DataStack
+    services: ServicesStack
 
     @property
     def stacks(self) -> list[Stack]:
-        return [self.network, self.data]
+        return [self.network, self.data, self.services]
 
 
 def build_platform(app: App, config: EnvironmentConfig) -> Platform:
@@ -39,7 +41,16 @@ def build_platform(app: App, config: EnvironmentConfig) -> Platform:
         env=env,
         description=f"Celery platform {config.name}: Redis broker (stateful)",
     )
-    platform = Platform(network=network, data=data)
+    services = ServicesStack(
+        app,
+        f"{prefix}-services",
+        config=config,
+        network=network,
+        data=data,
+        env=env,
+        description=f"Celery platform {config.name}: workers, beat, Flower",
+    )
+    platform = Platform(network=network, data=data, services=services)
     for stack in platform.stacks:
         Tags.of(stack).add("project", config.project)
         Tags.of(stack).add("environment", config.name)

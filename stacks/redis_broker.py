@@ -157,7 +157,12 @@ class RedisBroker(Construct):
         Called on the consumer's side, so the ingress rule is created in the consumer's
         stack: the stateful stack never depends on the services that use it.
         """
-        consumer.connections.allow_to(self.security_group, ec2.Port.tcp(self.port), description)
+        # remote_rule: the rule lives in the consumer's stack. No egress rule is added to the
+        # consumer: its own group decides what it may reach.
+        for group in consumer.connections.security_groups:
+            self.security_group.add_ingress_rule(
+                group, ec2.Port.tcp(self.port), description, remote_rule=True
+            )
 
 
 def _log_delivery(

@@ -32,7 +32,7 @@ def catalog() -> dict[str, Any]:
 
 def merged(**overrides: Any) -> dict[str, Any]:
     """The catalog with top-level tables merged one level deep (enough for these cases)."""
-    data = catalog()
+    data = {"region": "eu-west-1", **catalog()}
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             for sub, subvalue in value.items():
@@ -190,6 +190,10 @@ MALFORMED: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         {"network": {"vpc_id": "vpc-0123456789abcdef0"}},
         ("network.vpc_id", "account and region"),
     ),
+    "no region": (
+        {"region": None},
+        ("region: required", "access logs"),
+    ),
     "malformed account": (
         {"account": "1234"},
         ("account", "12-digit AWS account id", "got '1234'"),
@@ -221,7 +225,7 @@ MALFORMED: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
 def test_malformed_config_fails_with_one_clear_line(case: str) -> None:
     overrides, fragments = MALFORMED[case]
     env = "prod" if "prod" in case else "staging"
-    data = merged(**overrides)
+    data = {k: v for k, v in merged(**overrides).items() if v is not None}
     if case == "group name not usable in AWS names":
         # the bad group takes `default` from `general`, which keeps the rest valid
         data["worker_groups"]["general"]["queues"] = ["priority"]
@@ -253,7 +257,7 @@ def test_unknown_environment_names_the_known_ones() -> None:
 
 def test_environment_cannot_rename_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="dev: name: not a setting"):
-        parse_environment("dev", {**catalog(), "name": "prod"})
+        parse_environment("dev", {**merged(), "name": "prod"})
 
 
 def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
@@ -286,7 +290,9 @@ def test_app_reports_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     shutil.copy(CONFIG_DIR / "catalog.toml", config_dir / "catalog.toml")
-    (config_dir / "qa.toml").write_text("[worker_groups.general]\nmin_tasks = 20\nmax_tasks = 4\n")
+    (config_dir / "qa.toml").write_text(
+        'region = "eu-west-1"\n[worker_groups.general]\nmin_tasks = 20\nmax_tasks = 4\n'
+    )
     result = run_app(tmp_path, {"env": "qa", "config_dir": str(config_dir)})
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_cdk import App, Stack
+from aws_cdk import App, Environment, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Match
 
@@ -160,7 +160,7 @@ class ConsumerStack(Stack):
     """Stands in for the services stack: one consumer security group granted access."""
 
     def __init__(self, app: App, platform: Platform) -> None:
-        super().__init__(app, "consumer")
+        super().__init__(app, "consumer", env=Environment(region=platform.data.region))
         self.group = ec2.SecurityGroup(
             self, "Worker", vpc=platform.network.vpc, allow_all_outbound=False
         )

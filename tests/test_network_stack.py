@@ -22,6 +22,7 @@ def network(synth: Synth) -> dict[str, Any]:
 def variant(name: str, tmp_path: Path, context: dict[str, Any] | None = None, **top: Any) -> Synth:
     with (CONFIG_DIR / "catalog.toml").open("rb") as fh:
         data = tomllib.load(fh)
+    data = {"region": "eu-west-1", **data}
     return synthesize(parse_environment(name, {**data, **top}), tmp_path, context=context)
 
 

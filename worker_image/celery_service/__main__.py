@@ -44,6 +44,10 @@ def main(argv: list[str]) -> int:
     if command == "beat":
         return exec_celery(["beat", "--loglevel", settings.log_level, *rest])
     if command == "flower":
+        # On ECS the password arrives alone (an ECS secret is one value): pair it with the user.
+        if os.environ.get("FLOWER_PASSWORD") and not os.environ.get("FLOWER_BASIC_AUTH"):
+            user = os.environ.get("FLOWER_USER", "admin")
+            os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{os.environ.pop('FLOWER_PASSWORD')}"
         if not os.environ.get("FLOWER_BASIC_AUTH") and not os.environ.get("FLOWER_AUTH"):
             print(
                 "settings error: FLOWER_BASIC_AUTH: required (user:password); Flower is "
