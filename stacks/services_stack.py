@@ -186,7 +186,7 @@ class WorkerService(Construct):
         cfn_service = self.service.node.default_child
         assert isinstance(cfn_service, ecs.CfnService)
         cfn_service.add_property_override("DesiredCount", kept.desired_count)
-        _acknowledge_task_definition(self.task_definition)
+        _acknowledge_task_definition(self.task_definition, runtime.config)
 
 
 class BeatService(Construct):
@@ -234,7 +234,7 @@ class BeatService(Construct):
             enable_execute_command=runtime.config.services.enable_exec,
             propagate_tags=ecs.PropagatedTagSource.SERVICE,
         )
-        _acknowledge_task_definition(self.task_definition)
+        _acknowledge_task_definition(self.task_definition, runtime.config)
 
 
 class FlowerService(Construct):
@@ -304,7 +304,7 @@ class FlowerService(Construct):
             enable_execute_command=config.services.enable_exec,
             propagate_tags=ecs.PropagatedTagSource.SERVICE,
         )
-        _acknowledge_task_definition(self.task_definition)
+        _acknowledge_task_definition(self.task_definition, runtime.config)
 
         self.logs_bucket = s3.Bucket(
             self,
@@ -420,7 +420,16 @@ class FlowerService(Construct):
         return listener
 
 
-def _acknowledge_task_definition(task_definition: ecs.FargateTaskDefinition) -> None:
+def _acknowledge_task_definition(
+    task_definition: ecs.FargateTaskDefinition, config: EnvironmentConfig
+) -> None:
+    if config.services.enable_exec:
+        acknowledge(
+            task_definition.task_role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "ECS Exec (services.enable_exec) opens SSM message channels, whose actions have "
+            "no resource-level permissions.",
+        )
     acknowledge(
         task_definition.obtain_execution_role(),
         "AwsSolutions-IAM5[Resource::*]",
