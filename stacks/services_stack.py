@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Duration, RemovalPolicy, SecretValue, Stack
+from aws_cdk import CfnOutput, Duration, RemovalPolicy, SecretValue, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
@@ -86,6 +86,11 @@ class ServicesStack(Stack):
             network=network,
             service_name=f"{prefix}-flower",
         )
+
+        scheme = "https" if config.flower.internet_facing else "http"
+        CfnOutput(self, "FlowerUrl", value=f"{scheme}://{self.flower.alb.load_balancer_dns_name}/")
+        CfnOutput(self, "FlowerPasswordSecretArn", value=self.flower.password.secret_arn)
+        CfnOutput(self, "ClusterName", value=self.cluster.cluster_name)
 
         for name, worker in self.workers.items():
             data.broker.grant_connect(worker.service, f"worker group {name} to the broker")
