@@ -95,15 +95,19 @@ def group_alive(pgid: int) -> bool:
 def test_local_platform_serves_a_task_and_stops_cleanly(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--env", "dev", "--duration", "25"],
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-    )  # fmt: skip
+    )
     output = Output(process)
     try:
         assert output.banner.wait(timeout=60), f"no banner; output:\n{output.text}"
         text = output.text
-        flower = re.search(r"Flower:\s+(http://127\.0\.0\.1:(\d+)/)\s+user (\S+)\s+password (\S+)",
-                           text)  # fmt: skip
+        flower = re.search(
+            r"Flower:\s+(http://127\.0\.0\.1:(\d+)/)\s+user (\S+)\s+password (\S+)", text
+        )
         broker = re.search(r"broker:\s+redis://127\.0\.0\.1:(\d+)/0", text)
         pids = re.search(r"pids:\s+(.+)", text)
         submit = re.search(r"Submit a sample task.*\n\s+(.+)", text)
@@ -112,17 +116,18 @@ def test_local_platform_serves_a_task_and_stops_cleanly(tmp_path: Path) -> None:
         assert pids, text
         assert submit, text
         url, flower_port, user, password = flower[1], int(flower[2]), flower[3], flower[4]
-        started = {name: int(pid) for name, pid in
-                   (item.split("=") for item in pids[1].split())}  # fmt: skip
-        assert set(started) == {"redis-server", "worker-general", "worker-batch", "beat",
-                                "flower"}  # fmt: skip
+        started = {name: int(pid) for name, pid in (item.split("=") for item in pids[1].split())}
+        assert set(started) == {"redis-server", "worker-general", "worker-batch", "beat", "flower"}
         assert text.count(password) == 1, "the Flower password is printed once"
 
         # The printed command, as a user would paste it, from another folder.
         result = subprocess.run(
-            ["/bin/sh", "-c", submit[1]], cwd=tmp_path, capture_output=True, text=True,
+            ["/bin/sh", "-c", submit[1]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
             timeout=40,
-        )  # fmt: skip
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "49"
 

@@ -71,8 +71,11 @@ def test_hadolint_finds_nothing() -> None:
     # From the root, so a .hadolint.yaml there (ignores with reasons) would apply.
     result = subprocess.run(
         [str(HADOLINT), "--format", "json", str(DOCKERFILE)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     findings = json.loads(result.stdout or "[]")
     assert findings == [], json.dumps(findings, indent=2)
     assert result.returncode == 0, result.stderr
@@ -119,8 +122,12 @@ def test_runtime_stage_is_minimal_and_unprivileged(dockerfile: list[tuple[str, s
         assert not BUILD_TOOLS.search(run), run
 
     env = " ".join(by_keyword.get("ENV", []))
-    for setting in ("PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1",
-                    "PATH=/opt/venv/bin:$PATH", "PYTHONPATH=/app"):  # fmt: skip
+    for setting in (
+        "PYTHONDONTWRITEBYTECODE=1",
+        "PYTHONUNBUFFERED=1",
+        "PATH=/opt/venv/bin:$PATH",
+        "PYTHONPATH=/app",
+    ):
         assert setting in env
     assert by_keyword.get("WORKDIR") == ["/app"]
 
@@ -176,8 +183,12 @@ def service_env(**extra: str) -> dict[str, str]:
 def run_service(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "celery_service", *args],
-        cwd=IMAGE_DIR, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=IMAGE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_help_lists_the_commands() -> None:
@@ -246,9 +257,10 @@ def test_compose_celery_services_use_the_image_without_tls(compose: dict[str, An
 
 def test_compose_publishes_on_loopback_only(compose: dict[str, Any]) -> None:
     published = [
-        (name, port) for name, service in compose["services"].items()
+        (name, port)
+        for name, service in compose["services"].items()
         for port in service.get("ports", [])
-    ]  # fmt: skip
+    ]
     assert ("flower", "127.0.0.1:5555:5555") in published
     for name, port in published:
         assert isinstance(port, str), f"{name}: use the 'host_ip:host:container' form"

@@ -151,9 +151,14 @@ class LocalPlatform:
             # Own session: the terminal's Ctrl-C reaches this script only, which then stops
             # the processes in order (redis last, so workers can hand back their messages).
             process = subprocess.Popen(
-                args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                args,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         service = Service(name=name, process=process, log=log, ready=lambda: False)
         self.services.append(service)
         return service
@@ -162,8 +167,19 @@ class LocalPlatform:
         binary = shutil.which("redis-server")
         if binary is None:
             raise StartError("redis-server is missing: install it with `make redis-server`")
-        args = [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]  # fmt: skip
+        args = [
+            binary,
+            "--port",
+            str(self.redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+        ]
         service = self._spawn("redis-server", args, dict(self.base_env), self.workdir)
         port = self.redis_port
         service.ready = lambda: redis_answers(port)
@@ -172,8 +188,11 @@ class LocalPlatform:
         command = [sys.executable, "-m", "celery_service"]
         for group in self.groups:
             heartbeat = self.workdir / f"heartbeat-worker-{group}"
-            env = {**self.base_env, "CELERY_WORKER_GROUP": group,
-                   "CELERY_HEARTBEAT_FILE": str(heartbeat)}  # fmt: skip
+            env = {
+                **self.base_env,
+                "CELERY_WORKER_GROUP": group,
+                "CELERY_HEARTBEAT_FILE": str(heartbeat),
+            }
             service = self._spawn(f"worker-{group}", [*command, "worker"], env, IMAGE_DIR)
             service.ready = heartbeat.exists
         heartbeat = self.workdir / "heartbeat-beat"
@@ -212,8 +231,13 @@ class LocalPlatform:
         return True
 
     def write_env_file(self) -> None:
-        names = ("PYTHONPATH", "CELERY_BROKER_HOST", "CELERY_BROKER_PORT", "CELERY_BROKER_TLS",
-                 "CELERY_CATALOG")  # fmt: skip
+        names = (
+            "PYTHONPATH",
+            "CELERY_BROKER_HOST",
+            "CELERY_BROKER_PORT",
+            "CELERY_BROKER_TLS",
+            "CELERY_CATALOG",
+        )
         lines = [f"export {name}={shlex.quote(self.base_env[name])}" for name in names]
         self.env_file.write_text("\n".join(lines) + "\n")
 
@@ -280,17 +304,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--env", default="dev", choices=available_environments())
     parser.add_argument(
-        "--duration", type=float, metavar="SECONDS",
+        "--duration",
+        type=float,
+        metavar="SECONDS",
         help="stop by itself this long after everything is up (default: run until Ctrl-C)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--log-dir", type=Path,
+        "--log-dir",
+        type=Path,
         help="keep the processes' logs here (default: the temporary folder, removed at exit)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--print-env", action="store_true",
+        "--print-env",
+        action="store_true",
         help="print a .env file for docker compose (catalog, new Flower password) and exit",
-    )  # fmt: skip
+    )
     return parser.parse_args(argv)
 
 
@@ -319,8 +347,11 @@ def main(argv: list[str]) -> int:
     platform = LocalPlatform(args.env, workdir, log_dir)
     failure: str | None = None
     try:
-        print(f"run_local: starting redis-server, workers ({', '.join(platform.groups)}), "
-              f"beat and Flower; logs in {log_dir}", flush=True)  # fmt: skip
+        print(
+            f"run_local: starting redis-server, workers ({', '.join(platform.groups)}), "
+            f"beat and Flower; logs in {log_dir}",
+            flush=True,
+        )
         platform.start_redis()
         if platform.wait_ready(stop, timeout=10):
             platform.start_celery()
