@@ -15,7 +15,8 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 # The CDK CLI runs `python3 app.py` (cdk.json): make that the project's interpreter.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: synth test lint typecheck pytest setup redis-server clean local bench-worker
+.PHONY: synth test lint typecheck pytest setup redis-server clean local bench-worker \
+	autoscale-once bench-autoscaler
 
 ## Synthesize one environment (ENV=dev|staging|prod) into cdk.out/ and list its stacks.
 synth: $(VENV)/.runtime-installed $(CDK)
@@ -56,6 +57,14 @@ $(CDK): package.json package-lock.json
 ## Run the platform on this machine: redis-server, a worker per group, beat, Flower.
 local: $(VENV)/.dev-installed redis-server
 	$(BIN)/python tools/run_local.py --env $(ENV)
+
+## Run the autoscaler once against a local Redis (sample backlog) with a dry-run ECS.
+autoscale-once: $(VENV)/.dev-installed redis-server
+	$(BIN)/python tools/autoscale_once.py --env $(ENV)
+
+## The scaling policy against published policies on simulated workloads.
+bench-autoscaler: $(VENV)/.dev-installed
+	$(BIN)/python bench/autoscaler_sim.py
 
 ## Throughput and start latency of the shipped worker settings vs Celery's defaults.
 bench-worker: $(VENV)/.dev-installed redis-server

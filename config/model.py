@@ -278,6 +278,31 @@ class DatadogConfig(Strict):
     agent_image: str = "public.ecr.aws/datadog/agent:7"
 
 
+class AutoscalerConfig(Strict):
+    """The queue-depth autoscaler Lambda: how often it runs and decides."""
+
+    schedule_minutes: int = Field(default=5, ge=1, le=60)  # EventBridge rate
+    # Decide several times per invocation (every decision_interval_s) for bursts that
+    # cannot wait a whole schedule; 1 means once per invocation (the default).
+    decisions_per_run: int = Field(default=1, ge=1, le=20)
+    decision_interval_s: int = Field(default=30, ge=5, le=300)
+
+    @model_validator(mode="after")
+    def _cross(self) -> AutoscalerConfig:
+        busy_s = (self.decisions_per_run - 1) * self.decision_interval_s
+        if busy_s + 60 > min(self.schedule_minutes * 60, 900):
+            raise ValueError(
+                f"decisions_per_run x decision_interval_s ({busy_s} s) plus 60 s must fit "
+                f"in the schedule ({self.schedule_minutes} min) and in Lambda's 15 minutes"
+            )
+        return self
+
+    @property
+    def timeout_s(self) -> int:
+        """Lambda timeout: every decision plus a minute, always below the schedule."""
+        return (self.decisions_per_run - 1) * self.decision_interval_s + 60
+
+
 class QueueConfig(Strict):
     """One Celery queue. Its name is the key in the `queues` table."""
 
@@ -392,6 +417,7 @@ class EnvironmentConfig(Strict):
     services: ServicesConfig = Field(default_factory=ServicesConfig)
     flower: FlowerConfig = Field(default_factory=FlowerConfig)
     datadog: DatadogConfig = Field(default_factory=DatadogConfig)
+    autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig)
 
     @model_validator(mode="after")
     def _cross(self) -> EnvironmentConfig:

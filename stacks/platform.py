@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aws_cdk import App, Environment, Stack, Tags
 
 from config import EnvironmentConfig
+from stacks.autoscaler_stack import AutoscalerStack
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
 from stacks.services_stack import ServicesStack
@@ -17,10 +18,11 @@ class Platform:
     network: NetworkStack
     data: DataStack
     services: ServicesStack
+    autoscaler: AutoscalerStack
 
     @property
     def stacks(self) -> list[Stack]:
-        return [self.network, self.data, self.services]
+        return [self.network, self.data, self.services, self.autoscaler]
 
 
 def build_platform(app: App, config: EnvironmentConfig) -> Platform:
@@ -50,7 +52,17 @@ def build_platform(app: App, config: EnvironmentConfig) -> Platform:
         env=env,
         description=f"Celery platform {config.name}: workers, beat, Flower",
     )
-    platform = Platform(network=network, data=data, services=services)
+    autoscaler = AutoscalerStack(
+        app,
+        f"{prefix}-autoscaler",
+        config=config,
+        network=network,
+        data=data,
+        services=services,
+        env=env,
+        description=f"Celery platform {config.name}: queue-depth autoscaler",
+    )
+    platform = Platform(network=network, data=data, services=services, autoscaler=autoscaler)
     for stack in platform.stacks:
         Tags.of(stack).add("project", config.project)
         Tags.of(stack).add("environment", config.name)

@@ -49,7 +49,8 @@ def test_cli_synthesizes_an_environment_without_credentials(tmp_path: Path) -> N
         text=True,
         check=True,
     ).stdout
-    assert "synthesized 3 stacks" in listing
-    for stack in ("celery-staging-network", "celery-staging-data", "celery-staging-services"):
+    assert "synthesized 4 stacks" in listing
+    for part in ("network", "data", "services", "autoscaler"):
+        stack = f"celery-staging-{part}"
         assert stack in listing
         assert (outdir / f"{stack}.template.json").is_file()

@@ -1,0 +1,436 @@
+"""The autoscaler Lambda: observe every worker group, ask the policy, apply its answer.
+
+Thin by design: settings and the event are parsed by models, the decision is the pure
+`policy.decide`, and the effects (one pipelined Redis read, ECS DescribeServices, an
+UpdateService only when the count changes, the state written back, EMF metrics) sit here.
+Failures never lower capacity: no reading, no change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .observe import Reading, read_all, state_key
+from .policy import Decision, Observation, PolicyConfig, decide
+
+NAMESPACE = "CeleryPlatform"
+logger = Logger(service="celery-autoscaler")
+metrics = Metrics(namespace=NAMESPACE, service="celery-autoscaler")
+
+
+class Target(BaseModel):
+    """One worker group's ECS service and scaling bounds (from the queue catalog)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: str = Field(min_length=1)
+    queues: list[str] = Field(min_length=1)
+    min_tasks: int = Field(ge=0)
+    max_tasks: int = Field(ge=1)
+    concurrency: int = Field(ge=1)
+    target_wait_s: int = Field(ge=1)
+
+
+class Settings(BaseModel):
+    """`AUTOSCALER_CONFIG` (JSON, rendered by the CDK from the config) plus Redis access."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    environment: str
+    cluster: str
+    interval_s: int = Field(default=300, ge=30)  # between invocations (EventBridge schedule)
+    decisions_per_run: int = Field(default=1, ge=1, le=20)
+    decision_interval_s: int = Field(default=30, ge=5)
+    targets: dict[str, Target] = Field(min_length=1)
+    dlq_queues: list[str] = Field(default_factory=list)
+    redis_host: str
+    redis_port: int = 6379
+    redis_tls: bool = True
+    redis_auth_secret_arn: str | None = None
+
+    @model_validator(mode="after")
+    def _fits_the_interval(self) -> Settings:
+        busy = (self.decisions_per_run - 1) * self.decision_interval_s
+        if busy >= self.interval_s:
+            raise ValueError(
+                f"decisions_per_run x decision_interval_s ({busy} s) must fit in interval_s "
+                f"({self.interval_s} s): runs would overlap"
+            )
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        try:
+            config = json.loads(environ["AUTOSCALER_CONFIG"])
+        except KeyError:
+            raise ValueError("AUTOSCALER_CONFIG is not set") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"AUTOSCALER_CONFIG is not valid JSON: {exc.msg}") from None
+        if not isinstance(config, dict):
+            raise ValueError("AUTOSCALER_CONFIG must be a JSON object")
+        config.update(
+            redis_host=environ.get("REDIS_HOST", ""),
+            redis_port=int(environ.get("REDIS_PORT", "6379")),
+            redis_tls=environ.get("REDIS_TLS", "true").lower() == "true",
+            redis_auth_secret_arn=environ.get("REDIS_AUTH_SECRET_ARN") or None,
+        )
+        return cls.model_validate(config)
+
+
+class Event(BaseModel):
+    """An EventBridge scheduled event, or `{"dry_run": true}` from an operator."""
+
+    model_config = ConfigDict(extra="allow")
+
+    dry_run: bool = False
+    source: str | None = None
+    detail_type: str | None = Field(default=None, alias="detail-type")
+
+
+@dataclass(frozen=True)
+class ServiceCounts:
+    running: int
+    pending: int
+    desired: int
+
+
+class EcsApi(Protocol):
+    def describe(self, services: list[str]) -> tuple[dict[str, ServiceCounts], dict[str, str]]:
+        """Counts of the services found, and a reason for each one not found."""
+
+    def set_desired(self, service: str, count: int) -> None: ...
+
+
+@dataclass
+class GroupResult:
+    group: str
+    service: str
+    before: int | None
+    desired: int | None
+    reason: str
+    changed: bool
+    error: str | None = None
+
+
+def run_once(
+    settings: Settings, redis_client: Any, ecs: EcsApi, now: float | None = None
+) -> list[GroupResult]:
+    """Observe, decide and act once for every worker group."""
+    now = time.time() if now is None else now
+    queues = sorted(
+        {q for t in settings.targets.values() for q in t.queues} | set(settings.dlq_queues)
+    )
+    groups = sorted(settings.targets)
+    try:
+        reading = read_all(redis_client, queues, groups)
+    except Exception as exc:  # redis.RedisError, OSError, timeouts: hold everything
+        logger.error("redis unreadable: no change this run", extra={"error": str(exc)})
+        _error_metric(settings, "redis")
+        return [
+            GroupResult(g, t.service, None, None, "redis unreadable: hold", False, str(exc))
+            for g, t in settings.targets.items()
+        ]
+    _queue_metrics(settings, reading)
+    names = [settings.targets[g].service for g in groups]
+    try:
+        found, missing = ecs.describe(names)
+    except Exception as exc:
+        logger.error("ecs describe failed: no change this run", extra={"error": str(exc)})
+        _error_metric(settings, "ecs_describe")
+        found, missing = {}, {n: f"describe failed: {exc}" for n in names}
+
+    results = []
+    new_states: dict[str, str] = {}
+    for group in groups:
+        target = settings.targets[group]
+        counts = found.get(target.service)
+        if counts is None:
+            reason = missing.get(target.service, "not found")
+            _error_metric(settings, "service_missing", group)
+            results.append(GroupResult(group, target.service, None, None, reason, False, reason))
+            continue
+        stored = reading.states.get(group) or {}
+        observation, completed_total = _observe(target, reading, counts, stored, now)
+        decision = _decide(settings, target, observation, stored)
+        result = GroupResult(
+            group,
+            target.service,
+            counts.desired,
+            decision.desired,
+            decision.reason,
+            changed=decision.desired != counts.desired,
+        )
+        if result.changed:
+            try:
+                ecs.set_desired(target.service, decision.desired)
+            except Exception as exc:
+                result.error = f"update failed: {exc}"
+                result.changed = False
+                _error_metric(settings, "ecs_update", group)
+        new_states[group] = json.dumps(
+            {
+                "policy": decision.state,
+                "last": {
+                    "now": now,
+                    "waiting": observation.waiting,
+                    "in_flight": observation.in_flight,
+                    "completed_total": completed_total,
+                },
+            }
+        )
+        _group_metrics(settings, group, observation, result)
+        results.append(result)
+    if new_states:
+        try:
+            pipe = redis_client.pipeline(transaction=False)
+            for group, state in new_states.items():
+                pipe.set(state_key(group), state, ex=7 * 86400)
+            pipe.execute()
+        except Exception as exc:
+            logger.error("policy state not saved", extra={"error": str(exc)})
+            _error_metric(settings, "redis_write")
+    return results
+
+
+def _observe(
+    target: Target,
+    reading: Reading,
+    counts: ServiceCounts,
+    stored: dict[str, Any],
+    now: float,
+) -> tuple[Observation, int | None]:
+    waiting = sum(reading.queues[q].waiting for q in target.queues)
+    in_flight = sum(reading.queues[q].in_flight for q in target.queues)
+    totals = [reading.queues[q].completed_total for q in target.queues]
+    completed_total = None if any(t is None for t in totals) else sum(t or 0 for t in totals)
+    last = stored.get("last") if isinstance(stored.get("last"), dict) else None
+    completed = arrived = 0
+    if last is not None and completed_total is not None:
+        previous = last.get("completed_total")
+        if isinstance(previous, int) and completed_total >= previous:
+            completed = completed_total - previous
+        # Arrivals are not counted anywhere: what changed in the queue, plus what left it.
+        delta_queue = (waiting - int(last.get("waiting", waiting))) + (
+            in_flight - int(last.get("in_flight", in_flight))
+        )
+        arrived = max(0, delta_queue + completed)
+    observation = Observation(
+        now=now,
+        waiting=waiting,
+        in_flight=in_flight,
+        running_tasks=counts.running,
+        pending_tasks=counts.pending,
+        desired=counts.desired,
+        arrived_since_last=arrived,
+        completed_since_last=completed,
+    )
+    return observation, completed_total
+
+
+def _decide(
+    settings: Settings, target: Target, observation: Observation, stored: dict[str, Any]
+) -> Decision:
+    interval = (
+        settings.decision_interval_s if settings.decisions_per_run > 1 else settings.interval_s
+    )
+    config = PolicyConfig(
+        min_tasks=target.min_tasks,
+        max_tasks=target.max_tasks,
+        concurrency=target.concurrency,
+        target_wait_s=target.target_wait_s,
+        interval_s=interval,
+    )
+    policy_state = stored.get("policy")
+    return decide(observation, config, policy_state if isinstance(policy_state, dict) else None)
+
+
+def _metric(settings: Settings, name: str, value: float, unit: MetricUnit, **dims: str) -> None:
+    with single_metric(name=name, unit=unit, value=value, namespace=NAMESPACE) as metric:
+        metric.add_dimension(name="environment", value=settings.environment)
+        for key, dim in dims.items():
+            metric.add_dimension(name=key, value=dim)
+
+
+def _error_metric(settings: Settings, kind: str, group: str | None = None) -> None:
+    dims = {"kind": kind}
+    if group is not None:
+        dims["worker_group"] = group
+    _metric(settings, "AutoscalerErrors", 1, MetricUnit.Count, **dims)
+
+
+def _queue_metrics(settings: Settings, reading: Reading) -> None:
+    for queue, values in reading.queues.items():
+        _metric(settings, "QueueWaiting", values.waiting, MetricUnit.Count, queue=queue)
+        _metric(settings, "QueueInFlight", values.in_flight, MetricUnit.Count, queue=queue)
+        _metric(settings, "DlqDepth", values.dlq_depth, MetricUnit.Count, queue=queue)
+
+
+def _group_metrics(
+    settings: Settings, group: str, observation: Observation, result: GroupResult
+) -> None:
+    unit = MetricUnit.Count
+    values = {
+        "GroupWaiting": observation.waiting,
+        "GroupInFlight": observation.in_flight,
+        "RunningTasks": observation.running_tasks,
+        "PendingTasks": observation.pending_tasks,
+    }
+    for name, value in values.items():
+        _metric(settings, name, float(value or 0), unit, worker_group=group)
+    _metric(settings, "DesiredTasks", float(result.desired or 0), unit, worker_group=group)
+    _metric(settings, "ScalingChanges", 1 if result.changed else 0, unit, worker_group=group)
+    logger.info(
+        "decision",
+        extra={
+            "worker_group": group,
+            "service": result.service,
+            "before": result.before,
+            "desired": result.desired,
+            "changed": result.changed,
+            "reason": result.reason,
+        },
+    )
+
+
+# ------------------------------------------------------------------------- Lambda entry
+
+
+class BotoEcs:
+    """ECS through boto3: bounded retries with backoff for throttling."""
+
+    def __init__(self, cluster: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.cluster = cluster
+        self.client = boto3.client(
+            "ecs",
+            config=Config(
+                retries={"mode": "standard", "max_attempts": 5}, connect_timeout=3, read_timeout=10
+            ),
+        )
+
+    def describe(self, services: list[str]) -> tuple[dict[str, ServiceCounts], dict[str, str]]:
+        found: dict[str, ServiceCounts] = {}
+        missing: dict[str, str] = {}
+        for start in range(0, len(services), 10):  # DescribeServices takes 10 at a time
+            reply = self.client.describe_services(
+                cluster=self.cluster, services=services[start : start + 10]
+            )
+            for service in reply.get("services", []):
+                if service.get("status") != "ACTIVE":
+                    missing[service["serviceName"]] = f"status {service.get('status')}"
+                    continue
+                found[service["serviceName"]] = ServiceCounts(
+                    running=int(service["runningCount"]),
+                    pending=int(service["pendingCount"]),
+                    desired=int(service["desiredCount"]),
+                )
+            for failure in reply.get("failures", []):
+                name = str(failure.get("arn", "")).rsplit("/", 1)[-1]
+                missing[name] = str(failure.get("reason", "failure"))
+        return found, missing
+
+    def set_desired(self, service: str, count: int) -> None:
+        self.client.update_service(cluster=self.cluster, service=service, desiredCount=count)
+
+
+class ReadOnlyEcs:
+    """Reads the real services, records what it would change: `{"dry_run": true}`."""
+
+    def __init__(self, inner: EcsApi) -> None:
+        self.inner = inner
+        self.updates: list[tuple[str, int]] = []
+
+    def describe(self, services: list[str]) -> tuple[dict[str, ServiceCounts], dict[str, str]]:
+        return self.inner.describe(services)
+
+    def set_desired(self, service: str, count: int) -> None:
+        self.updates.append((service, count))
+
+
+class DryRunEcs:
+    """Records what would change; starts every service at `initial` running tasks."""
+
+    def __init__(self, initial: dict[str, int]) -> None:
+        self.counts = dict(initial)
+        self.updates: list[tuple[str, int]] = []
+
+    def describe(self, services: list[str]) -> tuple[dict[str, ServiceCounts], dict[str, str]]:
+        found = {
+            s: ServiceCounts(self.counts[s], 0, self.counts[s])
+            for s in services
+            if s in self.counts
+        }
+        return found, {s: "not in the dry run" for s in services if s not in self.counts}
+
+    def set_desired(self, service: str, count: int) -> None:
+        self.updates.append((service, count))
+        self.counts[service] = count
+
+
+def redis_client_for(settings: Settings, token: str | None) -> Any:
+    import redis
+
+    return redis.Redis(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        password=token,
+        ssl=settings.redis_tls,
+        ssl_cert_reqs="required" if settings.redis_tls else "none",
+        socket_connect_timeout=3,
+        socket_timeout=5,  # a slow Redis costs one run, not the Lambda's whole timeout
+    )
+
+
+_cached: dict[str, Any] = {}
+
+
+def _auth_token(settings: Settings) -> str | None:
+    if settings.redis_auth_secret_arn is None:
+        return None
+    if "token" not in _cached:
+        from aws_lambda_powertools.utilities.parameters import get_secret
+
+        _cached["token"] = get_secret(settings.redis_auth_secret_arn, max_age=3600)
+    token: str = _cached["token"]
+    return token
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context
+def handler(event: Any, context: Any) -> dict[str, Any]:
+    if not isinstance(event, dict):
+        raise ValueError(f"the event must be a JSON object, got {type(event).__name__}")
+    try:
+        parsed = Event.model_validate(event)
+        settings = Settings.from_env(os.environ)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"invalid input: {where}: {first['msg']}") from None
+    metrics.add_dimension(name="environment", value=settings.environment)
+    started = time.monotonic()
+    client = redis_client_for(settings, _auth_token(settings))
+    ecs: EcsApi = BotoEcs(settings.cluster)
+    if parsed.dry_run:
+        ecs = ReadOnlyEcs(ecs)
+    runs = []
+    for index in range(settings.decisions_per_run):
+        if index:
+            time.sleep(settings.decision_interval_s)
+        runs.append([r.__dict__ for r in run_once(settings, client, ecs)])
+    metrics.add_metric(
+        name="RunDuration", unit=MetricUnit.Milliseconds, value=(time.monotonic() - started) * 1000
+    )
+    metrics.add_metric(name="Runs", unit=MetricUnit.Count, value=1)
+    return {"runs": runs}

@@ -1,0 +1,178 @@
+"""The queue-depth autoscaler: a Lambda in the VPC, run by EventBridge on a schedule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import Duration, Stack
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk.aws_ecr_assets import Platform
+from constructs import Construct
+
+from config import EnvironmentConfig
+from stacks.checks import acknowledge
+from stacks.data_stack import DataStack
+from stacks.network_stack import NetworkStack
+from stacks.retention import log_retention
+from stacks.services_stack import ServicesStack
+
+CODE_DIR = Path(__file__).resolve().parent.parent / "lambdas" / "autoscaler"
+METRICS_NAMESPACE = "CeleryPlatform"
+
+
+def autoscaler_targets(config: EnvironmentConfig, services: ServicesStack) -> dict[str, Any]:
+    """What the Lambda receives in AUTOSCALER_CONFIG: every worker group (never beat or
+    Flower), built from the catalog."""
+    scaler = config.autoscaler
+    return {
+        "environment": config.name,
+        "cluster": services.cluster.cluster_name,
+        "interval_s": scaler.schedule_minutes * 60,
+        "decisions_per_run": scaler.decisions_per_run,
+        "decision_interval_s": scaler.decision_interval_s,
+        "targets": {
+            name: {
+                "service": services.workers[name].service.service_name,
+                "queues": group.queues,
+                "min_tasks": group.min_tasks,
+                "max_tasks": group.max_tasks,
+                "concurrency": group.concurrency,
+                "target_wait_s": group.target_wait_s,
+            }
+            for name, group in config.worker_groups.items()
+        },
+        "dlq_queues": sorted(config.queues),
+    }
+
+
+class AutoscalerStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvironmentConfig,
+        network: NetworkStack,
+        data: DataStack,
+        services: ServicesStack,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        scaler = config.autoscaler
+        arm = config.services.architecture == "arm64"
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=network.vpc,
+            description="Celery autoscaler: Redis and AWS APIs",
+            allow_all_outbound=True,
+        )
+        self.function = lambda_.DockerImageFunction(
+            self,
+            "Function",
+            code=lambda_.DockerImageCode.from_image_asset(
+                str(CODE_DIR), platform=Platform.LINUX_ARM64 if arm else Platform.LINUX_AMD64
+            ),
+            architecture=lambda_.Architecture.ARM_64 if arm else lambda_.Architecture.X86_64,
+            description="Sets each Celery worker service's desired count from queue depth",
+            vpc=network.vpc,
+            vpc_subnets=network.app_subnets,
+            security_groups=[self.security_group],
+            timeout=Duration.seconds(scaler.timeout_s),
+            memory_size=256,
+            # Runs never overlap: one decision per service at a time.
+            reserved_concurrent_executions=1,
+            environment={
+                "AUTOSCALER_CONFIG": json.dumps(autoscaler_targets(config, services)),
+                "REDIS_HOST": data.broker.endpoint_address,
+                "REDIS_PORT": str(data.broker.port),
+                "REDIS_TLS": "true",
+                "REDIS_AUTH_SECRET_ARN": data.broker.auth_secret.secret_arn,
+                "POWERTOOLS_SERVICE_NAME": "celery-autoscaler",
+                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
+            },
+            log_group=logs.LogGroup(
+                self, "Logs", retention=log_retention(config.services.log_retention_days)
+            ),
+        )
+        data.broker.grant_connect(self.function, "autoscaler to the broker")
+        data.broker.auth_secret.grant_read(self.function)
+        # Worker services only: the autoscaler cannot touch beat or Flower.
+        self.function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["ecs:DescribeServices", "ecs:UpdateService"],
+                resources=[w.service.service_arn for w in services.workers.values()],
+            )
+        )
+        self.rule = events.Rule(
+            self,
+            "Schedule",
+            schedule=events.Schedule.rate(Duration.minutes(scaler.schedule_minutes)),
+            targets=[
+                targets.LambdaFunction(
+                    self.function,
+                    retry_attempts=0,  # the next scheduled run is the retry
+                    max_event_age=Duration.minutes(scaler.schedule_minutes),
+                )
+            ],
+        )
+        period = Duration.minutes(scaler.schedule_minutes)
+        self.errors_alarm = cloudwatch.Alarm(
+            self,
+            "ErrorsAlarm",
+            alarm_description="The Celery autoscaler failed or reported an error",
+            metric=cloudwatch.MathExpression(
+                expression="lambdaErrors + reported",
+                using_metrics={
+                    "lambdaErrors": self.function.metric_errors(period=period),
+                    "reported": cloudwatch.Metric(
+                        namespace=METRICS_NAMESPACE,
+                        metric_name="AutoscalerErrors",
+                        dimensions_map={"environment": config.name},
+                        statistic="Sum",
+                        period=period,
+                    ),
+                },
+                period=period,
+            ),
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        self.not_running_alarm = cloudwatch.Alarm(
+            self,
+            "NotRunningAlarm",
+            alarm_description="The Celery autoscaler has not run for three intervals",
+            metric=self.function.metric_invocations(
+                period=Duration.minutes(scaler.schedule_minutes * 3), statistic="Sum"
+            ),
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+            # No invocations means no data points: that is exactly the failure.
+            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+        )
+        role = self.function.role
+        assert role is not None
+        acknowledge(
+            role,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+            "AWSLambdaBasicExecutionRole]",
+            "The AWS managed basic execution role only lets the function write its own logs.",
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+            "AWSLambdaVPCAccessExecutionRole]",
+            "The AWS managed VPC access role only manages the function's network interfaces, "
+            "which a Lambda in the VPC needs to reach Redis.",
+        )

@@ -1,0 +1,256 @@
+"""The autoscaler's handler against a real redis-server, a dry-run ECS and moto's ECS."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+import redis
+from moto import mock_aws
+
+from lambdas.autoscaler import handler as scaler
+from lambdas.autoscaler.handler import BotoEcs, DryRunEcs, ServiceCounts, Settings, run_once
+from lambdas.autoscaler.observe import UNACKED_KEY, completed_key, dlq_index_key, read_all
+from tests.conftest import RedisServer, free_port
+
+SEP = "\x06\x16"
+CONFIG: dict[str, Any] = {
+    "environment": "test",
+    "cluster": "celery-test",
+    "interval_s": 300,
+    "targets": {
+        "general": {
+            "service": "celery-test-worker-general",
+            "queues": ["default", "priority"],
+            "min_tasks": 1,
+            "max_tasks": 20,
+            "concurrency": 4,
+            "target_wait_s": 30,
+        },
+        "batch": {
+            "service": "celery-test-worker-batch",
+            "queues": ["reports"],
+            "min_tasks": 0,
+            "max_tasks": 5,
+            "concurrency": 2,
+            "target_wait_s": 600,
+        },
+    },
+    "dlq_queues": ["default", "priority", "reports"],
+}
+
+
+def settings_for(port: int, **overrides: Any) -> Settings:
+    return Settings.model_validate(
+        {**CONFIG, "redis_host": "127.0.0.1", "redis_port": port, "redis_tls": False, **overrides}
+    )
+
+
+def unacked(routing_key: str) -> str:
+    return json.dumps([{"body": "...", "properties": {}}, routing_key, routing_key])
+
+
+@pytest.fixture
+def seeded(redis_server: Callable[..., RedisServer]) -> RedisServer:
+    server = redis_server()
+    client = server.client()
+    client.lpush("default", *["m"] * 5)
+    client.lpush(f"default{SEP}3", *["m"] * 3)
+    client.lpush(f"priority{SEP}9", *["m"] * 2)
+    client.hset(UNACKED_KEY, mapping={f"tag{i}": unacked("default") for i in range(4)})
+    client.hset(UNACKED_KEY, "tag-r", unacked("reports"))
+    client.hset(UNACKED_KEY, "garbage", "not json")
+    client.set(completed_key("default"), 100)
+    client.set(completed_key("priority"), 10)
+    client.set(completed_key("reports"), 7)
+    client.zadd(dlq_index_key("reports"), {"a": 1.0, "b": 2.0})
+    return server
+
+
+class CountingClient:
+    """Wraps a redis client and counts round trips (pipeline executions and commands)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.round_trips = 0
+
+    def pipeline(self, transaction: bool = True) -> Any:
+        pipe = self.client.pipeline(transaction=transaction)
+        original = pipe.execute
+
+        def execute() -> Any:
+            self.round_trips += 1
+            return original()
+
+        pipe.execute = execute  # type: ignore[method-assign,assignment]
+        return pipe
+
+
+def test_reads_every_priority_key_and_in_flight_per_queue_in_one_round_trip(
+    seeded: RedisServer,
+) -> None:
+    client = CountingClient(seeded.client())
+    reading = read_all(client, ["default", "priority", "reports"], ["general", "batch"])
+    assert client.round_trips == 1
+    assert reading.queues["default"].waiting == 8
+    assert reading.queues["priority"].waiting == 2
+    assert reading.queues["default"].in_flight == 4
+    assert reading.queues["reports"].in_flight == 1
+    assert reading.queues["reports"].dlq_depth == 2
+    assert reading.queues["default"].completed_total == 100
+    assert reading.unparsed_unacked == 1
+    assert reading.states == {"general": None, "batch": None}
+
+
+def test_a_backlog_scales_out_and_an_unchanged_count_is_not_written(seeded: RedisServer) -> None:
+    client = seeded.client()
+    client.lpush("reports", *["r"] * 40)  # 40 long reports, nobody running
+    ecs = DryRunEcs({"celery-test-worker-general": 1, "celery-test-worker-batch": 0})
+    results = {r.group: r for r in run_once(settings_for(seeded.port), client, ecs, now=1000.0)}
+    batch = results["batch"]
+    assert batch.before == 0
+    assert batch.desired is not None
+    assert batch.desired > 0, batch.reason
+    assert batch.changed
+    assert ("celery-test-worker-batch", batch.desired) in ecs.updates
+    assert json.loads(client.get("celery:autoscaler:state:batch") or "{}")["last"]["waiting"] == 40
+    writes = len(ecs.updates)
+    again = {r.group: r for r in run_once(settings_for(seeded.port), client, ecs, now=1005.0)}
+    unchanged = [g for g, r in again.items() if not r.changed]
+    assert len(ecs.updates) == writes + (2 - len(unchanged))
+
+
+def test_redis_down_changes_nothing_and_reports_an_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ecs = DryRunEcs({"celery-test-worker-general": 3, "celery-test-worker-batch": 2})
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    results = run_once(settings_for(1), dead, ecs, now=1000.0)
+    assert ecs.updates == []
+    assert all(r.desired is None and not r.changed for r in results)
+    assert "AutoscalerErrors" in capsys.readouterr().out
+
+
+def test_one_missing_service_does_not_stop_the_others(
+    seeded: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = seeded.client()
+    client.lpush("reports", *["r"] * 40)
+    ecs = DryRunEcs({"celery-test-worker-batch": 0})  # general's service is gone
+    results = {r.group: r for r in run_once(settings_for(seeded.port), client, ecs, now=1000.0)}
+    assert results["general"].error is not None
+    assert results["batch"].changed
+    emitted = capsys.readouterr().out
+    assert '"kind": "service_missing"' in emitted or "service_missing" in emitted
+
+
+@dataclass
+class ThrottledEcs:
+    counts: dict[str, int]
+
+    def describe(self, services: list[str]) -> tuple[dict[str, ServiceCounts], dict[str, str]]:
+        return {s: ServiceCounts(c, 0, c) for s, c in self.counts.items()}, {}
+
+    def set_desired(self, service: str, count: int) -> None:
+        raise RuntimeError("ThrottlingException: Rate exceeded")
+
+
+def test_a_throttled_update_is_reported_and_holds(seeded: RedisServer) -> None:
+    client = seeded.client()
+    client.lpush("reports", *["r"] * 40)
+    ecs = ThrottledEcs({"celery-test-worker-general": 1, "celery-test-worker-batch": 0})
+    results = {r.group: r for r in run_once(settings_for(seeded.port), client, ecs, now=1000.0)}
+    assert results["batch"].error is not None
+    assert "Throttling" in results["batch"].error
+    assert results["batch"].changed is False
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws():
+        ecs = boto3.client("ecs", region_name="us-east-1")
+        ecs.create_cluster(clusterName="celery-test")
+        for name, count in (("celery-test-worker-general", 2), ("celery-test-worker-batch", 0)):
+            ecs.create_service(cluster="celery-test", serviceName=name, desiredCount=count)
+        yield ecs
+
+
+def test_boto_ecs_describes_and_updates_only_named_services(aws: Any) -> None:
+    ecs = BotoEcs("celery-test")
+    found, missing = ecs.describe(["celery-test-worker-general", "celery-test-worker-gone"])
+    assert found["celery-test-worker-general"].desired == 2
+    assert "celery-test-worker-gone" in missing
+    ecs.set_desired("celery-test-worker-general", 5)
+    (service,) = aws.describe_services(
+        cluster="celery-test", services=["celery-test-worker-general"]
+    )["services"]
+    assert service["desiredCount"] == 5
+
+
+@dataclass
+class FakeContext:
+    function_name: str = "autoscaler"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:autoscaler"
+    aws_request_id: str = "req-1"
+
+
+def test_handler_dry_run_reads_ecs_and_changes_nothing(
+    seeded: RedisServer,
+    aws: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    seeded.client().lpush("reports", *["r"] * 40)
+    monkeypatch.setenv("AUTOSCALER_CONFIG", json.dumps(CONFIG))
+    monkeypatch.setenv("REDIS_HOST", "127.0.0.1")
+    monkeypatch.setenv("REDIS_PORT", str(seeded.port))
+    monkeypatch.setenv("REDIS_TLS", "false")
+    reply = scaler.handler({"dry_run": True}, FakeContext())
+    (run,) = reply["runs"]
+    assert {r["group"] for r in run} == {"general", "batch"}
+    batch = next(r for r in run if r["group"] == "batch")
+    assert batch["desired"] > 0
+    described = aws.describe_services(cluster="celery-test", services=["celery-test-worker-batch"])
+    assert described["services"][0]["desiredCount"] == 0, "a dry run changes nothing"
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "_aws" in line]
+    names = {
+        m["Name"] for e in emitted for d in e["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]
+    }
+    assert {"QueueWaiting", "QueueInFlight", "DlqDepth", "DesiredTasks", "RunDuration"} <= names
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ("not an object", "the event must be a JSON object"),
+        ({"dry_run": "sometimes"}, "invalid input: dry_run"),
+    ],
+)
+def test_malformed_events_get_a_clear_error(
+    event: Any, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOSCALER_CONFIG", json.dumps(CONFIG))
+    monkeypatch.setenv("REDIS_HOST", "127.0.0.1")
+    with pytest.raises(ValueError, match=message):
+        scaler.handler(event, FakeContext())
+
+
+def test_malformed_settings_get_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="AUTOSCALER_CONFIG is not set"):
+        Settings.from_env({})
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Settings.from_env({"AUTOSCALER_CONFIG": "{"})
+    with pytest.raises(ValueError, match="must fit in interval_s"):
+        settings_for(6379, decisions_per_run=12, decision_interval_s=30)

@@ -1,0 +1,86 @@
+"""The autoscaler's stack: least privilege, never overlapping, in the VPC, and watched."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.synth import Synth
+
+
+def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [r for r in template["Resources"].values() if r["Type"] == kind]
+
+
+def with_tokens_as_text(value: Any) -> str:
+    """An Fn::Join of JSON text and references (cluster and service names) as plain JSON."""
+    if isinstance(value, str):
+        return value
+    separator, parts = value["Fn::Join"]
+    return str(separator).join(p if isinstance(p, str) else "TOKEN" for p in parts)
+
+
+def autoscaler(synth: Synth) -> dict[str, Any]:
+    return synth.template_json(synth.platform.autoscaler)
+
+
+def test_function_runs_alone_in_the_vpc_within_its_interval(env_synth: Synth) -> None:
+    template = autoscaler(env_synth)
+    (function,) = resources(template, "AWS::Lambda::Function")
+    props = function["Properties"]
+    assert props["ReservedConcurrentExecutions"] == 1
+    assert props["PackageType"] == "Image"
+    assert props["Timeout"] < env_synth.config.autoscaler.schedule_minutes * 60
+    assert props["VpcConfig"]["SubnetIds"]
+    config = json.loads(with_tokens_as_text(props["Environment"]["Variables"]["AUTOSCALER_CONFIG"]))
+    assert set(config["targets"]) == set(env_synth.config.worker_groups)
+    for name, target in config["targets"].items():
+        assert target["queues"] == env_synth.config.worker_groups[name].queues
+    assert "REDIS_AUTH_TOKEN" not in props["Environment"]["Variables"]
+    (rule,) = resources(template, "AWS::Events::Rule")
+    minutes = env_synth.config.autoscaler.schedule_minutes
+    assert rule["Properties"]["ScheduleExpression"] == f"rate({minutes} minutes)"
+
+
+def test_it_may_only_touch_worker_services_and_read_the_redis_secret(env_synth: Synth) -> None:
+    template = autoscaler(env_synth)
+    statements = [
+        s
+        for p in resources(template, "AWS::IAM::Policy")
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    ecs = [s for s in statements if "ecs:UpdateService" in json.dumps(s["Action"])]
+    (statement,) = ecs
+    assert sorted(statement["Action"]) == ["ecs:DescribeServices", "ecs:UpdateService"]
+    resources_text = json.dumps(statement["Resource"])
+    assert resources_text.count("Worker") == len(env_synth.config.worker_groups)
+    assert "Beat" not in resources_text
+    assert "Flower" not in resources_text
+    assert "*" not in resources_text
+    secrets = [s for s in statements if "secretsmanager:GetSecretValue" in json.dumps(s["Action"])]
+    (secret,) = secrets
+    assert "BrokerAuthToken" in json.dumps(secret["Resource"])
+
+
+def test_redis_admits_the_autoscaler(env_synth: Synth) -> None:
+    template = autoscaler(env_synth)
+    (rule,) = resources(template, "AWS::EC2::SecurityGroupIngress")
+    port = env_synth.config.redis.port
+    assert (rule["Properties"]["FromPort"], rule["Properties"]["ToPort"]) == (port, port)
+    assert "BrokerSecurityGroup" in json.dumps(rule["Properties"]["GroupId"])
+
+
+def test_alarms_on_errors_and_on_missed_runs(env_synth: Synth) -> None:
+    template = autoscaler(env_synth)
+    alarms = {
+        a["Properties"]["AlarmDescription"]: a["Properties"]
+        for a in resources(template, "AWS::CloudWatch::Alarm")
+    }
+    missed = alarms["The Celery autoscaler has not run for three intervals"]
+    assert missed["TreatMissingData"] == "breaching"
+    assert missed["Period"] == env_synth.config.autoscaler.schedule_minutes * 60 * 3
+    assert missed["MetricName"] == "Invocations"
+    errors = alarms["The Celery autoscaler failed or reported an error"]
+    expression = json.dumps(errors["Metrics"])
+    assert "AutoscalerErrors" in expression
+    assert "Errors" in expression

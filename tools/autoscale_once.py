@@ -1,0 +1,120 @@
+"""`make autoscale-once`: run the autoscaler's handler once against a local Redis with a
+dry-run ECS client, and print each worker group's decision and its reason.
+
+Without --redis-port it starts a throw-away redis-server on a free loopback port and puts a
+sample backlog in it (--backlog messages on every queue), so the policy has something to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+# Locally the decisions are printed as a table, not as per-decision JSON logs.
+os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+
+from config import ConfigError, load_environment  # noqa: E402
+from lambdas.autoscaler.handler import DryRunEcs, Settings, run_once  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--env", default="dev")
+    parser.add_argument("--redis-port", type=int, help="use this local Redis instead")
+    parser.add_argument("--backlog", type=int, default=500, help="messages per queue to add")
+    parser.add_argument("--metrics", action="store_true", help="also print the EMF metrics")
+    args = parser.parse_args()
+    try:
+        config = load_environment(args.env)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+    server = None
+    port = args.redis_port
+    if port is None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            print("redis-server is missing: sudo apt-get install redis-server", file=sys.stderr)
+            return 2
+        port = free_port()
+        workdir = tempfile.mkdtemp(prefix="autoscale-once-")
+        server = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
+            stdout=subprocess.DEVNULL,
+        )
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    try:
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        if server is not None and args.backlog:
+            for queue in config.queues:
+                client.lpush(queue, *[b"{}"] * args.backlog)
+        prefix = f"{config.project}-{config.name}"
+        settings = Settings.model_validate(
+            {
+                "environment": config.name,
+                "cluster": prefix,
+                "interval_s": config.autoscaler.schedule_minutes * 60,
+                "targets": {
+                    name: {
+                        "service": f"{prefix}-worker-{name}",
+                        "queues": group.queues,
+                        "min_tasks": group.min_tasks,
+                        "max_tasks": group.max_tasks,
+                        "concurrency": group.concurrency,
+                        "target_wait_s": group.target_wait_s,
+                    }
+                    for name, group in config.worker_groups.items()
+                },
+                "dlq_queues": sorted(config.queues),
+                "redis_host": "127.0.0.1",
+                "redis_port": port,
+                "redis_tls": False,
+            }
+        )
+        ecs = DryRunEcs({t.service: t.min_tasks for t in settings.targets.values()})
+        emf = io.StringIO()  # the metric lines CloudWatch would receive; --metrics shows them
+        with contextlib.redirect_stdout(emf):
+            results = run_once(settings, client, ecs)
+        if args.metrics:
+            print(emf.getvalue(), end="")
+        for result in results:
+            change = f"{result.before} -> {result.desired}" if result.changed else "no change"
+            print(f"{result.group:<12} {result.service:<28} {change:<12} {result.reason}")
+            if result.error:
+                print(f"{'':<12} error: {result.error}")
+    finally:
+        client.close()
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
