@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,22 @@ from stacks.platform import Platform, build_platform
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENTS = ("dev", "staging", "prod")
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a child that runs jsii (app.py, the CDK CLI): with the running
+    Node major version named, jsii skips its end-of-life banner, as the Makefile arranges."""
+    env = dict(os.environ)
+    node = shutil.which("node")
+    if node and "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION" not in env:
+        major = subprocess.run(
+            [node, "-p", "process.versions.node.split('.')[0]"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        env["JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION"] = major
+    return env
 
 
 def cdk_context() -> dict[str, Any]:

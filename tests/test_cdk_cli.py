@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.synth import ROOT
+from tests.synth import ROOT, subprocess_env
 
 CDK = ROOT / "node_modules" / ".bin" / "cdk"
 
@@ -24,7 +24,7 @@ def test_cli_synthesizes_an_environment_without_credentials(tmp_path: Path) -> N
     outdir = tmp_path / "cdk.out"
     env = {
         key: value
-        for key, value in os.environ.items()
+        for key, value in subprocess_env().items()
         if not key.startswith(("AWS_", "CDK_DEFAULT_"))
     }
     env["AWS_EC2_METADATA_DISABLED"] = "true"  # never ask an instance role

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from config import (
     parse_environment,
 )
 from config.model import VISIBILITY_MARGIN_S
+from tests.synth import subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -274,7 +274,7 @@ def test_config_is_immutable_once_loaded() -> None:
 
 
 def run_app(tmp_path: Path, context: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps(context), "CDK_OUTDIR": str(tmp_path)}
+    env = {**subprocess_env(), "CDK_CONTEXT_JSON": json.dumps(context), "CDK_OUTDIR": str(tmp_path)}
     return subprocess.run(
         [sys.executable, str(ROOT / "app.py")],
         cwd=ROOT,

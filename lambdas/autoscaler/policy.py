@@ -6,37 +6,46 @@ the returned `state` (a small JSON-serializable dict) for the next call.
 
 The model, in plain words
 -------------------------
-A worker service is a pool of *slots*: each ECS task runs `concurrency` Celery processes, each
-process runs one message at a time. Two numbers describe the load:
+A worker service is a pool of *slots*: each ECS task runs `concurrency` Celery processes and
+each process runs one message at a time. Two measured numbers describe the load:
 
-* the arrival rate `lambda` (messages per second), measured from the arrivals of the last
-  `rate_window_s` seconds (at least the last interval), plus one standard deviation of Poisson
-  counting noise and a damped rising trend, so a quiet sample or a ramp does not leave the
-  service short for the next interval;
-* the run time `S` (seconds per message), measured with Little's law on the slots: the average
-  number of in-flight messages equals throughput times run time, so
-  `S = sum(in-flight x seconds) / sum(completions)`, exponentially weighted (half-life
-  `rate_half_life_s`) and pulled towards `run_time_hint_s` while few completions are known.
+* the arrival rate `lambda` (messages/s): arrivals counted over the newest decisions that
+  cover at least `rate_window_s` and hold at least 50 messages (slow services look further
+  back, up to `rate_window_max_s`, so one quiet or busy interval does not swing the count);
+* the run time `S` (s/message), from Little's law on the slots: in-flight messages average
+  throughput x run time, so `S = sum(in flight x seconds) / sum(completions)`, weighted with a
+  half-life of `rate_half_life_s` and pulled towards `run_time_hint_s` while few completions
+  are known. Intervals in which a backlog appeared or drained are skipped: two in-flight
+  samples do not describe them.
 
-Little's law then says the service keeps `a = lambda x S` slots busy on average. Queueing adds
-waiting on top of that: the policy picks the smallest number of slots `k` for which the
-Erlang-C (M/M/k) model predicts that at most `late_fraction` of messages wait longer than
-`target_wait_s`. That is the *steady* need.
+*Steady need.* The flow keeps `a = lambda x S` slots busy on average (Little's law). The
+policy takes the fewest slots `k` for which the Erlang-C (M/M/k) queue lets at most a given
+share of messages wait longer than `target_wait_s`. That share is `late_fraction` divided by
+the *exposure*: a message finding every slot busy is rescued at the next decision plus
+start-up at the latest, so only arrivals for which `interval - u + startup_s > target_wait_s`
+(`u` = seconds since the last decision) can be late at all. With a 300 s interval, 75 s
+start-up and a 60 s target every arrival is exposed; with a 30 s cadence and a 300 s target
+none is, and the steady need is about the load itself. One standard deviation of counting
+noise is added to `lambda`, scaled by the same exposure.
 
-A backlog needs more: messages already waiting plus those arriving meanwhile must be started
-within `startup_s + drain_s` seconds (new Fargate tasks only help after `startup_s`). The
-*drain* need is the number of slots that finishes that work in time, counting the slots that
-already run from now and new ones from `startup_s` on, and never more than one slot per message
-(long tasks: one waiting message needs one slot, not `S / horizon` of them).
+*Backlog need.* Waiting messages must start within `drain_s` (default: the target) of new
+tasks being up. The policy counts the slot-seconds due in that window: each waiting message
+with its run time (at most the window), each in-flight message with its expected remainder,
+each expected arrival with its share; divided by the window that is the slots needed. A
+short-task backlog needs about `waiting x S / drain_s` slots, a long-task one a slot per
+message, and a few waiting messages that free slots will pick up in time need none.
 
-The result is the larger need in slots, rounded up to tasks. Scaling out happens at once.
-Scaling in is careful: the count never drops below the tasks busy with in-flight work
-(`ceil(in_flight / concurrency)`; messages reserved by workers are invisible to LLEN), below
-the largest steady need of the last `scale_in_stabilization_s` seconds, or by more than
-`scale_in_max_step_fraction` of the tasks in one decision. With `min_tasks` 0 the service goes
-to zero only after `idle_before_zero_s` seconds with nothing waiting, in flight or arriving,
-and wakes as soon as anything waits. Missing, negative or contradictory inputs never lower
-the count: the decision holds (scale-out stays possible) and the reason says why.
+*Decision.* The larger need, rounded up to tasks, within [min_tasks, max_tasks]. Scale-out
+is immediate. Scale-in is careful: never below the tasks busy with in-flight work
+(`ceil(in_flight / concurrency)`; reserved messages are invisible to LLEN), never below the
+largest steady need of the last `scale_in_stabilization_s` seconds (a brief dip does not
+count), never more than `scale_in_max_step_fraction` of the tasks at once. With min_tasks 0
+the service stops after `idle_before_zero_s` with nothing waiting, in flight or arriving (as
+soon as nothing waits or runs if fewer than one message is expected in that time), and wakes
+as soon as anything waits. Missing, negative or contradictory inputs never lower the count:
+the decision holds (scale-out stays possible) and the reason says why. Scale-in protection
+on the workers means ECS only ever stops idle tasks; the floors above keep the desired count
+honest anyway.
 """
 
 from __future__ import annotations
@@ -58,8 +67,11 @@ RUN_TIME_PRIOR_COMPLETIONS = 2.0
 MAX_ERLANG_LATE = 0.5
 # Bound on the stabilization history kept in the state (entries), whatever the cadence.
 MAX_RECENT_ENTRIES = 200
-# Erlang-C search stops this many slots above the offered load (never reached in practice).
-MAX_EXTRA_SLOTS_SEARCH = 100_000
+# Default age (seconds) beyond which a stored state is ignored.
+MIN_STATE_MAX_AGE_S = 3600.0
+# Largest slot count the Erlang-C search considers unless told a smaller one (max_tasks x
+# concurrency is at most 1000 x 256 in the platform's config).
+MAX_SLOTS_SEARCH = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -91,15 +103,15 @@ class PolicyConfig:
     interval_s: float = 300.0  # seconds between decisions
     startup_s: float = 75.0  # Fargate task start: scheduling, image pull, worker ready
     run_time_hint_s: float = 30.0  # run time assumed until completions are measured
-    late_fraction: float = 0.02  # share of messages allowed over target_wait_s in steady state
+    late_fraction: float = 0.05  # share of messages allowed over target_wait_s in steady state
     drain_s: float | None = None  # backlog start deadline after new tasks are up; None: target
     scale_in_stabilization_s: float = 600.0  # scale in only below every steady need this long
-    scale_in_max_step_fraction: float = 1.0  # largest share of tasks removed in one decision
+    scale_in_max_step_fraction: float = 1.0  # largest share of tasks removed at once; 1: no cap
     idle_before_zero_s: float = 300.0  # quiet time before min_tasks 0 lets the service stop
     rate_window_s: float = 300.0  # arrivals are averaged over at least this long
     rate_window_max_s: float = 3600.0  # ... and longer while fewer than 50 arrived, up to this
     rate_half_life_s: float = 3600.0  # weight half-life of the run time measurement
-    max_state_age_s: float | None = None  # older state is ignored; None: 4 intervals + startup
+    max_state_age_s: float | None = None  # older state is ignored; None: 1 h or 4 intervals
 
     def __post_init__(self) -> None:
         errors = []
@@ -144,7 +156,9 @@ class PolicyConfig:
     def state_max_age_s(self) -> float:
         if self.max_state_age_s is not None:
             return self.max_state_age_s
-        return 4 * self.interval_s + self.startup_s
+        # Generous: a long gap still yields valid averages (counts over the whole gap); only
+        # a state from another era (a service stopped for hours) is better forgotten.
+        return max(MIN_STATE_MAX_AGE_S, 4 * self.interval_s)
 
 
 @dataclass(frozen=True)
@@ -247,10 +261,15 @@ def _load(raw: object, now: float, config: PolicyConfig) -> _Memory | None:
 
 
 def slots_for_wait(
-    offered_slots: float, run_time_s: float, target_wait_s: float, late_fraction: float
+    offered_slots: float,
+    run_time_s: float,
+    target_wait_s: float,
+    late_fraction: float,
+    limit: int = MAX_SLOTS_SEARCH,
 ) -> int:
     """Fewest slots k for which an M/M/k queue with offered load `offered_slots` (Erlangs,
-    arrival rate x run time) lets at most `late_fraction` of messages wait > target_wait_s.
+    arrival rate x run time) lets at most `late_fraction` of messages wait > target_wait_s;
+    `limit` if that is more.
 
     P(wait > T) = ErlangC(k, a) * exp(-(k - a) * T / S). Erlang B is computed by its stable
     recurrence B(n) = a B(n-1) / (n + a B(n-1)), so large k costs O(k) and never overflows.
@@ -258,9 +277,11 @@ def slots_for_wait(
     a = offered_slots
     if a <= 0:
         return 0
+    if a >= limit:
+        return limit  # saturated: no need to search (and a garbage rate cannot stall us)
     erlang_b = 1.0
     k = 0
-    while k < a + MAX_EXTRA_SLOTS_SEARCH:
+    while k < limit:
         k += 1
         erlang_b = a * erlang_b / (k + a * erlang_b)
         if k <= a:
@@ -272,33 +293,40 @@ def slots_for_wait(
     return k
 
 
-def _erlang_late(config: PolicyConfig) -> float:
-    """The share of late messages the steady sizing may allow so that `late_fraction` holds
-    once reactions count: a message that finds every slot busy gets a new one at the next
-    decision plus start-up at the latest (the drain need adds one per waiting message). If it
-    arrives `u` seconds after a decision (uniform over the interval) that is
-    `interval - u + startup` seconds, so only the share of arrival phases where this exceeds
-    the target can be late at all."""
+def late_exposure(config: PolicyConfig) -> float:
+    """Share of arrivals that reactions cannot save from being late, in [0, 1].
+
+    A message that finds every slot busy gets a new one at the next decision plus start-up
+    at the latest (the backlog need adds slots for waiting messages). Arriving `u` seconds
+    after a decision (uniform over the interval), it waits at most `interval - u + startup`,
+    so only the share of arrival phases where that exceeds the target can be late at all.
+    """
     exposed = (config.interval_s + config.startup_s - config.target_wait_s) / config.interval_s
-    if exposed <= 0:
+    return min(1.0, max(0.0, exposed))
+
+
+def _erlang_late(exposure: float, late_fraction: float) -> float:
+    # The steady sizing may allow more late messages where reactions catch most of them.
+    if exposure <= 0:
         return MAX_ERLANG_LATE
-    return min(MAX_ERLANG_LATE, config.late_fraction / min(1.0, exposed))
+    return min(MAX_ERLANG_LATE, late_fraction / exposure)
 
 
 def backlog_slots(
     *, waiting: int, in_flight: int, arrival_rate: float, run_time_s: float, drain_s: float
 ) -> float:
     """Slots that do all the work due within the next `drain_s` seconds: every waiting
-    message started, the in-flight ones continued, arrivals served. Each message counts
-    only with the part of its run that falls inside the window, so a short-task backlog
-    needs about waiting x run time / drain_s slots, and a long-task one a slot per message
-    (plus the slots its in-flight messages keep)."""
+    message started, the in-flight ones continued, arrivals served. Each message counts with
+    the part of its run that falls inside the window (in-flight ones have a uniformly spread
+    remainder, arrivals come uniformly through the window), so a short-task backlog needs
+    about waiting x run time / drain_s slots and a long-task one about a slot per message."""
+    run, window = run_time_s, drain_s
+    in_flight_s = run / 2 if window >= run else window - window * window / (2 * run)
+    arrival_s = window / 2 if run >= window else run - run * run / (2 * window)
     work_slot_s = (
-        waiting * min(run_time_s, drain_s)
-        + in_flight * min(run_time_s / 2, drain_s)  # half the run left on average
-        + arrival_rate * drain_s * min(run_time_s, drain_s / 2)  # arrivals come throughout
+        waiting * min(run, window) + in_flight * in_flight_s + arrival_rate * window * arrival_s
     )
-    return work_slot_s / drain_s
+    return work_slot_s / window
 
 
 # ---------------------------------------------------------------- the decision
@@ -339,8 +367,8 @@ def decide(
     arrived = _count(observation.arrived_since_last)
     completed = _count(observation.completed_since_last)
 
-    # Reasons not to scale in: bad inputs, or nothing measured yet.
-    holds = [
+    # Inputs that are missing or make no sense: reasons not to scale in.
+    problems = [
         f"{name} is {raw!r}"
         for name, raw, clean in (
             ("now", observation.now, now),
@@ -355,10 +383,9 @@ def decide(
         if clean is None
     ]
     memory = _load(state, now, config) if now is not None else None
-    if state is None:
-        holds.append("first observation, no rates yet")
-    elif memory is None:
-        holds.append("previous state unusable or stale")
+    if state is not None and memory is None and now is not None:
+        problems.append("previous state unusable or stale")
+    holds = problems if state is not None else [*problems, "first observation, no rates yet"]
 
     # The count to hold when the current one is unknown: the largest any signal supports,
     # so a missing field never lowers capacity.
@@ -373,6 +400,7 @@ def decide(
     in_flight_n = in_flight or 0
 
     # ---- measurements: arrival rate (messages/s) and run time (s/message)
+    exposure = late_exposure(config)
     busy_slot_s = memory.busy_slot_s if memory is not None else 0.0
     completed_w = memory.completed if memory is not None else 0.0
     arrivals = list(memory.arrivals) if memory is not None else []
@@ -398,15 +426,20 @@ def decide(
         span_s = sum(span for span, _ in window)
         count = sum(n for _, n in window)
         measured_rate = count / span_s
-        rate = measured_rate + RATE_NOISE_SIGMAS * math.sqrt(count + 1) / span_s
+        # The counting-noise margin matters only where reactions come too late.
+        noise = RATE_NOISE_SIGMAS * math.sqrt(count + 1) / span_s
+        rate = measured_rate + exposure * noise
     run_time_s = (busy_slot_s + config.run_time_hint_s * RUN_TIME_PRIOR_COMPLETIONS) / (
         completed_w + RUN_TIME_PRIOR_COMPLETIONS
     )
 
     # ---- needs, in slots then tasks
-    steady_slots = min(
-        config.max_tasks * c,
-        slots_for_wait(rate * run_time_s, run_time_s, config.target_wait_s, _erlang_late(config)),
+    steady_slots = slots_for_wait(
+        rate * run_time_s,
+        run_time_s,
+        config.target_wait_s,
+        _erlang_late(exposure, config.late_fraction),
+        limit=config.max_tasks * c,
     )
     steady_tasks = _tasks(steady_slots, c)
     busy_tasks = _tasks(in_flight_n, c)
@@ -429,7 +462,13 @@ def decide(
     else:
         active_t = now if active_now else memory.active_t
     quiet_s = now - active_t if now is not None and memory is not None else 0.0
-    quiet = not active_now and quiet_s >= config.idle_before_zero_s
+    # Staying warm pays only if a message is expected within the quiet period; for rarer
+    # ones the service stops as soon as a decision finds nothing waiting or in flight.
+    warm_pays = measured_rate * config.idle_before_zero_s >= 1
+    if warm_pays:
+        quiet = not active_now and quiet_s >= config.idle_before_zero_s
+    else:
+        quiet = not work_present and waiting is not None and in_flight is not None
     # Nothing to do after the quiet period (itself the stabilization), or stopped and idle: 0.
     # Otherwise at least one task: work waits, or stay warm until the quiet period has passed.
     need = 0 if not work_present and (quiet or current == 0) else max(need, 1)
@@ -441,8 +480,8 @@ def decide(
     notes: list[str] = []
     if need >= current:
         new = need
-        if holds and state is not None:
-            notes.append("inputs: " + ", ".join(holds))
+        if problems:
+            notes.append("inputs: " + ", ".join(problems))
     elif holds:
         new = current
         notes.append("scale-in held: " + ", ".join(holds))
@@ -463,8 +502,12 @@ def decide(
         new = 1  # never stop a service that has work, whatever min_tasks says
     if need > config.max_tasks:
         notes.append(f"capped at max_tasks {config.max_tasks}")
-    if quiet:
+    if quiet and warm_pays:
         notes.append(f"quiet for {quiet_s:.0f} s")
+    elif quiet:
+        notes.append(
+            f"nothing to do and under one message expected in {config.idle_before_zero_s:g} s"
+        )
 
     if new > current:
         verb = f"scale out {current}->{new}"
@@ -474,10 +517,10 @@ def decide(
         verb = f"hold at {new}"
     reason = (
         f"{verb}: {_show(waiting)} waiting + {_show(in_flight)} in flight, "
-        f"arrivals {measured_rate:.2f}/s, run time {run_time_s:.1f} s, "
-        f"service rate {c / run_time_s:.2f}/s/task ({c} slots), target wait "
-        f"{config.target_wait_s:g} s; needs {steady_tasks} for arrivals, {need} with "
-        f"in-flight work and backlog"
+        f"arrivals {measured_rate:.3g}/s, run time {run_time_s:.3g} s, "
+        f"service rate {c / run_time_s:.3g}/s/task ({c} slots), target wait "
+        f"{config.target_wait_s:g} s; needs {_plural(steady_tasks, 'task')} for the arrival rate, "
+        f"{need} with in-flight work and backlog"
     )
     if notes:
         reason += "; " + "; ".join(notes)
@@ -489,7 +532,7 @@ def decide(
         # Without a valid clock this state is unusable next time, which the next call says.
         "t": now if now is not None else 0.0,
         "waiting": waiting_n,
-        "in_flight": in_flight if in_flight is not None else new * c,
+        "in_flight": in_flight if in_flight is not None else (memory.in_flight if memory else 0),
         "arrival_rate": measured_rate,
         "arrivals": [[span, n] for span, n in arrivals[-MAX_RECENT_ENTRIES:]],
         "busy_slot_s": busy_slot_s,
@@ -503,3 +546,7 @@ def decide(
 
 def _show(value: int | None) -> str:
     return "?" if value is None else str(value)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
