@@ -9,12 +9,15 @@ import urllib.request
 from typing import Any
 
 from celery import chord, group, shared_task
+from celery.utils.log import get_task_logger
 
 from celery_service.idempotency import EffectInProgressError, applied_once
 from celery_service.redis_client import client_for
 from celery_service.tasks.base import PermanentError, PlatformTask, TransientError
 
 # Every task name here has its routing and limits in config/catalog.toml.
+
+log = get_task_logger(__name__)
 
 # Stand-in for a mail provider: the list of users emailed, so the effect can be counted.
 EMAILS_SENT_KEY = "samples:emails-sent"
@@ -56,6 +59,7 @@ def build_report(
     for done in range(sections):
         time.sleep(seconds_per_section)  # stand-in for one section's work
         self.update_state(state="PROGRESS", meta={"done": done + 1, "total": sections})
+        log.info("report section done", extra={"report_id": report_id, "section": done + 1})
     return f"report {report_id}: {sections} sections"
 
 
