@@ -46,6 +46,7 @@ PATTERN_HINTS = {
     model.REGION: "an AWS region such as eu-west-1",
     model.VPC_ID: "a VPC id such as vpc-0123456789abcdef0",
     model.NODE_TYPE: "an ElastiCache node type such as cache.t4g.micro",
+    model.EMAIL: "an email address such as ops@example.com",
 }
 
 

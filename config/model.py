@@ -59,6 +59,7 @@ ACCOUNT_ID = r"^\d{12}$"
 REGION = r"^[a-z]{2}(-gov)?-[a-z]+-\d$"
 VPC_ID = r"^vpc-[0-9a-f]{8,17}$"
 NODE_TYPE = r"^cache\.[a-z0-9]+\.[a-z0-9]+$"
+EMAIL = r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$"
 
 QueueName = Annotated[str, StringConstraints(pattern=QUEUE_NAME)]
 GroupName = Annotated[str, StringConstraints(pattern=GROUP_NAME)]
@@ -303,6 +304,25 @@ class AutoscalerConfig(Strict):
         return (self.decisions_per_run - 1) * self.decision_interval_s + 60
 
 
+# Beat's heartbeat key expires this long after its last tick (worker_image beat.HEARTBEAT_TTL_S):
+# an age threshold at or above it could never be reached, the key would be gone first.
+BEAT_HEARTBEAT_TTL_S = 300
+
+
+class MonitoringConfig(Strict):
+    """CloudWatch alarms and their recipients."""
+
+    # Who receives alarm notifications (an SNS email subscription, confirmed by mail).
+    alarm_email: Annotated[str, StringConstraints(pattern=EMAIL)] | None = None
+    # A worker group pinned at max_tasks this long cannot keep up: raise max_tasks or look.
+    max_tasks_alarm_minutes: int = Field(default=30, ge=5, le=1440)
+    redis_memory_percent: int = Field(default=80, ge=10, le=100)
+    redis_engine_cpu_percent: int = Field(default=80, ge=10, le=100)
+    # ALB 5xx responses (each of load balancer and target) in 5 minutes before alarming.
+    flower_5xx_per_5_minutes: int = Field(default=5, ge=1, le=100000)
+    beat_heartbeat_max_age_s: int = Field(default=120, ge=15, lt=BEAT_HEARTBEAT_TTL_S)
+
+
 class QueueConfig(Strict):
     """One Celery queue. Its name is the key in the `queues` table."""
 
@@ -418,12 +438,19 @@ class EnvironmentConfig(Strict):
     flower: FlowerConfig = Field(default_factory=FlowerConfig)
     datadog: DatadogConfig = Field(default_factory=DatadogConfig)
     autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @model_validator(mode="after")
     def _cross(self) -> EnvironmentConfig:
         self._check_catalog()
         self._check_visibility_timeout()
         self._check_placement()
+        if self.monitoring.max_tasks_alarm_minutes < self.autoscaler.schedule_minutes:
+            raise ValueError(
+                f"monitoring.max_tasks_alarm_minutes ({self.monitoring.max_tasks_alarm_minutes}) "
+                f"must be >= autoscaler.schedule_minutes ({self.autoscaler.schedule_minutes}): "
+                "the desired count is only measured once per run"
+            )
         if self.datadog.enabled and self.network.nat_gateways == 0:
             raise ValueError(
                 "datadog.enabled needs network.nat_gateways >= 1: the agent sends to "

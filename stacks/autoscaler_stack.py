@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from aws_cdk import Duration, Stack
-from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -18,6 +17,7 @@ from aws_cdk.aws_ecr_assets import Platform
 from constructs import Construct
 
 from config import EnvironmentConfig
+from stacks import metric_names
 from stacks.checks import acknowledge
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
@@ -25,7 +25,7 @@ from stacks.retention import log_retention
 from stacks.services_stack import ServicesStack
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "lambdas" / "autoscaler"
-METRICS_NAMESPACE = "CeleryPlatform"
+METRICS_NAMESPACE = metric_names.NAMESPACE
 
 
 def autoscaler_targets(config: EnvironmentConfig, services: ServicesStack) -> dict[str, Any]:
@@ -96,7 +96,7 @@ class AutoscalerStack(Stack):
                 "REDIS_PORT": str(data.broker.port),
                 "REDIS_TLS": "true",
                 "REDIS_AUTH_SECRET_ARN": data.broker.auth_secret.secret_arn,
-                "POWERTOOLS_SERVICE_NAME": "celery-autoscaler",
+                "POWERTOOLS_SERVICE_NAME": metric_names.SERVICE,
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             },
             log_group=logs.LogGroup(
@@ -124,43 +124,7 @@ class AutoscalerStack(Stack):
                 )
             ],
         )
-        period = Duration.minutes(scaler.schedule_minutes)
-        self.errors_alarm = cloudwatch.Alarm(
-            self,
-            "ErrorsAlarm",
-            alarm_description="The Celery autoscaler failed or reported an error",
-            metric=cloudwatch.MathExpression(
-                expression="lambdaErrors + reported",
-                using_metrics={
-                    "lambdaErrors": self.function.metric_errors(period=period),
-                    "reported": cloudwatch.Metric(
-                        namespace=METRICS_NAMESPACE,
-                        metric_name="AutoscalerErrors",
-                        dimensions_map={"environment": config.name},
-                        statistic="Sum",
-                        period=period,
-                    ),
-                },
-                period=period,
-            ),
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
-        self.not_running_alarm = cloudwatch.Alarm(
-            self,
-            "NotRunningAlarm",
-            alarm_description="The Celery autoscaler has not run for three intervals",
-            metric=self.function.metric_invocations(
-                period=Duration.minutes(scaler.schedule_minutes * 3), statistic="Sum"
-            ),
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
-            # No invocations means no data points: that is exactly the failure.
-            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
-        )
+        # Its alarms are in the monitoring stack, next to the dashboard that shows them.
         role = self.function.role
         assert role is not None
         acknowledge(

@@ -9,6 +9,7 @@ from aws_cdk import App, Environment, Stack, Tags
 from config import EnvironmentConfig
 from stacks.autoscaler_stack import AutoscalerStack
 from stacks.data_stack import DataStack
+from stacks.monitoring_stack import MonitoringStack
 from stacks.network_stack import NetworkStack
 from stacks.services_stack import ServicesStack
 
@@ -19,10 +20,11 @@ class Platform:
     data: DataStack
     services: ServicesStack
     autoscaler: AutoscalerStack
+    monitoring: MonitoringStack
 
     @property
     def stacks(self) -> list[Stack]:
-        return [self.network, self.data, self.services, self.autoscaler]
+        return [self.network, self.data, self.services, self.autoscaler, self.monitoring]
 
 
 def build_platform(app: App, config: EnvironmentConfig) -> Platform:
@@ -62,7 +64,23 @@ def build_platform(app: App, config: EnvironmentConfig) -> Platform:
         env=env,
         description=f"Celery platform {config.name}: queue-depth autoscaler",
     )
-    platform = Platform(network=network, data=data, services=services, autoscaler=autoscaler)
+    monitoring = MonitoringStack(
+        app,
+        f"{prefix}-monitoring",
+        config=config,
+        data=data,
+        services=services,
+        autoscaler=autoscaler,
+        env=env,
+        description=f"Celery platform {config.name}: alarms and dashboard",
+    )
+    platform = Platform(
+        network=network,
+        data=data,
+        services=services,
+        autoscaler=autoscaler,
+        monitoring=monitoring,
+    )
     for stack in platform.stacks:
         Tags.of(stack).add("project", config.project)
         Tags.of(stack).add("environment", config.name)

@@ -71,7 +71,8 @@ def test_redis_admits_the_autoscaler(env_synth: Synth) -> None:
 
 
 def test_alarms_on_errors_and_on_missed_runs(env_synth: Synth) -> None:
-    template = autoscaler(env_synth)
+    # The alarms live in the monitoring stack, with the topic and dashboard that use them.
+    template = env_synth.template_json(env_synth.platform.monitoring)
     alarms = {
         a["Properties"]["AlarmDescription"]: a["Properties"]
         for a in resources(template, "AWS::CloudWatch::Alarm")

@@ -49,8 +49,8 @@ def test_cli_synthesizes_an_environment_without_credentials(tmp_path: Path) -> N
         text=True,
         check=True,
     ).stdout
-    assert "synthesized 4 stacks" in listing
-    for part in ("network", "data", "services", "autoscaler"):
+    assert "synthesized 5 stacks" in listing
+    for part in ("network", "data", "services", "autoscaler", "monitoring"):
         stack = f"celery-staging-{part}"
         assert stack in listing
         assert (outdir / f"{stack}.template.json").is_file()

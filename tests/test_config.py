@@ -218,7 +218,33 @@ MALFORMED: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         {"redis": {"removal_policy": "destroy"}},
         ("redis.removal_policy", "prod", "allowed for prod: snapshot, retain"),
     ),
+    "alarm email that is not an address": (
+        {"monitoring": {"alarm_email": "ops team"}},
+        ("monitoring.alarm_email", "an email address", "got 'ops team'"),
+    ),
+    "memory alarm above 100 percent": (
+        {"monitoring": {"redis_memory_percent": 120}},
+        ("monitoring.redis_memory_percent", "less than or equal to 100", "got 120"),
+    ),
+    "beat heartbeat threshold the key outlives": (
+        {"monitoring": {"beat_heartbeat_max_age_s": 300}},
+        ("monitoring.beat_heartbeat_max_age_s", "less than 300", "got 300"),
+    ),
+    "pinned-at-max alarm shorter than a run": (
+        {"autoscaler": {"schedule_minutes": 15}, "monitoring": {"max_tasks_alarm_minutes": 10}},
+        ("monitoring.max_tasks_alarm_minutes (10)", "autoscaler.schedule_minutes (15)"),
+    ),
 }
+
+
+def test_monitoring_defaults_are_the_documented_thresholds() -> None:
+    monitoring = load_environment("dev").monitoring
+    assert monitoring.alarm_email is None
+    assert monitoring.max_tasks_alarm_minutes == 30
+    assert (monitoring.redis_memory_percent, monitoring.redis_engine_cpu_percent) == (80, 80)
+    assert monitoring.beat_heartbeat_max_age_s == 120
+    with_email = parse_environment("dev", merged(monitoring={"alarm_email": "ops@example.com"}))
+    assert with_email.monitoring.alarm_email == "ops@example.com"
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))

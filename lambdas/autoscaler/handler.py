@@ -23,8 +23,11 @@ from .observe import Reading, read_all, state_key
 from .policy import Decision, Observation, PolicyConfig, decide
 
 NAMESPACE = "CeleryPlatform"
-logger = Logger(service="celery-autoscaler")
-metrics = Metrics(namespace=NAMESPACE, service="celery-autoscaler")
+SERVICE = "celery-autoscaler"
+logger = Logger(service=SERVICE)
+# Every metric carries environment and service dimensions (plus queue or worker_group):
+# alarms match dimensions exactly, so they must not depend on POWERTOOLS_SERVICE_NAME.
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 
 
 class Target(BaseModel):
@@ -140,6 +143,10 @@ def run_once(
             for g, t in settings.targets.items()
         ]
     _queue_metrics(settings, reading)
+    if reading.beat_heartbeat is not None:
+        # Absent key: no metric, and the alarm treats the gap as breaching.
+        age = max(0.0, now - reading.beat_heartbeat)
+        _metric(settings, "BeatHeartbeatAgeSeconds", age, MetricUnit.Seconds)
     names = [settings.targets[g].service for g in groups]
     try:
         found, missing = ecs.describe(names)
@@ -187,7 +194,8 @@ def run_once(
                 },
             }
         )
-        _group_metrics(settings, group, observation, result)
+        wait = _estimated_wait_s(observation, stored, now)
+        _group_metrics(settings, group, observation, result, wait)
         results.append(result)
     if new_states:
         try:
@@ -236,6 +244,26 @@ def _observe(
     return observation, completed_total
 
 
+def _estimated_wait_s(observation: Observation, stored: dict[str, Any], now: float) -> float | None:
+    """How long the backlog takes to drain at the completion rate measured since the last
+    run; None when there is no rate to measure (first run, or nothing completed)."""
+    waiting, completed = observation.waiting, observation.completed_since_last
+    if waiting is None:
+        return None
+    if waiting == 0:
+        return 0.0
+    last = stored.get("last")
+    if not isinstance(last, dict):
+        return None
+    try:
+        elapsed = now - float(last.get("now", now))
+    except (TypeError, ValueError):
+        return None
+    if elapsed <= 0 or completed is None or completed <= 0:
+        return None
+    return waiting * elapsed / completed
+
+
 def _decide(
     settings: Settings, target: Target, observation: Observation, stored: dict[str, Any]
 ) -> Decision:
@@ -256,6 +284,7 @@ def _decide(
 def _metric(settings: Settings, name: str, value: float, unit: MetricUnit, **dims: str) -> None:
     with single_metric(name=name, unit=unit, value=value, namespace=NAMESPACE) as metric:
         metric.add_dimension(name="environment", value=settings.environment)
+        metric.add_dimension(name="service", value=SERVICE)
         for key, dim in dims.items():
             metric.add_dimension(name=key, value=dim)
 
@@ -265,6 +294,8 @@ def _error_metric(settings: Settings, kind: str, group: str | None = None) -> No
     if group is not None:
         dims["worker_group"] = group
     _metric(settings, "AutoscalerErrors", 1, MetricUnit.Count, **dims)
+    # The environment's total, which the errors alarm watches (alarms cannot sum dimensions).
+    _metric(settings, "AutoscalerErrors", 1, MetricUnit.Count)
 
 
 def _queue_metrics(settings: Settings, reading: Reading) -> None:
@@ -275,7 +306,11 @@ def _queue_metrics(settings: Settings, reading: Reading) -> None:
 
 
 def _group_metrics(
-    settings: Settings, group: str, observation: Observation, result: GroupResult
+    settings: Settings,
+    group: str,
+    observation: Observation,
+    result: GroupResult,
+    estimated_wait_s: float | None = None,
 ) -> None:
     unit = MetricUnit.Count
     values = {
@@ -288,6 +323,14 @@ def _group_metrics(
         _metric(settings, name, float(value or 0), unit, worker_group=group)
     _metric(settings, "DesiredTasks", float(result.desired or 0), unit, worker_group=group)
     _metric(settings, "ScalingChanges", 1 if result.changed else 0, unit, worker_group=group)
+    if estimated_wait_s is not None:
+        _metric(
+            settings,
+            "GroupEstimatedWaitSeconds",
+            estimated_wait_s,
+            MetricUnit.Seconds,
+            worker_group=group,
+        )
     logger.info(
         "decision",
         extra={

@@ -4,7 +4,8 @@ Key layout (shared with worker_image/celery_service/names.py and kombu's Redis t
 a queue `q` holds its messages in `q`, `q\\x06\\x163`, `q\\x06\\x166`, `q\\x06\\x169` (one list
 per priority step); reserved and running messages sit in the `unacked` hash as JSON
 `[message, exchange, routing_key]`; workers count finished attempts in
-`celery:completed:<queue>`; dead letters in `celery:dlq:<queue>:index`.
+`celery:completed:<queue>`; dead letters in `celery:dlq:<queue>:index`; beat writes the epoch
+seconds of its last tick to `celery:beat:heartbeat`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ PRIORITY_SEPARATOR = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
 UNACKED_KEY = "unacked"
 KEY_PREFIX = "celery"
+BEAT_HEARTBEAT_KEY = f"{KEY_PREFIX}:beat:heartbeat"
 
 
 def queue_keys(queue: str) -> list[str]:
@@ -48,10 +50,12 @@ class Reading:
     queues: dict[str, QueueReading]
     states: dict[str, dict[str, Any] | None]  # per worker group, as stored last run
     unparsed_unacked: int  # unacked entries whose queue could not be read
+    beat_heartbeat: float | None = None  # epoch seconds of beat's last tick; None if absent
 
 
 def read_all(client: Any, queues: list[str], groups: list[str]) -> Reading:
-    """One round trip: list lengths, the unacked hash, counters, DLQ sizes, stored states."""
+    """One round trip: list lengths, the unacked hash, counters, DLQ sizes, stored states,
+    beat's heartbeat."""
     pipe = client.pipeline(transaction=False)
     for queue in queues:
         for key in queue_keys(queue):
@@ -62,6 +66,7 @@ def read_all(client: Any, queues: list[str], groups: list[str]) -> Reading:
         pipe.zcard(dlq_index_key(queue))
     for group in groups:
         pipe.get(state_key(group))
+    pipe.get(BEAT_HEARTBEAT_KEY)
     results = iter(pipe.execute())
 
     lengths = {q: sum(int(next(results)) for _ in PRIORITY_STEPS) for q in queues}
@@ -77,7 +82,19 @@ def read_all(client: Any, queues: list[str], groups: list[str]) -> Reading:
             dlq_depth=dlq_depth,
         )
     states = {group: _load_state(next(results)) for group in groups}
-    return Reading(queues=readings, states=states, unparsed_unacked=unparsed)
+    heartbeat = _load_float(next(results))
+    return Reading(
+        queues=readings, states=states, unparsed_unacked=unparsed, beat_heartbeat=heartbeat
+    )
+
+
+def _load_float(raw: Any) -> float | None:
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except (ValueError, TypeError):
+        return None
 
 
 def _count_unacked(values: list[Any], queues: set[str]) -> tuple[dict[str, int], int]:

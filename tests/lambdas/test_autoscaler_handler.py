@@ -254,3 +254,67 @@ def test_malformed_settings_get_a_clear_error() -> None:
         Settings.from_env({"AUTOSCALER_CONFIG": "{"})
     with pytest.raises(ValueError, match="must fit in interval_s"):
         settings_for(6379, decisions_per_run=12, decision_interval_s=30)
+
+
+def emitted_metrics(out: str) -> list[dict[str, Any]]:
+    """Each EMF record printed: its dimension names, and its metrics' names and values."""
+    records = [json.loads(line) for line in out.splitlines() if "_aws" in line]
+    return [
+        {
+            "dimensions": set(d["Dimensions"][0]),
+            "name": m["Name"],
+            "value": record[m["Name"]],
+            "worker_group": record.get("worker_group"),
+        }
+        for record in records
+        for d in record["_aws"]["CloudWatchMetrics"]
+        for m in d["Metrics"]
+    ]
+
+
+def test_beat_heartbeat_is_read_in_the_same_round_trip_and_its_age_published(
+    seeded: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from celery_service import names
+
+    client = seeded.client()
+    client.set(names.BEAT_HEARTBEAT_KEY, 900.5)
+    counting = CountingClient(client)
+    reading = read_all(counting, ["default"], ["general"])
+    assert counting.round_trips == 1
+    assert reading.beat_heartbeat == 900.5
+    ecs = DryRunEcs({"celery-test-worker-general": 1, "celery-test-worker-batch": 0})
+    run_once(settings_for(seeded.port), client, ecs, now=1000.0)
+    (age,) = [
+        m
+        for m in emitted_metrics(capsys.readouterr().out)
+        if m["name"] == "BeatHeartbeatAgeSeconds"
+    ]
+    assert age["value"] == [99.5]
+    assert age["dimensions"] == {"environment", "service"}
+    client.delete(names.BEAT_HEARTBEAT_KEY)
+    run_once(settings_for(seeded.port), client, ecs, now=1300.0)
+    emitted = emitted_metrics(capsys.readouterr().out)
+    assert not [m for m in emitted if m["name"] == "BeatHeartbeatAgeSeconds"], "absent: no data"
+
+
+def test_estimated_wait_is_the_backlog_over_the_measured_completion_rate(
+    seeded: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = seeded.client()
+    ecs = DryRunEcs({"celery-test-worker-general": 1, "celery-test-worker-batch": 1})
+    run_once(settings_for(seeded.port), client, ecs, now=1000.0)
+    first = emitted_metrics(capsys.readouterr().out)
+    waits = {m["worker_group"] for m in first if m["name"] == "GroupEstimatedWaitSeconds"}
+    assert "general" not in waits, "no rate measured on the first run: nothing published"
+    client.incrby(completed_key("default"), 30)  # 30 done in 300 s: 0.1 per second
+    run_once(settings_for(seeded.port), client, ecs, now=1300.0)
+    emitted = emitted_metrics(capsys.readouterr().out)
+    waits_by_group = {
+        m["worker_group"]: m["value"] for m in emitted if m["name"] == "GroupEstimatedWaitSeconds"
+    }
+    waiting = 10  # seeded: 5 + 3 in default, 2 in priority
+    assert waits_by_group["general"] == [pytest.approx(waiting / 0.1)]
+    assert all(
+        m["dimensions"] >= {"environment", "service"} for m in emitted if m["name"] != "Runs"
+    )
