@@ -277,6 +277,15 @@ class DatadogConfig(Strict):
     # Name of the Secrets Manager secret holding the API key (never the key itself).
     api_key_secret_name: str = "datadog/api-key"
     agent_image: str = "public.ecr.aws/datadog/agent:7"
+    # The dashboard and monitors generated from the catalog: not deployed ("off"), deployed
+    # by CloudFormation as the Datadog::Dashboards::Dashboard and Datadog::Monitors::Monitor
+    # registry types (activated in the account beforehand), or pushed through Datadog's API
+    # with `make datadog-push` ("api").
+    resources: Literal["off", "cloudformation", "api"] = "off"
+    # Who the monitors notify, as Datadog handles: "@slack-celery-alerts", "@pagerduty-celery".
+    notify: list[Annotated[str, StringConstraints(pattern=r"^@[\w.+@-]+$")]] = []
+    # Secrets Manager name of the application key, used only by `make datadog-push`.
+    app_key_secret_name: str = "datadog/app-key"
 
 
 class AutoscalerConfig(Strict):
@@ -321,6 +330,9 @@ class MonitoringConfig(Strict):
     # ALB 5xx responses (each of load balancer and target) in 5 minutes before alarming.
     flower_5xx_per_5_minutes: int = Field(default=5, ge=1, le=100000)
     beat_heartbeat_max_age_s: int = Field(default=120, ge=15, lt=BEAT_HEARTBEAT_TTL_S)
+    # Task throughput, failures, retries and run times as CloudWatch metrics (EMF lines in the
+    # workers' logs). Default: on exactly when Datadog is off, so they are never missing.
+    cloudwatch_task_metrics: bool | None = None
 
 
 class QueueConfig(Strict):
@@ -451,6 +463,11 @@ class EnvironmentConfig(Strict):
                 f"must be >= autoscaler.schedule_minutes ({self.autoscaler.schedule_minutes}): "
                 "the desired count is only measured once per run"
             )
+        if self.datadog.resources != "off" and not self.datadog.enabled:
+            raise ValueError(
+                f"datadog.resources {self.datadog.resources!r} needs datadog.enabled = true: "
+                "the dashboard charts the metrics the agent sidecars send"
+            )
         if self.datadog.enabled and self.network.nat_gateways == 0:
             raise ValueError(
                 "datadog.enabled needs network.nat_gateways >= 1: the agent sends to "
@@ -529,6 +546,11 @@ class EnvironmentConfig(Strict):
                 raise ValueError(
                     f"network.availability_zones {', '.join(stray)} are not in region {self.region}"
                 )
+
+    @property
+    def task_metrics_in_cloudwatch(self) -> bool:
+        explicit = self.monitoring.cloudwatch_task_metrics
+        return not self.datadog.enabled if explicit is None else explicit
 
     def runtime_catalog(self) -> dict[str, Any]:
         """What containers and the autoscaler receive (as JSON in CELERY_CATALOG): the queue

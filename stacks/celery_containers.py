@@ -101,6 +101,8 @@ def add_celery_container(
         "DD_VERSION": runtime.version,
         **(environment or {}),
     }
+    if config.task_metrics_in_cloudwatch:
+        env["CELERY_METRICS_EMF"] = "true"  # the log driver ships the EMF lines to CloudWatch
     if config.datadog.enabled:
         env["DD_AGENT_HOST"] = "127.0.0.1"  # the sidecar shares the task's network namespace
         env["DD_DOGSTATSD_PORT"] = str(DOGSTATSD_PORT)

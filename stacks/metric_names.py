@@ -1,13 +1,36 @@
-"""The CloudWatch metrics dashboards and alarms chart: one vocabulary, named once.
+"""The metrics dashboards and alarms chart: one vocabulary, named once.
 
-The autoscaler Lambda (lambdas/autoscaler/handler.py) publishes the CeleryPlatform metrics as
-EMF; its image imports nothing from here, so tests/test_metric_names.py checks that every name
-below is one the handler emits and that every name it emits is charted.
+Two emitters, two sources of names:
+
+* the autoscaler Lambda (lambdas/autoscaler/handler.py) publishes the CeleryPlatform metrics
+  below as EMF; its image imports nothing from here, so tests/test_metric_names.py checks that
+  every name below is one the handler emits and that every name it emits is charted;
+* the workers and beat emit the task metrics named in worker_image/celery_service/names.py
+  (DogStatsD to Datadog, EMF to CloudWatch); `worker` below is that very module, loaded from
+  its file so the stacks use the image's names without importing the image's dependencies.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 from typing import Final
+
+
+def _load_worker_names() -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "worker_image" / "celery_service" / "names.py"
+    spec = importlib.util.spec_from_file_location("celery_platform_worker_names", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+worker = _load_worker_names()
+TASK_NAMESPACE: Final[str] = worker.EMF_NAMESPACE
+TASK_METRICS: Final[frozenset[str]] = frozenset(worker.UNITS)
 
 NAMESPACE: Final = "CeleryPlatform"
 # Every CeleryPlatform metric carries these two dimensions (alarms match dimensions exactly).
@@ -45,3 +68,11 @@ BEAT_HEARTBEAT_AGE_S: Final = "BeatHeartbeatAgeSeconds"  # absent when beat's ke
 ENVIRONMENT_METRICS: Final = (RUN_DURATION, RUNS, AUTOSCALER_ERRORS, BEAT_HEARTBEAT_AGE_S)
 
 ALL: Final = frozenset(QUEUE_METRICS + GROUP_METRICS + ENVIRONMENT_METRICS)
+
+
+def datadog_name(metric: str) -> str:
+    """The name Datadog's AWS integration gives a CeleryPlatform metric it collects from
+    CloudWatch: the namespace lower-cased, the CamelCase name in snake_case
+    (QueueWaiting -> celeryplatform.queue_waiting)."""
+    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in metric).lstrip("_")
+    return f"{NAMESPACE.lower()}.{snake}"

@@ -8,10 +8,11 @@ which from the autoscaler's stack would make the two stacks depend on each other
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import CfnResource, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
@@ -22,6 +23,7 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
 from config import EnvironmentConfig
+from stacks import datadog_definitions as dd
 from stacks import metric_names as m
 from stacks.autoscaler_stack import AutoscalerStack
 from stacks.data_stack import DataStack
@@ -32,6 +34,7 @@ GT = cw.ComparisonOperator.GREATER_THAN_THRESHOLD
 LT = cw.ComparisonOperator.LESS_THAN_THRESHOLD
 FIVE_MINUTES = Duration.minutes(5)
 WIDTH = 24  # dashboard grid width
+PERCENTILES = ("p50", "p95", "p99")
 
 
 def redis_node_ids(replication_group_id: str, replicas: int) -> list[str]:
@@ -89,12 +92,16 @@ class MonitoringStack(Stack):
         )
 
         self._queues()
+        if config.task_metrics_in_cloudwatch:
+            self._tasks()
         self._worker_groups(services)
         self._redis(data)
         self._autoscaler(autoscaler)
         self._beat()
         self._flower(services)
         self._alarm_widgets()
+        if config.datadog.resources == "cloudformation":
+            self._datadog()
 
     # ----------------------------------------------------------------- helpers
 
@@ -105,6 +112,20 @@ class MonitoringStack(Stack):
             dimensions_map={"environment": self.config.name, "service": m.SERVICE, **dims},
             statistic=statistic,
             period=self.interval,
+        )
+
+    def _task_metric(self, name: str, statistic: str, queue: str | None = None) -> cw.Metric:
+        """A worker's or beat's metric, from the EMF lines in their logs."""
+        dims = {"environment": self.config.name}
+        if queue is not None:
+            dims["queue"] = queue
+        return cw.Metric(
+            namespace=m.TASK_NAMESPACE,
+            metric_name=name,
+            dimensions_map=dims,
+            statistic=statistic,
+            period=FIVE_MINUTES,
+            label=f"{name} {statistic}",
         )
 
     def _alarm(self, construct_id: str, **props: Any) -> cw.Alarm:
@@ -145,6 +166,58 @@ class MonitoringStack(Stack):
                 treat_missing_data=cw.TreatMissingData.IGNORE,
             )
         self.dashboard.add_widgets(*widgets)
+
+    def _tasks(self) -> None:
+        self._header("Tasks (from the workers' EMF lines)")
+        w = m.worker
+        for queue in sorted(self.config.queues):
+            self.dashboard.add_widgets(
+                cw.GraphWidget(
+                    title=f"Queue {queue}: tasks succeeded, failed, retried, dead-lettered",
+                    left=[
+                        self._task_metric(name, "Sum", queue)
+                        for name in (w.TASK_SUCCEEDED, w.TASK_FAILED, w.TASK_RETRIED, w.DLQ_WRITTEN)
+                    ],
+                    width=8,
+                ),
+                cw.GraphWidget(
+                    title=f"Queue {queue}: run time (ms)",
+                    left=[self._task_metric(w.TASK_RUNTIME_MS, p, queue) for p in PERCENTILES],
+                    width=8,
+                ),
+                cw.GraphWidget(
+                    title=f"Queue {queue}: wait before start (ms)",
+                    left=[self._task_metric(w.TASK_QUEUE_WAIT_MS, p, queue) for p in PERCENTILES],
+                    width=8,
+                ),
+            )
+        self.dashboard.add_widgets(
+            cw.GraphWidget(
+                title="Beat ticks",
+                left=[self._task_metric(w.BEAT_HEARTBEAT, "Sum")],
+                width=8,
+            )
+        )
+
+    def _datadog(self) -> None:
+        """The Datadog dashboard and monitors as CloudFormation registry resources. The types
+        must be activated in the account with Datadog credentials in their configuration,
+        so no key ever enters this template."""
+        CfnResource(
+            self,
+            "DatadogDashboard",
+            type="Datadog::Dashboards::Dashboard",
+            properties={
+                "DashboardDefinition": json.dumps(dd.dashboard(self.config), sort_keys=True)
+            },
+        )
+        for monitor in dd.monitors(self.config):
+            CfnResource(
+                self,
+                f"DatadogMonitor-{monitor.key}",
+                type="Datadog::Monitors::Monitor",
+                properties=monitor.cloudformation_properties(),
+            )
 
     def _worker_groups(self, services: ServicesStack) -> None:
         self._header("Worker groups")

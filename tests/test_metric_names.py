@@ -81,10 +81,43 @@ def test_alarms_and_dashboard_name_only_emitted_metrics(synth_env: Any) -> None:
     body = board["Properties"]["DashboardBody"]
     separator, parts = body["Fn::Join"]
     text = separator.join(p if isinstance(p, str) else "TOKEN" for p in parts)
-    charted = {
-        line[1]
-        for widget in json.loads(text)["widgets"]
-        for line in widget["properties"].get("metrics", [])
-        if line[0] == m.NAMESPACE
-    }
-    assert charted == set(m.ALL), "every emitted metric has a widget, and nothing else"
+    widgets = json.loads(text)["widgets"]
+
+    def charted(namespace: str) -> set[str]:
+        return {
+            line[1]
+            for widget in widgets
+            for line in widget["properties"].get("metrics", [])
+            if line[0] == namespace
+        }
+
+    assert charted(m.NAMESPACE) == set(m.ALL), "every emitted metric has a widget, nothing else"
+    # Datadog is off in dev, so the workers' task metrics arrive as EMF and are charted.
+    assert synth.config.task_metrics_in_cloudwatch
+    assert charted(m.TASK_NAMESPACE) == set(m.TASK_METRICS)
+
+
+def emitted_by_worker() -> set[str]:
+    """`names.X` passed to a metrics recorder's `count(...)`/`distribution(...)` anywhere in
+    the image's code, resolved through the names module."""
+    package = Path(str(m.worker.__file__)).parent
+    found: set[str] = set()
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if node.func.attr not in ("count", "distribution") or not node.args:
+                continue
+            first = node.args[0]
+            named = isinstance(first, ast.Attribute) and isinstance(first.value, ast.Name)
+            if named and first.value.id == "names":  # type: ignore[attr-defined]
+                found.add(getattr(m.worker, first.attr))  # type: ignore[attr-defined]
+    return found
+
+
+def test_the_worker_emits_exactly_the_named_task_metrics() -> None:
+    emitted = emitted_by_worker()
+    assert emitted == set(m.TASK_METRICS), (
+        f"emitted, without a unit in names.py: {sorted(emitted - m.TASK_METRICS)}; "
+        f"named, never emitted: {sorted(m.TASK_METRICS - emitted)}"
+    )

@@ -10,7 +10,7 @@ from typing import Any
 from redbeat import RedBeatScheduler
 
 from celery_service import names
-from celery_service.metrics import statsd
+from celery_service.metrics import recorder
 from celery_service.redis_client import client_for
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,5 @@ class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         except Exception as exc:
             log.warning("beat heartbeat not written: %s", exc)
         Path(settings.heartbeat_file).touch()
-        client = statsd(settings)
-        if client is not None:
-            client.increment(names.BEAT_HEARTBEAT)
+        recorder(settings).count(names.BEAT_HEARTBEAT, None, None)
         return interval

@@ -12,6 +12,20 @@ TASK_RETRIED = "celery.task.retried"  # count
 DLQ_WRITTEN = "celery.dlq.written"  # count (tags: queue, kind)
 BEAT_HEARTBEAT = "celery.beat.heartbeat"  # count, once per beat tick while holding the lock
 
+# Every metric above, with its CloudWatch unit. Without Datadog the same names reach CloudWatch
+# as EMF in this namespace, with the dimensions environment and queue (none for beat).
+UNITS = {
+    TASK_RUNTIME_MS: "Milliseconds",
+    TASK_QUEUE_WAIT_MS: "Milliseconds",
+    TASK_SUCCEEDED: "Count",
+    TASK_FAILED: "Count",
+    TASK_RETRIED: "Count",
+    DLQ_WRITTEN: "Count",
+    BEAT_HEARTBEAT: "Count",
+}
+DISTRIBUTIONS = frozenset({TASK_RUNTIME_MS, TASK_QUEUE_WAIT_MS})
+EMF_NAMESPACE = "CeleryPlatform/Tasks"
+
 # Redis keys. Queue names never contain ':' (validated), so these never collide.
 KEY_PREFIX = "celery"
 

@@ -129,6 +129,9 @@ class Settings(_Model):
     statsd_host: str | None = None
     statsd_port: int = Field(default=8125, ge=1, le=65535)
     service_tags: dict[str, str] = Field(default_factory=dict)
+    # CloudWatch embedded metric format on stdout (the stacks turn it on when Datadog is off).
+    emf_metrics: bool = False
+    emf_interval_s: float = Field(default=60.0, ge=0.1, le=3600)
     # ECS agent endpoint; absent outside ECS, which makes scale-in protection a no-op.
     ecs_agent_uri: str | None = None
     protection_minutes: int = Field(default=60, ge=1, le=2880)
@@ -198,6 +201,8 @@ ENV_VARS: dict[str, str] = {
     "statsd_host": "DD_AGENT_HOST",
     "statsd_port": "DD_DOGSTATSD_PORT",
     "service_tags": "CELERY_METRIC_TAGS",
+    "emf_metrics": "CELERY_METRICS_EMF",
+    "emf_interval_s": "CELERY_METRICS_EMF_INTERVAL_S",
     "ecs_agent_uri": "ECS_AGENT_URI",
     "protection_minutes": "CELERY_PROTECTION_MINUTES",
     "heartbeat_file": "CELERY_HEARTBEAT_FILE",

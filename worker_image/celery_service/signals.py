@@ -19,7 +19,7 @@ from celery.worker import state as worker_state
 
 from celery_service import logs, names
 from celery_service.dlq import DeadLetter, DeadLetterQueues, encode_raw
-from celery_service.metrics import statsd, tags
+from celery_service.metrics import recorder
 from celery_service.protection import TaskMonitor
 from celery_service.redis_client import client_for
 from celery_service.settings import Settings
@@ -55,12 +55,11 @@ def _queue_of(task: Any) -> str:
 @signals.task_prerun.connect
 def _task_started(task_id: str, task: Any, **_: Any) -> None:
     _started[task_id] = time.monotonic()
-    client = statsd(_settings())
     published = getattr(task.request, names.PUBLISHED_AT_HEADER, None)
-    if client is not None and isinstance(published, int | float):
+    if isinstance(published, int | float):
         wait_ms = max(0.0, (time.time() - published) * 1000)
-        client.distribution(
-            names.TASK_QUEUE_WAIT_MS, wait_ms, tags=tags(_queue_of(task), task.name)
+        recorder(_settings()).distribution(
+            names.TASK_QUEUE_WAIT_MS, wait_ms, _queue_of(task), task.name
         )
 
 
@@ -69,13 +68,12 @@ def _task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) 
     settings = _settings()
     queue = _queue_of(task)
     started = _started.pop(task_id, None)
-    client = statsd(settings)
-    if client is not None:
-        if started is not None:
-            runtime_ms = (time.monotonic() - started) * 1000
-            client.distribution(names.TASK_RUNTIME_MS, runtime_ms, tags=tags(queue, task.name))
-        if state == "SUCCESS":
-            client.increment(names.TASK_SUCCEEDED, tags=tags(queue, task.name))
+    metrics = recorder(settings)
+    if started is not None:
+        runtime_ms = (time.monotonic() - started) * 1000
+        metrics.distribution(names.TASK_RUNTIME_MS, runtime_ms, queue, task.name)
+    if state == "SUCCESS":
+        metrics.count(names.TASK_SUCCEEDED, queue, task.name)
     try:
         # Every attempt that leaves a slot counts, retries included: a retry is a new arrival.
         client_for(settings).incr(names.completed_key(queue))
@@ -85,9 +83,8 @@ def _task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) 
 
 @signals.task_retry.connect
 def _task_retried(sender: Any = None, **_: Any) -> None:
-    client = statsd(_settings())
-    if client is not None and sender is not None:
-        client.increment(names.TASK_RETRIED, tags=tags(_queue_of(sender), sender.name))
+    if sender is not None:
+        recorder(_settings()).count(names.TASK_RETRIED, _queue_of(sender), sender.name)
 
 
 @signals.task_failure.connect
@@ -122,9 +119,7 @@ def _task_failed(
         published_at=getattr(request, names.PUBLISHED_AT_HEADER, None) if in_task else None,
     )
     record_dead_letter(entry)
-    client = statsd(_settings())
-    if client is not None:
-        client.increment(names.TASK_FAILED, tags=tags(queue, sender.name))
+    recorder(_settings()).count(names.TASK_FAILED, queue, sender.name)
 
 
 def record_dead_letter(entry: DeadLetter) -> bool:
@@ -144,11 +139,9 @@ def record_dead_letter(entry: DeadLetter) -> bool:
             "failed_task_name": entry.task_name,
         },
     )
-    client = statsd(settings)
-    if client is not None:
-        client.increment(
-            names.DLQ_WRITTEN, tags=[*tags(entry.queue, entry.task_name), f"kind:{entry.kind}"]
-        )
+    recorder(settings).count(
+        names.DLQ_WRITTEN, entry.queue, entry.task_name, extra=(f"kind:{entry.kind}",)
+    )
     return True
 
 
@@ -222,3 +215,10 @@ def _wake_monitor(**_: Any) -> None:
 def _stop_monitor(**_: Any) -> None:
     while _monitor:
         _monitor.pop().stop()
+    recorder(_settings()).flush()
+
+
+@signals.worker_process_shutdown.connect
+def _flush_child_metrics(**_: Any) -> None:
+    # Pool processes leave with os._exit, which skips atexit: write their last window now.
+    recorder(_settings()).flush()
