@@ -15,8 +15,8 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 # The CDK CLI runs `python3 app.py` (cdk.json): make that the project's interpreter.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: synth test lint typecheck pytest setup redis-server clean local bench-worker \
-	autoscale-once bench-autoscaler
+.PHONY: synth test lint typecheck pytest setup redis-server chromium clean local bench-worker \
+	autoscale-once bench-autoscaler preview-dashboards datadog-push
 
 ## Synthesize one environment (ENV=dev|staging|prod) into cdk.out/ and list its stacks.
 synth: $(VENV)/.runtime-installed $(CDK)
@@ -26,7 +26,7 @@ synth: $(VENV)/.runtime-installed $(CDK)
 ## Every check: lint, format, types, then all tests (CDK assertions, cdk-nag, cfn-lint, Redis).
 test: setup lint typecheck pytest
 
-setup: $(VENV)/.dev-installed $(CDK) redis-server
+setup: $(VENV)/.dev-installed $(CDK) redis-server chromium
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
@@ -35,7 +35,7 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
-pytest: $(VENV)/.dev-installed $(CDK) redis-server
+pytest: $(VENV)/.dev-installed $(CDK) redis-server chromium
 	$(BIN)/pytest
 
 $(VENV)/.runtime-installed: requirements.txt
@@ -69,6 +69,25 @@ bench-autoscaler: $(VENV)/.dev-installed
 ## Throughput and start latency of the shipped worker settings vs Celery's defaults.
 bench-worker: $(VENV)/.dev-installed redis-server
 	$(BIN)/python bench/worker_bench.py
+
+## The environment's CloudWatch and Datadog dashboards as a local HTML page (cdk.out/).
+preview-dashboards: $(VENV)/.dev-installed
+	$(BIN)/python tools/preview_dashboards.py --env $(ENV)
+
+## Create or update the environment's Datadog dashboard and monitors through the API
+## (keys: DD_API_KEY/DD_APP_KEY or Secrets Manager). ARGS="--dry-run" prints them instead.
+datadog-push: $(VENV)/.dev-installed
+	$(BIN)/python tools/datadog_push.py --env $(ENV) $(ARGS)
+
+## The dashboards preview test opens the page in headless Chromium; install it if missing.
+chromium:
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing chromium (Debian package)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+		else \
+			echo "chromium is missing: install it with 'sudo apt-get install chromium'"; exit 1; \
+		fi; }
 
 ## Tests start their own redis-server on a free loopback port; install it if missing.
 redis-server:

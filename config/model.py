@@ -318,11 +318,21 @@ class AutoscalerConfig(Strict):
 BEAT_HEARTBEAT_TTL_S = 300
 
 
+class SlackConfig(Strict):
+    """A Slack channel for alarms, through AWS Chatbot. Authorize the workspace in the
+    Chatbot console once per account; its ID starts with T, the channel's with C or G."""
+
+    workspace_id: Annotated[str, StringConstraints(pattern=r"^T[A-Z0-9]{6,}$")]
+    channel_id: Annotated[str, StringConstraints(pattern=r"^[CG][A-Z0-9]{6,}$")]
+
+
 class MonitoringConfig(Strict):
     """CloudWatch alarms and their recipients."""
 
     # Who receives alarm notifications (an SNS email subscription, confirmed by mail).
     alarm_email: Annotated[str, StringConstraints(pattern=EMAIL)] | None = None
+    # ... and/or a Slack channel (AWS Chatbot).
+    slack: SlackConfig | None = None
     # A worker group pinned at max_tasks this long cannot keep up: raise max_tasks or look.
     max_tasks_alarm_minutes: int = Field(default=30, ge=5, le=1440)
     redis_memory_percent: int = Field(default=80, ge=10, le=100)

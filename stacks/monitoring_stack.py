@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from aws_cdk import CfnResource, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_chatbot as chatbot
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
@@ -83,6 +84,19 @@ class MonitoringStack(Stack):
         )
         if settings.alarm_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(settings.alarm_email))
+        if settings.slack:
+            chatbot.SlackChannelConfiguration(
+                self,
+                "AlarmSlackChannel",
+                slack_channel_configuration_name=f"{config.project}-{config.name}-alarms",
+                slack_workspace_id=settings.slack.workspace_id,
+                slack_channel_id=settings.slack.channel_id,
+                notification_topics=[self.topic],
+                # Notifications only: the channel's members cannot act through Chatbot.
+                guardrail_policies=[
+                    iam.ManagedPolicy.from_aws_managed_policy_name("CloudWatchReadOnlyAccess")
+                ],
+            )
         self.alarms: list[cw.Alarm] = []
         self.dashboard = cw.Dashboard(
             self,

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from config import EnvironmentConfig, load_environment
 from stacks import metric_names as m
 from stacks.monitoring_stack import redis_node_ids
@@ -201,12 +203,22 @@ def test_redis_node_ids_follow_elasticache_naming() -> None:
     assert redis_node_ids("grp", 2) == ["grp-001", "grp-002", "grp-003"]
 
 
-def test_an_alarm_email_subscribes_to_the_topic(tmp_path: Path) -> None:
+def test_an_alarm_email_and_a_slack_channel_receive_the_topic(tmp_path: Path) -> None:
     data = load_environment("dev").model_dump()
     data["monitoring"]["alarm_email"] = "ops@example.com"
+    data["monitoring"]["slack"] = {"workspace_id": "T0123ABCD", "channel_id": "C0456EFGH"}
     config = EnvironmentConfig.model_validate(data)
-    synth = synthesize(config, tmp_path)
+    synth = synthesize(config, tmp_path)  # cdk-nag runs here: a finding would raise
     template = monitoring(synth)
     (subscription,) = resources(template, "AWS::SNS::Subscription").values()
     assert subscription["Properties"]["Protocol"] == "email"
     assert subscription["Properties"]["Endpoint"] == "ops@example.com"
+    (slack,) = resources(template, "AWS::Chatbot::SlackChannelConfiguration").values()
+    (topic_id,) = resources(template, "AWS::SNS::Topic")
+    assert slack["Properties"]["SlackWorkspaceId"] == "T0123ABCD"
+    assert slack["Properties"]["SlackChannelId"] == "C0456EFGH"
+    assert slack["Properties"]["SnsTopicArns"] == [{"Ref": topic_id}]
+    with pytest.raises(ValueError, match="workspace_id"):
+        EnvironmentConfig.model_validate(
+            {**data, "monitoring": {"slack": {"workspace_id": "x", "channel_id": "C0456EFGH"}}}
+        )
