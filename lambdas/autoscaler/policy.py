@@ -11,7 +11,10 @@ each process runs one message at a time. Two measured numbers describe the load:
 
 * the arrival rate `lambda` (messages/s): arrivals counted over the newest decisions that
   cover at least `rate_window_s` and hold at least 50 messages (slow services look further
-  back, up to `rate_window_max_s`, so one quiet or busy interval does not swing the count);
+  back, up to `rate_window_max_s`, so one quiet or busy interval does not swing the count).
+  Arrivals that piled up as backlog (a batch drop) count in the decision that sees them; later
+  decisions and the scale-in memory count only what the service absorbed, since the backlog
+  need drains the rest: a drained batch does not keep its tasks;
 * the run time `S` (s/message), from Little's law on the slots: in-flight messages average
   throughput x run time, so `S = sum(in flight x seconds) / sum(completions)`, weighted with a
   half-life of `rate_half_life_s` and pulled towards `run_time_hint_s` while few completions
@@ -405,7 +408,7 @@ def decide(
     completed_w = memory.completed if memory is not None else 0.0
     arrivals = list(memory.arrivals) if memory is not None else []
     measured_rate = memory.arrival_rate if memory is not None else 0.0
-    rate = measured_rate
+    rate = absorbed_rate = measured_rate
     if memory is not None and now is not None and arrived is not None and completed is not None:
         dt = now - memory.t
         average_in_flight = (memory.in_flight + in_flight_n) / 2
@@ -418,17 +421,26 @@ def decide(
             keep = 0.5 ** (dt / config.rate_half_life_s)
             busy_slot_s = busy_slot_s * keep + average_in_flight * dt
             completed_w = completed_w * keep + completed
-        arrivals.append((dt, arrived))
-        # Keep what the longest rate window can use; measure over the newest intervals that
-        # cover rate_window_s and hold enough arrivals for a usable count, if there are any.
-        arrivals = _newest(arrivals, config.rate_window_max_s)
-        window = _newest(arrivals, config.rate_window_s, MIN_RATE_ARRIVALS)
+        # Measure over the newest intervals that cover rate_window_s and hold enough arrivals
+        # for a usable count, if there are any; keep what the longest window can use.
+        window = _newest([*arrivals, (dt, arrived)], config.rate_window_s, MIN_RATE_ARRIVALS)
         span_s = sum(span for span, _ in window)
         count = sum(n for _, n in window)
         measured_rate = count / span_s
         # The counting-noise margin matters only where reactions come too late.
         noise = RATE_NOISE_SIGMAS * math.sqrt(count + 1) / span_s
         rate = measured_rate + exposure * noise
+        # Arrivals that piled up as backlog (a batch drop) are the backlog need's to drain:
+        # later decisions and the scale-in memory count only those the service absorbed, so
+        # one batch does not hold its tasks for a whole rate window and stabilization.
+        absorbed = max(0, arrived - max(0, waiting_n - memory.waiting))
+        arrivals = _newest([*arrivals, (dt, absorbed)], config.rate_window_max_s)
+        window = _newest(arrivals, config.rate_window_s, MIN_RATE_ARRIVALS)
+        absorbed_span_s = sum(span for span, _ in window)
+        absorbed_count = sum(n for _, n in window)
+        absorbed_rate = absorbed_count / absorbed_span_s + exposure * RATE_NOISE_SIGMAS * (
+            math.sqrt(absorbed_count + 1) / absorbed_span_s
+        )
     run_time_s = (busy_slot_s + config.run_time_hint_s * RUN_TIME_PRIOR_COMPLETIONS) / (
         completed_w + RUN_TIME_PRIOR_COMPLETIONS
     )
@@ -442,6 +454,17 @@ def decide(
         limit=config.max_tasks * c,
     )
     steady_tasks = _tasks(steady_slots, c)
+    # What the flow alone needs, without arrivals that piled up: remembered for scale-in.
+    flow_tasks = _tasks(
+        slots_for_wait(
+            absorbed_rate * run_time_s,
+            run_time_s,
+            config.target_wait_s,
+            _erlang_late(exposure, config.late_fraction),
+            limit=config.max_tasks * c,
+        ),
+        c,
+    )
     busy_tasks = _tasks(in_flight_n, c)
     need = steady_tasks
     if waiting_n > 0:
@@ -526,7 +549,7 @@ def decide(
         reason += "; " + "; ".join(notes)
 
     if now is not None:
-        recent = [*recent, (now, steady_tasks)]
+        recent = [*recent, (now, flow_tasks)]
     new_state: dict[str, Any] = {
         "version": STATE_VERSION,
         # Without a valid clock this state is unusable next time, which the next call says.
