@@ -41,8 +41,9 @@ message, and a few waiting messages that free slots will pick up in time need no
 *Decision.* The larger need, rounded up to tasks, within [min_tasks, max_tasks]. Scale-out
 is immediate. Scale-in is careful: never below the tasks busy with in-flight work
 (`ceil(in_flight / concurrency)`; reserved messages are invisible to LLEN), never below the
-largest steady need of the last `scale_in_stabilization_s` seconds (a brief dip does not
-count), never more than `scale_in_max_step_fraction` of the tasks at once. With min_tasks 0
+largest steady need of the last `scale_in_stabilization_s` seconds (default two intervals,
+at least 120 s: a brief dip does not count), never more than `scale_in_max_step_fraction` of
+the tasks at once. With min_tasks 0
 the service stops after `idle_before_zero_s` with nothing waiting, in flight or arriving (as
 soon as nothing waits or runs if fewer than one message is expected in that time), and wakes
 as soon as anything waits. Missing, negative or contradictory inputs never lower the count:
@@ -108,7 +109,10 @@ class PolicyConfig:
     run_time_hint_s: float = 30.0  # run time assumed until completions are measured
     late_fraction: float = 0.05  # share of messages allowed over target_wait_s in steady state
     drain_s: float | None = None  # backlog start deadline after new tasks are up; None: target
-    scale_in_stabilization_s: float = 600.0  # scale in only below every steady need this long
+    # Scale in only below every steady need of this long; None: two intervals, at least 120 s
+    # (a wrong scale-in costs one decision plus a start-up to undo, so faster decisions can
+    # afford a shorter memory).
+    scale_in_stabilization_s: float | None = None
     scale_in_max_step_fraction: float = 1.0  # largest share of tasks removed at once; 1: no cap
     idle_before_zero_s: float = 300.0  # quiet time before min_tasks 0 lets the service stop
     rate_window_s: float = 300.0  # arrivals are averaged over at least this long
@@ -136,7 +140,6 @@ class PolicyConfig:
                 errors.append(f"{name} {getattr(self, name)} must be > 0")
         for name in (
             "startup_s",
-            "scale_in_stabilization_s",
             "idle_before_zero_s",
             "rate_window_s",
         ):
@@ -148,12 +151,20 @@ class PolicyConfig:
             errors.append(
                 f"scale_in_max_step_fraction {self.scale_in_max_step_fraction} must be in (0, 1]"
             )
+        if self.scale_in_stabilization_s is not None and not self.scale_in_stabilization_s >= 0:
+            errors.append(f"scale_in_stabilization_s {self.scale_in_stabilization_s} must be >= 0")
         if self.drain_s is not None and not self.drain_s > 0:
             errors.append(f"drain_s {self.drain_s} must be > 0")
         if self.max_state_age_s is not None and not self.max_state_age_s > 0:
             errors.append(f"max_state_age_s {self.max_state_age_s} must be > 0")
         if errors:
             raise ValueError("invalid PolicyConfig: " + "; ".join(errors))
+
+    @property
+    def stabilization_s(self) -> float:
+        if self.scale_in_stabilization_s is not None:
+            return self.scale_in_stabilization_s
+        return max(120.0, 2 * self.interval_s)
 
     @property
     def state_max_age_s(self) -> float:
@@ -499,7 +510,7 @@ def decide(
     # ---- scale out at once; scale in carefully
     recent = memory.recent if memory is not None else []
     if now is not None:
-        recent = [(t, n) for t, n in recent if now - t < config.scale_in_stabilization_s]
+        recent = [(t, n) for t, n in recent if now - t < config.stabilization_s]
     notes: list[str] = []
     if need >= current:
         new = need
@@ -517,7 +528,7 @@ def decide(
         if new > need:
             notes.append(
                 f"scale-in limited (steady need over the last "
-                f"{config.scale_in_stabilization_s:g} s {stable}, step {step}, busy {busy_tasks})"
+                f"{config.stabilization_s:g} s {stable}, step {step}, busy {busy_tasks})"
             )
 
     new = min(max(new, config.min_tasks), config.max_tasks)

@@ -253,6 +253,27 @@ def test_a_brief_dip_does_not_scale_in_but_a_lasting_one_does() -> None:
     assert desired <= 2
 
 
+@pytest.mark.parametrize(("interval_s", "held_s"), [(300.0, 600.0), (60.0, 120.0), (30.0, 120.0)])
+def test_scale_in_waits_two_decisions_by_default(interval_s: float, held_s: float) -> None:
+    """The steady need is remembered for two intervals (at least 120 s): a scale-in that
+    proves wrong costs one decision plus a start-up, which fast decisions undo sooner."""
+    config = replace(CONFIG, interval_s=interval_s)
+    assert config.stabilization_s == held_s
+    decision, now = steady(config, rate_per_s=2.0, run_time_s=10, desired=6, steps=24)
+    level = decision.desired
+    per_interval = round(0.2 * interval_s)
+    dip = {"arrived_since_last": per_interval, "completed_since_last": per_interval}
+    desired, state = level, decision.state
+    started = now
+    while desired == level:
+        now += interval_s
+        decision = decide(observe(now=now, desired=desired, in_flight=2, **dip), config, state)
+        desired, state = decision.desired, decision.state
+        assert now - started <= held_s + config.rate_window_s + interval_s, decision.reason
+    # Not before the dip has lasted the stabilization time.
+    assert now - started >= held_s
+
+
 def test_scales_out_fast_on_a_burst() -> None:
     decision, now = steady(CONFIG, rate_per_s=0.5, run_time_s=10, desired=2)
     assert decision.desired <= 3
