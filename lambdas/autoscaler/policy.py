@@ -14,7 +14,9 @@ each process runs one message at a time. Two measured numbers describe the load:
   back, up to `rate_window_max_s`, so one quiet or busy interval does not swing the count).
   Arrivals that piled up as backlog (a batch drop) count in the decision that sees them; later
   decisions and the scale-in memory count only what the service absorbed, since the backlog
-  need drains the rest: a drained batch does not keep its tasks;
+  need drains the rest: a drained batch does not keep its tasks. With nothing waiting, the
+  rate is at most what is in flight (plus one standard deviation) per run time: an ended
+  spike shows there at once;
 * the run time `S` (s/message), from Little's law on the slots: in-flight messages average
   throughput x run time, so `S = sum(in flight x seconds) / sum(completions)`, weighted with a
   half-life of `rate_half_life_s` and pulled towards `run_time_hint_s` while few completions
@@ -455,6 +457,13 @@ def decide(
     run_time_s = (busy_slot_s + config.run_time_hint_s * RUN_TIME_PRIOR_COMPLETIONS) / (
         completed_w + RUN_TIME_PRIOR_COMPLETIONS
     )
+    if waiting == 0 and in_flight is not None and memory is not None:
+        # Little's law the other way round: with nothing waiting, the messages in flight are
+        # what arrived within about one run time. A rate window still full of a spike that
+        # has ended must not hold its tasks for another window.
+        current_rate = (in_flight + RATE_NOISE_SIGMAS * math.sqrt(in_flight + 1)) / run_time_s
+        rate = min(rate, current_rate)
+        absorbed_rate = min(absorbed_rate, current_rate)
 
     # ---- needs, in slots then tasks
     steady_slots = slots_for_wait(

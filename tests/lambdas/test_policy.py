@@ -331,6 +331,29 @@ def test_a_drained_batch_does_not_hold_its_tasks(interval_s: float) -> None:
     assert drained.desired <= decision.desired + 1, drained.reason
 
 
+def test_an_ended_spike_is_seen_in_flight_before_the_rate_window_forgets_it() -> None:
+    config = replace(CONFIG, interval_s=60, target_wait_s=300)
+    decision, now = steady(config, rate_per_s=3.0, run_time_s=20, desired=16, steps=20)
+    assert decision.desired >= 15
+    desired, state = decision.desired, decision.state
+    for _ in range(3):  # 0.5/s from now on: 10 messages in flight instead of 60
+        now += 60
+        decision = decide(
+            observe(
+                now=now,
+                desired=desired,
+                in_flight=10,
+                arrived_since_last=30,
+                completed_since_last=80,
+            ),
+            config,
+            state,
+        )
+        desired, state = decision.desired, decision.state
+    # The 300 s rate window still averages 1.5/s (8 tasks); in flight says 0.5/s.
+    assert desired <= 5, decision.reason
+
+
 def test_long_tasks_get_a_slot_per_waiting_message_not_more() -> None:
     config = replace(CONFIG, concurrency=2, target_wait_s=300)
     # 20 slots busy with 15-minute tasks, 4 messages waiting.
