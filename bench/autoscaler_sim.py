@@ -725,6 +725,25 @@ def _goal_lines(g: dict[str, Any]) -> list[str]:
     return lines
 
 
+def compact(results: Sequence[RunResult], interval_s: float) -> list[str]:
+    """Late share / cost multiple per shape and policy, means over the seeds."""
+    runs = [r for r in results if r.interval_s == interval_s and r.protection]
+    shapes = list(dict.fromkeys(r.workload for r in runs))
+    lines = [
+        "| shape | " + " | ".join(POLICIES) + " |",
+        "|---" * (len(POLICIES) + 1) + "|",
+    ]
+    for shape in [*shapes, "mean"]:  # the last row: mean late share, geometric-mean cost
+        cells = []
+        for policy in POLICIES:
+            mine = [r for r in runs if r.policy == policy and shape in (r.workload, "mean")]
+            late = statistics.fmean(r.late for r in mine)
+            cost = math.exp(statistics.fmean(math.log(r.cost_x) for r in mine))
+            cells.append(f"{late:.1%} / {cost:.2f}")
+        lines.append(f"| {shape} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _goal_text(g: dict[str, Any], per_seed: list[dict[str, Any]]) -> list[str]:
     if "met" not in g:
         return []
@@ -886,6 +905,8 @@ def render(
         lines += [f"## Decisions every {interval:g} s, scale-in protection on", ""]
         lines += _goal_text(g, [p for p in per_seed if p["interval_s"] == interval])
         lines += _goal_lines(g)
+        lines += ["", "Late share / cost (x lower bound), means over the seeds:", ""]
+        lines += compact(results, interval)
         lines += ["", f"Seed {seed}:", ""]
         lines += _table(
             [r for r in results if r.interval_s == interval and r.protection and r.seed == seed]
