@@ -45,6 +45,7 @@ import platform
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -806,8 +807,9 @@ def main_simulate(args: argparse.Namespace) -> int:
     )
     print("\n".join(_table(results)))
     plotted = next(r for r in results if r.policy == args.plot_policy)
-    out = args.plot or Path(
-        f"autoscaler_{name}_{args.interval:g}s{'' if service.protection else '_noprot'}.png"
+    # Outside the repository by default: a plot per try is not something to commit.
+    out = args.plot or Path(tempfile.gettempdir()) / (
+        f"autoscaler_{name}_{args.interval:g}s{'' if service.protection else '_no_protection'}.png"
     )
     plot(
         plotted,
@@ -939,7 +941,9 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--no-protection", action="store_true", help="scale-in protection off")
     one.add_argument("--warmup", type=float, default=0.0, help="seconds not measured")
     one.add_argument(
-        "--plot", type=Path, help="PNG path (default: ./autoscaler_<name>_<interval>s.png)"
+        "--plot",
+        type=Path,
+        help="PNG path (default: autoscaler_<name>_<interval>s.png in the temporary directory)",
     )
     one.add_argument("--plot-policy", choices=POLICIES, default=OURS)
 

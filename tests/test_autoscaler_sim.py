@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.autoscaler_sim import OURS, Service, plot, simulate
+from bench.autoscaler_sim import OURS, POLICIES, Service, main, plot, simulate
 from bench.workloads import DAY_S, SHAPES, Job, generate, read_csv, write_csv
 from lambdas.autoscaler.policy import Observation
 
@@ -198,3 +198,17 @@ def test_long_jobs_run_minutes_to_an_hour() -> None:
 def test_unknown_shape_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown workload 'weekly'"):
         generate("weekly")
+
+
+def test_simulate_command_replays_a_csv_and_writes_the_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = tmp_path / "jobs.csv"
+    write_csv([Job(i * 3.0, 20.0) for i in range(400)], jobs)
+    png = tmp_path / "out.png"
+    assert main(["simulate", "--csv", str(jobs), "--interval", "60", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "jobs: 400 jobs, decisions every 60 s" in out
+    for policy in POLICIES:
+        assert f"| {policy} |" in out or f"| **{policy}** |" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
