@@ -12,11 +12,11 @@ each process runs one message at a time. Two measured numbers describe the load:
 * the arrival rate `lambda` (messages/s): arrivals counted over the newest decisions that
   cover at least `rate_window_s` and hold at least 50 messages (slow services look further
   back, up to `rate_window_max_s`, so one quiet or busy interval does not swing the count).
-  Arrivals that piled up as backlog (a batch drop) count in the decision that sees them; later
-  decisions and the scale-in memory count only what the service absorbed, since the backlog
-  need drains the rest: a drained batch does not keep its tasks. With nothing waiting, the
-  rate is at most what is in flight (plus one standard deviation) per run time: an ended
-  spike shows there at once;
+  Only arrivals the service started count: those that piled up as backlog (a batch drop) are
+  the backlog need's, so a drained batch does not keep its tasks, and a lasting surge shows
+  in the backlog until the service keeps up with it. With nothing waiting, the rate is at
+  most what is in flight (plus one standard deviation) per run time: an ended spike shows
+  there at once;
 * the run time `S` (s/message), from Little's law on the slots: in-flight messages average
   throughput x run time, so `S = sum(in flight x seconds) / sum(completions)`, weighted with a
   half-life of `rate_half_life_s` and pulled towards `run_time_hint_s` while few completions
@@ -363,6 +363,13 @@ def _newest(
     return intervals
 
 
+def _run_time(busy_slot_s: float, completed: float, config: PolicyConfig) -> float:
+    """Mean run time (s): busy slot-seconds per completion, pulled towards the hint while few
+    completions are known."""
+    prior = RUN_TIME_PRIOR_COMPLETIONS
+    return (busy_slot_s + config.run_time_hint_s * prior) / (completed + prior)
+
+
 def _tasks(slots: float, concurrency: int) -> int:
     # The tolerance keeps float noise (12.000000001 slots) from costing a whole task.
     return max(0, math.ceil(slots / concurrency - 1e-9))
@@ -421,7 +428,8 @@ def decide(
     completed_w = memory.completed if memory is not None else 0.0
     arrivals = list(memory.arrivals) if memory is not None else []
     measured_rate = memory.arrival_rate if memory is not None else 0.0
-    rate = absorbed_rate = measured_rate
+    rate = measured_rate
+    sizing_alternative: tuple[float, float] | None = None
     if memory is not None and now is not None and arrived is not None and completed is not None:
         dt = now - memory.t
         average_in_flight = (memory.in_flight + in_flight_n) / 2
@@ -430,40 +438,41 @@ def decide(
         # slot busy). A backlog that appeared or drained in between tells nothing reliable.
         # Idle intervals carry no run-time information either: keep the old weights then.
         same_regime = (memory.waiting == 0) == (waiting_n == 0)
-        if same_regime and in_flight is not None and (completed > 0 or average_in_flight > 0):
+        if in_flight is not None and (completed > 0 or average_in_flight > 0):
             keep = 0.5 ** (dt / config.rate_half_life_s)
-            busy_slot_s = busy_slot_s * keep + average_in_flight * dt
-            completed_w = completed_w * keep + completed
+            updated = (busy_slot_s * keep + average_in_flight * dt, completed_w * keep + completed)
+            if same_regime:
+                busy_slot_s, completed_w = updated
+            else:
+                # Not kept, but a backlog is sized with the longer of the two estimates:
+                # otherwise a backlog could ask for fewer tasks than no backlog would.
+                sizing_alternative = updated
+        # Arrivals as the service took them: those that piled up as backlog (a batch drop)
+        # are the backlog need's to drain, not a lasting rate that would keep a drained
+        # batch's tasks for a whole window. Counted from what started (completions and the
+        # change in flight), not from the queue, so that more waiting never lowers the need.
+        started = completed + in_flight - memory.in_flight if in_flight is not None else arrived
+        absorbed = max(0, min(arrived, started))
         # Measure over the newest intervals that cover rate_window_s and hold enough arrivals
         # for a usable count, if there are any; keep what the longest window can use.
-        window = _newest([*arrivals, (dt, arrived)], config.rate_window_s, MIN_RATE_ARRIVALS)
-        span_s = sum(span for span, _ in window)
-        count = sum(n for _, n in window)
-        measured_rate = count / span_s
-        # The counting-noise margin matters only where reactions come too late.
-        noise = RATE_NOISE_SIGMAS * math.sqrt(count + 1) / span_s
-        rate = measured_rate + exposure * noise
-        # Arrivals that piled up as backlog (a batch drop) are the backlog need's to drain:
-        # later decisions and the scale-in memory count only those the service absorbed, so
-        # one batch does not hold its tasks for a whole rate window and stabilization.
-        absorbed = max(0, arrived - max(0, waiting_n - memory.waiting))
+        measured = _newest([*arrivals, (dt, arrived)], config.rate_window_s, MIN_RATE_ARRIVALS)
+        measured_rate = sum(n for _, n in measured) / sum(span for span, _ in measured)
         arrivals = _newest([*arrivals, (dt, absorbed)], config.rate_window_max_s)
         window = _newest(arrivals, config.rate_window_s, MIN_RATE_ARRIVALS)
-        absorbed_span_s = sum(span for span, _ in window)
-        absorbed_count = sum(n for _, n in window)
-        absorbed_rate = absorbed_count / absorbed_span_s + exposure * RATE_NOISE_SIGMAS * (
-            math.sqrt(absorbed_count + 1) / absorbed_span_s
-        )
-    run_time_s = (busy_slot_s + config.run_time_hint_s * RUN_TIME_PRIOR_COMPLETIONS) / (
-        completed_w + RUN_TIME_PRIOR_COMPLETIONS
-    )
+        span_s = sum(span for span, _ in window)
+        count = sum(n for _, n in window)
+        # The counting-noise margin matters only where reactions come too late.
+        noise = RATE_NOISE_SIGMAS * math.sqrt(count + 1) / span_s
+        rate = count / span_s + exposure * noise
+    run_time_s = _run_time(busy_slot_s, completed_w, config)
+    if sizing_alternative is not None and waiting_n > 0:
+        run_time_s = max(run_time_s, _run_time(*sizing_alternative, config))
     if waiting == 0 and in_flight is not None and memory is not None:
         # Little's law the other way round: with nothing waiting, the messages in flight are
         # what arrived within about one run time. A rate window still full of a spike that
         # has ended must not hold its tasks for another window.
         current_rate = (in_flight + RATE_NOISE_SIGMAS * math.sqrt(in_flight + 1)) / run_time_s
         rate = min(rate, current_rate)
-        absorbed_rate = min(absorbed_rate, current_rate)
 
     # ---- needs, in slots then tasks
     steady_slots = slots_for_wait(
@@ -474,17 +483,6 @@ def decide(
         limit=config.max_tasks * c,
     )
     steady_tasks = _tasks(steady_slots, c)
-    # What the flow alone needs, without arrivals that piled up: remembered for scale-in.
-    flow_tasks = _tasks(
-        slots_for_wait(
-            absorbed_rate * run_time_s,
-            run_time_s,
-            config.target_wait_s,
-            _erlang_late(exposure, config.late_fraction),
-            limit=config.max_tasks * c,
-        ),
-        c,
-    )
     busy_tasks = _tasks(in_flight_n, c)
     need = steady_tasks
     if waiting_n > 0:
@@ -569,7 +567,7 @@ def decide(
         reason += "; " + "; ".join(notes)
 
     if now is not None:
-        recent = [*recent, (now, flow_tasks)]
+        recent = [*recent, (now, steady_tasks)]
     new_state: dict[str, Any] = {
         "version": STATE_VERSION,
         # Without a valid clock this state is unusable next time, which the next call says.
