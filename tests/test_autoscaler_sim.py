@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.autoscaler_sim import OURS, POLICIES, Service, main, plot, simulate
+from bench.autoscaler_sim import OURS, POLICIES, RunResult, Service, goals, main, plot, simulate
 from bench.workloads import DAY_S, SHAPES, Job, generate, read_csv, write_csv
 from lambdas.autoscaler.policy import Observation
 
@@ -212,3 +212,44 @@ def test_simulate_command_replays_a_csv_and_writes_the_plot(
     for policy in POLICIES:
         assert f"| {policy} |" in out or f"| **{policy}** |" in out
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_goal_verdict_uses_the_best_anchor_and_the_geometric_mean() -> None:
+    def run(policy: str, workload: str, late: float, cost_x: float) -> RunResult:
+        return RunResult(
+            workload=workload,
+            policy=policy,
+            interval_s=300,
+            protection=True,
+            jobs=100,
+            task_hours=cost_x,
+            lower_bound_hours=1.0,
+            cost_x=cost_x,
+            late=late,
+            killed=0,
+            max_waiting=0,
+            actions=0,
+            unfinished=0,
+            end_s=0,
+            p50_wait_s=0,
+            p95_wait_s=0,
+            p99_wait_s=0,
+            mean_wait_s=0,
+        )
+
+    results = [
+        run(OURS, "a", 0.02, 1.2),
+        run(OURS, "b", 0.00, 1.4),
+        run("AWS backlog/task", "a", 0.10, 1.0),
+        run("AWS backlog/task", "b", 0.00, 1.0),
+        run("KEDA redis list", "a", 0.30, 1.5),
+        run("KEDA redis list", "b", 0.10, 1.5),
+    ]
+    verdict = goals(results, 300)
+    assert verdict["best_anchor"] == "AWS backlog/task"
+    assert verdict["policies"][OURS]["mean_late"] == pytest.approx(0.01)
+    assert verdict["policies"][OURS]["geomean_cost_x"] == pytest.approx(math.sqrt(1.2 * 1.4))
+    assert verdict["late_limit"] == pytest.approx(0.6 * 0.05)
+    assert verdict["met"]  # 1 % <= 3 %, 1.296 <= 1.3
+    results[1] = run(OURS, "b", 0.00, 1.5)
+    assert not goals(results, 300)["met"]  # geometric mean 1.342 > 1.3
