@@ -62,9 +62,21 @@ local: $(VENV)/.dev-installed redis-server
 autoscale-once: $(VENV)/.dev-installed redis-server
 	$(BIN)/python tools/autoscale_once.py --env $(ENV)
 
-## The scaling policy against published policies on simulated workloads.
+## The scaling policy against published policies: every workload shape, decisions every 300 s
+## and 60 s, scale-in protection on and off; tables and plots in bench/results/.
 bench-autoscaler: $(VENV)/.dev-installed
-	$(BIN)/python bench/autoscaler_sim.py
+	$(BIN)/python bench/autoscaler_sim.py bench
+
+## One workload through the policy and the anchors, with a plot: WORKLOAD=steady|diurnal|batch|
+## spike|long|mixed or CSV=jobs.csv (arrival_s,service_s); INTERVAL=300 (s), PROTECTION=off,
+## PLOT=path.png, ARGS= for more (see `python bench/autoscaler_sim.py simulate --help`).
+.PHONY: simulate
+WORKLOAD ?= batch
+INTERVAL ?= 300
+simulate: $(VENV)/.dev-installed
+	$(BIN)/python bench/autoscaler_sim.py simulate \
+		$(if $(CSV),--csv $(CSV),--workload $(WORKLOAD)) --interval $(INTERVAL) \
+		$(if $(filter off,$(PROTECTION)),--no-protection) $(if $(PLOT),--plot $(PLOT)) $(ARGS)
 
 ## Throughput and start latency of the shipped worker settings vs Celery's defaults.
 bench-worker: $(VENV)/.dev-installed redis-server

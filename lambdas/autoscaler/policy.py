@@ -11,7 +11,12 @@ each process runs one message at a time. Two measured numbers describe the load:
 
 * the arrival rate `lambda` (messages/s): arrivals counted over the newest decisions that
   cover at least `rate_window_s` and hold at least 50 messages (slow services look further
-  back, up to `rate_window_max_s`, so one quiet or busy interval does not swing the count);
+  back, up to `rate_window_max_s`, so one quiet or busy interval does not swing the count).
+  Only arrivals the service started count: those that piled up as backlog (a batch drop) are
+  the backlog need's, so a drained batch does not keep its tasks, and a lasting surge shows
+  in the backlog until the service keeps up with it. With nothing waiting, the rate is at
+  most what is in flight (plus one standard deviation) per run time: an ended spike shows
+  there at once;
 * the run time `S` (s/message), from Little's law on the slots: in-flight messages average
   throughput x run time, so `S = sum(in flight x seconds) / sum(completions)`, weighted with a
   half-life of `rate_half_life_s` and pulled towards `run_time_hint_s` while few completions
@@ -38,8 +43,9 @@ message, and a few waiting messages that free slots will pick up in time need no
 *Decision.* The larger need, rounded up to tasks, within [min_tasks, max_tasks]. Scale-out
 is immediate. Scale-in is careful: never below the tasks busy with in-flight work
 (`ceil(in_flight / concurrency)`; reserved messages are invisible to LLEN), never below the
-largest steady need of the last `scale_in_stabilization_s` seconds (a brief dip does not
-count), never more than `scale_in_max_step_fraction` of the tasks at once. With min_tasks 0
+largest steady need of the last `scale_in_stabilization_s` seconds (default two intervals,
+at least 120 s: a brief dip does not count), never more than `scale_in_max_step_fraction` of
+the tasks at once. With min_tasks 0
 the service stops after `idle_before_zero_s` with nothing waiting, in flight or arriving (as
 soon as nothing waits or runs if fewer than one message is expected in that time), and wakes
 as soon as anything waits. Missing, negative or contradictory inputs never lower the count:
@@ -105,7 +111,10 @@ class PolicyConfig:
     run_time_hint_s: float = 30.0  # run time assumed until completions are measured
     late_fraction: float = 0.05  # share of messages allowed over target_wait_s in steady state
     drain_s: float | None = None  # backlog start deadline after new tasks are up; None: target
-    scale_in_stabilization_s: float = 600.0  # scale in only below every steady need this long
+    # Scale in only below every steady need of this long; None: two intervals, at least 120 s
+    # (a wrong scale-in costs one decision plus a start-up to undo, so faster decisions can
+    # afford a shorter memory).
+    scale_in_stabilization_s: float | None = None
     scale_in_max_step_fraction: float = 1.0  # largest share of tasks removed at once; 1: no cap
     idle_before_zero_s: float = 300.0  # quiet time before min_tasks 0 lets the service stop
     rate_window_s: float = 300.0  # arrivals are averaged over at least this long
@@ -133,7 +142,6 @@ class PolicyConfig:
                 errors.append(f"{name} {getattr(self, name)} must be > 0")
         for name in (
             "startup_s",
-            "scale_in_stabilization_s",
             "idle_before_zero_s",
             "rate_window_s",
         ):
@@ -145,12 +153,20 @@ class PolicyConfig:
             errors.append(
                 f"scale_in_max_step_fraction {self.scale_in_max_step_fraction} must be in (0, 1]"
             )
+        if self.scale_in_stabilization_s is not None and not self.scale_in_stabilization_s >= 0:
+            errors.append(f"scale_in_stabilization_s {self.scale_in_stabilization_s} must be >= 0")
         if self.drain_s is not None and not self.drain_s > 0:
             errors.append(f"drain_s {self.drain_s} must be > 0")
         if self.max_state_age_s is not None and not self.max_state_age_s > 0:
             errors.append(f"max_state_age_s {self.max_state_age_s} must be > 0")
         if errors:
             raise ValueError("invalid PolicyConfig: " + "; ".join(errors))
+
+    @property
+    def stabilization_s(self) -> float:
+        if self.scale_in_stabilization_s is not None:
+            return self.scale_in_stabilization_s
+        return max(120.0, 2 * self.interval_s)
 
     @property
     def state_max_age_s(self) -> float:
@@ -347,6 +363,13 @@ def _newest(
     return intervals
 
 
+def _run_time(busy_slot_s: float, completed: float, config: PolicyConfig) -> float:
+    """Mean run time (s): busy slot-seconds per completion, pulled towards the hint while few
+    completions are known."""
+    prior = RUN_TIME_PRIOR_COMPLETIONS
+    return (busy_slot_s + config.run_time_hint_s * prior) / (completed + prior)
+
+
 def _tasks(slots: float, concurrency: int) -> int:
     # The tolerance keeps float noise (12.000000001 slots) from costing a whole task.
     return max(0, math.ceil(slots / concurrency - 1e-9))
@@ -406,6 +429,7 @@ def decide(
     arrivals = list(memory.arrivals) if memory is not None else []
     measured_rate = memory.arrival_rate if memory is not None else 0.0
     rate = measured_rate
+    sizing_alternative: tuple[float, float] | None = None
     if memory is not None and now is not None and arrived is not None and completed is not None:
         dt = now - memory.t
         average_in_flight = (memory.in_flight + in_flight_n) / 2
@@ -414,24 +438,41 @@ def decide(
         # slot busy). A backlog that appeared or drained in between tells nothing reliable.
         # Idle intervals carry no run-time information either: keep the old weights then.
         same_regime = (memory.waiting == 0) == (waiting_n == 0)
-        if same_regime and in_flight is not None and (completed > 0 or average_in_flight > 0):
+        if in_flight is not None and (completed > 0 or average_in_flight > 0):
             keep = 0.5 ** (dt / config.rate_half_life_s)
-            busy_slot_s = busy_slot_s * keep + average_in_flight * dt
-            completed_w = completed_w * keep + completed
-        arrivals.append((dt, arrived))
-        # Keep what the longest rate window can use; measure over the newest intervals that
-        # cover rate_window_s and hold enough arrivals for a usable count, if there are any.
-        arrivals = _newest(arrivals, config.rate_window_max_s)
+            updated = (busy_slot_s * keep + average_in_flight * dt, completed_w * keep + completed)
+            if same_regime:
+                busy_slot_s, completed_w = updated
+            else:
+                # Not kept, but a backlog is sized with the longer of the two estimates:
+                # otherwise a backlog could ask for fewer tasks than no backlog would.
+                sizing_alternative = updated
+        # Arrivals as the service took them: those that piled up as backlog (a batch drop)
+        # are the backlog need's to drain, not a lasting rate that would keep a drained
+        # batch's tasks for a whole window. Counted from what started (completions and the
+        # change in flight), not from the queue, so that more waiting never lowers the need.
+        started = completed + in_flight - memory.in_flight if in_flight is not None else arrived
+        absorbed = max(0, min(arrived, started))
+        # Measure over the newest intervals that cover rate_window_s and hold enough arrivals
+        # for a usable count, if there are any; keep what the longest window can use.
+        measured = _newest([*arrivals, (dt, arrived)], config.rate_window_s, MIN_RATE_ARRIVALS)
+        measured_rate = sum(n for _, n in measured) / sum(span for span, _ in measured)
+        arrivals = _newest([*arrivals, (dt, absorbed)], config.rate_window_max_s)
         window = _newest(arrivals, config.rate_window_s, MIN_RATE_ARRIVALS)
         span_s = sum(span for span, _ in window)
         count = sum(n for _, n in window)
-        measured_rate = count / span_s
         # The counting-noise margin matters only where reactions come too late.
         noise = RATE_NOISE_SIGMAS * math.sqrt(count + 1) / span_s
-        rate = measured_rate + exposure * noise
-    run_time_s = (busy_slot_s + config.run_time_hint_s * RUN_TIME_PRIOR_COMPLETIONS) / (
-        completed_w + RUN_TIME_PRIOR_COMPLETIONS
-    )
+        rate = count / span_s + exposure * noise
+    run_time_s = _run_time(busy_slot_s, completed_w, config)
+    if sizing_alternative is not None and waiting_n > 0:
+        run_time_s = max(run_time_s, _run_time(*sizing_alternative, config))
+    if waiting == 0 and in_flight is not None and memory is not None:
+        # Little's law the other way round: with nothing waiting, the messages in flight are
+        # what arrived within about one run time. A rate window still full of a spike that
+        # has ended must not hold its tasks for another window.
+        current_rate = (in_flight + RATE_NOISE_SIGMAS * math.sqrt(in_flight + 1)) / run_time_s
+        rate = min(rate, current_rate)
 
     # ---- needs, in slots then tasks
     steady_slots = slots_for_wait(
@@ -476,7 +517,7 @@ def decide(
     # ---- scale out at once; scale in carefully
     recent = memory.recent if memory is not None else []
     if now is not None:
-        recent = [(t, n) for t, n in recent if now - t < config.scale_in_stabilization_s]
+        recent = [(t, n) for t, n in recent if now - t < config.stabilization_s]
     notes: list[str] = []
     if need >= current:
         new = need
@@ -494,7 +535,7 @@ def decide(
         if new > need:
             notes.append(
                 f"scale-in limited (steady need over the last "
-                f"{config.scale_in_stabilization_s:g} s {stable}, step {step}, busy {busy_tasks})"
+                f"{config.stabilization_s:g} s {stable}, step {step}, busy {busy_tasks})"
             )
 
     new = min(max(new, config.min_tasks), config.max_tasks)
