@@ -62,24 +62,19 @@ class Monitor:
         }
 
     def cloudformation_properties(self) -> dict[str, Any]:
-        """The same monitor as Datadog::Monitors::Monitor properties."""
-        options: dict[str, Any] = {
-            "Thresholds": {"Critical": self.critical},
-            "NotifyNoData": self.notify_no_data,
-            "RequireFullWindow": False,
-            "IncludeTags": True,
-        }
-        if self.no_data_minutes is not None:
-            options["NoDataTimeframe"] = self.no_data_minutes
+        """The same monitor as Datadog::Monitors::Monitor properties: the API's fields in
+        PascalCase (notify_no_data -> NotifyNoData)."""
+        converted: dict[str, Any] = _pascal(self.api_body())
+        return converted
+
+
+def _pascal(value: Any) -> Any:
+    if isinstance(value, dict):
         return {
-            "Name": self.name,
-            "Type": self.type,
-            "Query": self.query,
-            "Message": self.message,
-            "Tags": list(self.tags),
-            "Priority": self.priority,
-            "Options": options,
+            "".join(part.capitalize() for part in key.split("_")): _pascal(item)
+            for key, item in value.items()
         }
+    return value
 
 
 class _Filters:
