@@ -33,7 +33,7 @@ from security.secret_scan import (
     scan_files,
 )
 from stacks.checks import attach_checks
-from stacks.compliance import attach_compliance_checks
+from stacks.compliance import Accepted, accepted_findings, attach_compliance_checks
 from stacks.platform import build_platform
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +60,8 @@ class EnvResult:
     synth_s: float = 0.0
     templates: list[Path] = field(default_factory=list)
     nag_violations: list[str] = field(default_factory=list)
+    nist_findings: int = 0  # before the acceptances of stacks/compliance.py
+    nist_accepted: dict[Accepted, int] = field(default_factory=dict)
     acknowledged: dict[tuple[str, str], Acknowledged] = field(default_factory=dict)
     cfn_lint: list[str] = field(default_factory=list)
     checkov_passed: int = 0
@@ -80,6 +82,31 @@ def _pack_of(rule: str) -> str:
     return rule.rsplit("-", 1)[0] if "-" in rule else "CDK"
 
 
+def _violations(outdir: Path) -> list[tuple[str, str]]:
+    report = json.loads((outdir / "validation-report.json").read_text())
+    return [
+        (violation["ruleName"], construct["constructPath"])
+        for plugin in report["pluginReports"]
+        for violation in plugin["violations"]
+        for construct in violation.get("violatingConstructs", [])
+    ]
+
+
+def measure_nist(result: EnvResult, scratch: Path) -> None:
+    """Synthesize without the NIST acceptances: what the pack finds, and which acceptance
+    covers how many of those findings (so a stale acceptance shows)."""
+    app = App(outdir=str(scratch), context=cdk_context())
+    build_platform(app, load_environment(result.name))
+    attach_compliance_checks(app, accept=False)
+    try:
+        app.synth()
+        violations: list[tuple[str, str]] = []
+    except RuntimeError:
+        violations = [v for v in _violations(scratch) if v[0].startswith("NIST")]
+    result.nist_findings = len(violations)
+    result.nist_accepted = accepted_findings(app, violations)
+
+
 def synthesize(result: EnvResult, outdir: Path) -> None:
     """Synthesize with both cdk-nag packs; record violations and every acknowledgement."""
     config = load_environment(result.name)
@@ -91,11 +118,7 @@ def synthesize(result: EnvResult, outdir: Path) -> None:
     try:
         app.synth()
     except RuntimeError:
-        report = json.loads((outdir / "validation-report.json").read_text())
-        for plugin in report["pluginReports"]:
-            for violation in plugin["violations"]:
-                paths = [c["constructPath"] for c in violation.get("violatingConstructs", [])]
-                result.nag_violations += [f"{violation['ruleName']} on {p}" for p in paths]
+        result.nag_violations = [f"{rule} on {path}" for rule, path in _violations(outdir)]
     result.synth_s = time.monotonic() - started
     for construct in app.node.find_all():
         for entry in construct.node.metadata:
@@ -178,6 +201,13 @@ def unacknowledged(results: list[EnvResult], shared_secrets: list[Finding]) -> l
         ]
         problems += [f"{r.name}: secret {s.kind} in {s.path}:{s.line}" for s in r.secrets]
     problems += [f"secret {s.kind} in {s.path}:{s.line} ({s.excerpt})" for s in shared_secrets]
+    if results and all(r.nist_accepted for r in results):
+        for accepted in results[0].nist_accepted:
+            if not any(r.nist_accepted[accepted] for r in results):
+                problems.append(
+                    f"stale NIST acceptance {accepted.rule} on {accepted.resource_type} "
+                    f"{accepted.path}: no environment has that finding"
+                )
     return problems
 
 
@@ -197,10 +227,11 @@ def render_report(
         "",
         "Written by `make security` (`security/sweep.py`); do not edit by hand.",
         "",
-        "| environment | templates | cdk-nag findings (AwsSolutions + NIST 800-53 R5) "
-        "| acknowledged (AwsSolutions / NIST) | cfn-lint | checkov passed / accepted / failed "
-        "| IAM wildcard grants (unexplained) | files scanned for secrets | secrets |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| environment | templates | cdk-nag unacknowledged (AwsSolutions + NIST 800-53 R5) "
+        "| AwsSolutions acknowledgements | NIST findings / accepted | cfn-lint "
+        "| checkov passed / accepted / failed | IAM wildcard grants (unexplained) "
+        "| files scanned for secrets | secrets |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         packs: Counter[str] = Counter()
@@ -214,7 +245,8 @@ def render_report(
         unexplained = sum(not g.explained for g in r.grants)
         lines.append(
             f"| {r.name} | {len(r.templates)} | {len(r.nag_violations)} "
-            f"| {packs['AwsSolutions']} / {packs['NIST.800.53.R5']} | {len(r.cfn_lint)} "
+            f"| {packs['AwsSolutions']} | {r.nist_findings} / {sum(r.nist_accepted.values())} "
+            f"| {len(r.cfn_lint)} "
             f"| {checkov} | {len(r.grants)} ({unexplained}) | {r.files_scanned} "
             f"| {len(r.secrets)} |"
         )
@@ -244,9 +276,9 @@ def render_report(
             )
     lines += [
         "",
-        "## cdk-nag acknowledgements",
+        "## cdk-nag AwsSolutions acknowledgements",
         "",
-        "Counted over all environments: each acknowledgement sits on one resource.",
+        "Counted over all environments; each sits on the one resource it concerns (`stacks/*.py`).",
         "",
         "| rule | resources | reason |",
         "|---|---|---|",
@@ -254,9 +286,25 @@ def render_report(
     merged: dict[tuple[str, str], int] = Counter()
     for r in results:
         for key, ack in r.acknowledged.items():
-            merged[key] += ack.resources
+            if ack.pack == "AwsSolutions":
+                merged[key] += ack.resources
     for (rule, reason), count in sorted(merged.items()):
         lines.append(f"| {rule} | {count} | {_cell(reason)} |")
+    lines += [
+        "",
+        "## NIST 800-53 rev. 5 findings accepted",
+        "",
+        "Findings of all environments each acceptance covers (`stacks/compliance.py`).",
+        "",
+        "| rule | resource type | construct path | findings | reason |",
+        "|---|---|---|---|---|",
+    ]
+    for accepted in results[0].nist_accepted if results else []:
+        count = sum(r.nist_accepted.get(accepted, 0) for r in results)
+        lines.append(
+            f"| {accepted.rule} | {accepted.resource_type} | `{_cell(accepted.path or '*')}` "
+            f"| {count} | {_cell(accepted.reason)} |"
+        )
     if checkov_ran:
         lines += [
             "",
@@ -285,12 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.envs or ENVIRONMENTS:
         outdir = args.outdir / name
         result = EnvResult(name)
+        measure_nist(result, args.outdir / f"{name}-without-acceptances")
         synthesize(result, outdir)
         if args.checkov:
             run_checkov(args.checkov, result, outdir)
         results.append(result)
         print(
-            f"{name}: cdk-nag {len(result.nag_violations)}, cfn-lint {len(result.cfn_lint)}, "
+            f"{name}: cdk-nag {len(result.nag_violations)} (NIST accepted "
+            f"{sum(result.nist_accepted.values())} of {result.nist_findings}), "
+            f"cfn-lint {len(result.cfn_lint)}, "
             f"checkov failed {len(result.checkov_failed)} (accepted {len(result.checkov_skipped)})"
             f", IAM wildcards {len(result.grants)}, secrets {len(result.secrets)}",
             flush=True,

@@ -75,14 +75,6 @@ ACCEPTED: tuple[Accepted, ...] = (
     Accepted(
         "LambdaConcurrency",
         "AWS::Lambda::Function",
-        "Reserved concurrency fails the deployment in accounts whose concurrency quota is "
-        "still the new-account 10 (AWS keeps 10 unreserved); the autoscaler is started once "
-        "per schedule period and keeps its state in Redis, so parallel runs are not expected.",
-        path=r"-autoscaler/Function/",
-    ),
-    Accepted(
-        "LambdaConcurrency",
-        "AWS::Lambda::Function",
         "A custom-resource handler runs only while CloudFormation deploys this stack, one "
         "invocation per resource event; reserving concurrency for it would take capacity "
         "from the account for nothing and fail in accounts with the default quota of 10.",
@@ -201,12 +193,13 @@ ACCEPTED: tuple[Accepted, ...] = (
 )
 
 
-def attach_compliance_checks(app: App) -> int:
-    """Add the NIST 800-53 rev. 5 pack to `app` and accept the findings listed above.
+def attach_compliance_checks(app: App, *, accept: bool = True) -> int:
+    """Add the NIST 800-53 rev. 5 pack to `app` and accept the findings listed above
+    (`accept=False`: report them all, to check that each acceptance meets a finding).
 
     Call after the stacks are built. Returns how many acknowledgements were attached."""
     attached = 0
-    for construct in app.node.find_all():
+    for construct in app.node.find_all() if accept else []:
         if not isinstance(construct, CfnResource):
             continue
         for accepted in ACCEPTED:
@@ -217,3 +210,20 @@ def attach_compliance_checks(app: App) -> int:
                 attached += 1
     Validations.of(app).add_plugins(NIST80053R5Checks(app))
     return attached
+
+
+def accepted_findings(app: App, violations: list[tuple[str, str]]) -> dict[Accepted, int]:
+    """How many of `violations` ((rule id, construct path) of a synthesis without the
+    acceptances) each acceptance covers; one that covers none is stale."""
+    resources = {c.node.path: c for c in app.node.find_all() if isinstance(c, CfnResource)}
+    covered = dict.fromkeys(ACCEPTED, 0)
+    for rule_id, path in violations:
+        resource = resources.get(path)
+        for accepted in ACCEPTED:
+            if (
+                resource is not None
+                and accepted.rule_id == rule_id
+                and accepted.applies_to(resource)
+            ):
+                covered[accepted] += 1
+    return covered

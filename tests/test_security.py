@@ -24,7 +24,7 @@ from security.secret_scan import (
     scan_template,
     scan_text,
 )
-from stacks.compliance import ACCEPTED, attach_compliance_checks
+from stacks.compliance import ACCEPTED, accepted_findings, attach_compliance_checks
 from stacks.platform import Platform
 from tests.synth import ROOT, Synth, synthesize
 
@@ -45,6 +45,30 @@ def test_nist_800_53_pack_passes(tmp_path: Path) -> None:
     result = synthesize(load_environment("dev"), tmp_path, extend=add_nist)
     report = json.loads((result.outdir / "validation-report.json").read_text())
     assert report["pluginReports"] == []
+
+
+def test_every_nist_finding_is_covered_and_every_acceptance_used(tmp_path: Path) -> None:
+    """Without the acceptances: each finding has one, and each acceptance meets a finding."""
+
+    app_holder: list[App] = []
+
+    def keep(app: App, platform: Platform) -> None:
+        attach_compliance_checks(app, accept=False)
+        app_holder.append(app)
+
+    with pytest.raises(RuntimeError):
+        synthesize(load_environment("dev"), tmp_path, extend=keep)
+    report = json.loads((tmp_path / "validation-report.json").read_text())
+    violations = [
+        (violation["ruleName"], construct["constructPath"])
+        for plugin in report["pluginReports"]
+        for violation in plugin["violations"]
+        for construct in violation.get("violatingConstructs", [])
+    ]
+    assert all(rule.startswith("NIST") for rule, _ in violations)
+    covered = accepted_findings(app_holder[0], violations)
+    assert sum(covered.values()) == len(violations)  # each finding covered exactly once
+    assert [a for a, count in covered.items() if count == 0] == []
 
 
 def test_nist_pack_fails_what_no_acceptance_covers(tmp_path: Path) -> None:
