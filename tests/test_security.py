@@ -17,6 +17,7 @@ from config import load_environment
 from security.checkov_skips import SKIPS, reason_for
 from security.iam_wildcards import grants_in, grants_in_template
 from security.secret_scan import (
+    Finding,
     assembly_files,
     image_context_files,
     repo_files,
@@ -24,6 +25,7 @@ from security.secret_scan import (
     scan_template,
     scan_text,
 )
+from security.sweep import EnvResult, unacknowledged
 from stacks.compliance import ACCEPTED, accepted_findings, attach_compliance_checks
 from stacks.platform import Platform
 from tests.synth import ROOT, Synth, synthesize
@@ -234,3 +236,19 @@ def test_checkov_skips_match_only_their_resources() -> None:
         reason_for("CKV_AWS_2", "AWS::ElasticLoadBalancingV2::Listener.OtherHttp4E5D9BD2") is None
     )
     assert reason_for("CKV_AWS_18", "AWS::S3::Bucket.DataBucketAB12CD34") is None
+
+
+def test_sweep_counts_every_kind_of_unacknowledged_finding() -> None:
+    stale = next(iter(ACCEPTED))
+    result = EnvResult(
+        "dev",
+        nag_violations=["NIST.800.53.R5-S3BucketVersioningEnabled on x/Bucket/Resource"],
+        nist_accepted={accepted: 1 for accepted in ACCEPTED} | {stale: 0},
+        cfn_lint=["t.json: E3012 wrong type"],
+        checkov_failed=["CKV_AWS_1 t.json#AWS::S3::Bucket.B: something"],
+        secrets=[Finding("t.json", 3, "AWS access key id", "AKIA…")],
+    )
+    problems = unacknowledged([result], [Finding("README.md", 1, "private key", "…")])
+    assert len(problems) == 6
+    assert any(problem.startswith("stale NIST acceptance") for problem in problems)
+    assert unacknowledged([EnvResult("dev")], []) == []
