@@ -108,8 +108,13 @@ SKIPS: tuple[Skip, ...] = (
 )
 
 
-def reason_for(check_id: str, resource: str) -> str | None:
+def skip_for(check_id: str, resource: str) -> Skip | None:
     for skip in SKIPS:
         if skip.matches(check_id, resource):
-            return skip.reason
+            return skip
     return None
+
+
+def reason_for(check_id: str, resource: str) -> str | None:
+    skip = skip_for(check_id, resource)
+    return None if skip is None else skip.reason

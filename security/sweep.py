@@ -26,7 +26,7 @@ from aws_cdk import App, Validations
 from cfnlint.api import ManualArgs, lint
 
 from config import load_environment
-from security.checkov_skips import reason_for
+from security.checkov_skips import SKIPS, Skip, skip_for
 from security.iam_wildcards import Grant, grants_in
 from security.secret_scan import (
     Finding,
@@ -69,6 +69,7 @@ class EnvResult:
     cfn_lint: list[str] = field(default_factory=list)
     checkov_passed: int = 0
     checkov_skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    checkov_skips_used: set[Skip] = field(default_factory=set)
     checkov_failed: list[str] = field(default_factory=list)
     grants: list[Grant] = field(default_factory=list)
     files_scanned: int = 0
@@ -196,14 +197,17 @@ def run_checkov(checkov: Path, result: EnvResult, outdir: Path) -> None:
         result.checkov_passed += int(report.get("summary", {}).get("passed", 0))
         for check in report.get("results", {}).get("failed_checks", []):
             where = f"{check['file_path'].lstrip('/')}#{check['resource']}"
-            reason = reason_for(check["check_id"], check["resource"])
-            if reason is None:
+            skip = skip_for(check["check_id"], check["resource"])
+            if skip is None:
                 result.checkov_failed.append(f"{check['check_id']} {where}: {check['check_name']}")
             else:
-                result.checkov_skipped.append((check["check_id"], where, reason))
+                result.checkov_skipped.append((check["check_id"], where, skip.reason))
+                result.checkov_skips_used.add(skip)
 
 
-def unacknowledged(results: list[EnvResult], shared_secrets: list[Finding]) -> list[str]:
+def unacknowledged(
+    results: list[EnvResult], shared_secrets: list[Finding], checkov_ran: bool = False
+) -> list[str]:
     problems: list[str] = []
     for r in results:
         problems += [f"{r.name}: cdk-nag {v}" for v in r.nag_violations]
@@ -224,6 +228,14 @@ def unacknowledged(results: list[EnvResult], shared_secrets: list[Finding]) -> l
                     f"stale NIST acceptance {accepted.rule} on {accepted.resource_type} "
                     f"{accepted.path}: no environment has that finding"
                 )
+    if checkov_ran:
+        used = set().union(*(r.checkov_skips_used for r in results))
+        problems += [
+            f"stale checkov skip {skip.check_id} on {skip.resource_type} {skip.logical_id}: "
+            "no environment has that finding"
+            for skip in SKIPS
+            if skip not in used
+        ]
     return problems
 
 
@@ -364,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     repo = scan_files(repo_files(ROOT), ROOT)
     image = scan_files(image_context_files(ROOT / "worker_image"), ROOT)
-    problems = unacknowledged(results, repo[1] + image[1])
+    problems = unacknowledged(results, repo[1] + image[1], checkov_ran=args.checkov is not None)
     args.report.write_text(render_report(results, repo, image, args.checkov is not None, problems))
     for problem in problems:
         print(f"UNACKNOWLEDGED {problem}", file=sys.stderr)

@@ -252,3 +252,5 @@ def test_sweep_counts_every_kind_of_unacknowledged_finding() -> None:
     assert len(problems) == 6
     assert any(problem.startswith("stale NIST acceptance") for problem in problems)
     assert unacknowledged([EnvResult("dev")], []) == []
+    # After a checkov run, a skip that matched nothing is stale.
+    assert len(unacknowledged([EnvResult("dev")], [], checkov_ran=True)) == len(SKIPS)
