@@ -36,7 +36,8 @@ RESULTS = ROOT / "bench" / "results" / "image_build.json"
 BASE = "localhost/celery-test-base:bookworm"
 IMAGE = "localhost/celery-worker:test"
 SUITE = "bookworm"  # Debian 12: Python 3.11, the shipped base image's version
-MIRROR = "http://deb.debian.org/debian"
+# debootstrap's own default mirror unless DEBIAN_MIRROR names another (a local one, say).
+MIRROR = os.environ.get("DEBIAN_MIRROR", "")
 # The host's trust store goes into the base image: where PyPI is reached through an
 # intercepting proxy, its CA is in there (on other machines it is Debian's own bundle).
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -94,7 +95,7 @@ def build_base_image() -> float | None:
             "--include=python3,python3-venv,python-is-python3,ca-certificates",
             SUITE,
             str(rootfs),
-            MIRROR,
+            *([MIRROR] if MIRROR else []),
         ],
         check=True,
         capture_output=True,
