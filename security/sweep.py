@@ -169,6 +169,8 @@ def run_checkov(checkov: Path, result: EnvResult, outdir: Path) -> None:
         "HTTP_PROXY": NO_NETWORK,
         "https_proxy": NO_NETWORK,
         "http_proxy": NO_NETWORK,
+        "NO_PROXY": "",  # no host may bypass the closed proxy
+        "no_proxy": "",
         "BC_SKIP_MAPPING": "TRUE",  # no download of the guideline mapping
         "CHECKOV_NO_VERSION_CHECK": "1",
     }
