@@ -87,8 +87,7 @@ test-image: $(VENV)/.dev-installed redis-server
 	@command -v podman >/dev/null && command -v debootstrap >/dev/null && command -v runc >/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing podman, buildah, runc and debootstrap (Debian packages)"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-				--no-install-recommends podman buildah runc debootstrap >/dev/null; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc debootstrap >/dev/null; \
 		else \
 			echo "podman, runc and debootstrap are missing: the test will be skipped"; \
 		fi; }
