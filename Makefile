@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CDK := node_modules/.bin/cdk
+SECURITY_VENV := .venv-security
 
 # jsii prints an end-of-life banner for old Node versions on every run unless the value
 # names the running major version.
@@ -16,7 +17,7 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: synth test lint typecheck pytest setup redis-server chromium clean local bench-worker \
-	autoscale-once bench-autoscaler preview-dashboards datadog-push
+	autoscale-once bench-autoscaler preview-dashboards datadog-push security test-image
 
 ## Synthesize one environment (ENV=dev|staging|prod) into cdk.out/ and list its stacks.
 synth: $(VENV)/.runtime-installed $(CDK)
@@ -100,6 +101,28 @@ chromium:
 		else \
 			echo "chromium is missing: install it with 'sudo apt-get install chromium'"; exit 1; \
 		fi; }
+
+## cdk-nag (AwsSolutions + NIST 800-53 R5), cfn-lint, checkov, IAM wildcards and a secret scan
+## on every environment; writes security/report.md and fails on anything unacknowledged.
+security: $(VENV)/.dev-installed $(SECURITY_VENV)/.installed
+	$(BIN)/python -m security.sweep --checkov $(SECURITY_VENV)/bin/checkov
+
+# checkov's own pins clash with ours: it lives in its own virtual environment.
+$(SECURITY_VENV)/.installed: requirements-security.txt
+	@test -x $(SECURITY_VENV)/bin/python || $(PYTHON) -m venv $(SECURITY_VENV)
+	$(SECURITY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-security.txt
+	@touch $@
+
+## Build worker_image/ with podman on a locally bootstrapped Debian base, run a task in it.
+test-image: $(VENV)/.dev-installed redis-server
+	@command -v podman >/dev/null && command -v debootstrap >/dev/null && command -v runc >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing podman, buildah, runc and debootstrap (Debian packages)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc debootstrap >/dev/null; \
+		else \
+			echo "podman, runc and debootstrap are missing: the test will be skipped"; \
+		fi; }
+	RUN_IMAGE_TEST=1 $(BIN)/pytest -p no:cacheprovider tests/image -v
 
 ## Tests start their own redis-server on a free loopback port; install it if missing.
 redis-server:

@@ -2,6 +2,7 @@
 """CDK entry point: synthesize one environment, chosen with `-c env=<name>` (default: dev).
 
 `-c config_dir=<path>` reads the environment files from another directory (default: config/).
+`-c compliance=true` adds cdk-nag's NIST 800-53 rev. 5 pack (as `make security` does).
 """
 
 import sys
@@ -11,6 +12,7 @@ from aws_cdk import App
 
 from config import CONFIG_DIR, ConfigError, load_environment
 from stacks.checks import attach_checks
+from stacks.compliance import attach_compliance_checks
 from stacks.platform import build_platform
 
 
@@ -25,6 +27,8 @@ def main() -> int:
             print(f"config error: {line}", file=sys.stderr)
         return 1
     build_platform(app, config)
+    if str(app.node.try_get_context("compliance")).lower() == "true":
+        attach_compliance_checks(app)
     attach_checks(app)
     app.synth()
     return 0

@@ -1,0 +1,1 @@
+"""`make security`: the security sweep over every environment (see sweep.py)."""

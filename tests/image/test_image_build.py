@@ -1,0 +1,222 @@
+"""The worker image really builds and runs a task: `make test-image`.
+
+No public registry is reachable here, so the Dockerfile's `BASE_IMAGE` is overridden with a
+Debian bookworm (Python 3.11, as the shipped `python:3.11-slim-bookworm`) that this test
+bootstraps itself with debootstrap and imports into podman. The image is then built from
+`worker_image/` unchanged (its pip step installs from PyPI), started with host networking
+against a test `redis-server` on 127.0.0.1, and a task published from this process must
+come back with its result.
+
+It takes minutes, so it runs only when `RUN_IMAGE_TEST=1` (set by `make test-image`).
+Podman's storage lives in `.image-test/` (git-ignored): a second run reuses the base image
+and the build cache. Build time and image size go to `bench/results/image_build.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RedisServer
+from tests.worker.harness import TEST_CATALOG, publisher, wait_for
+
+Figures = dict[str, float | None]
+
+ROOT = Path(__file__).resolve().parents[2]
+WORK = ROOT / ".image-test"
+RESULTS = ROOT / "bench" / "results" / "image_build.json"
+BASE = "localhost/celery-test-base:bookworm"
+IMAGE = "localhost/celery-worker:test"
+SUITE = "bookworm"  # Debian 12: Python 3.11, the shipped base image's version
+# debootstrap's own default mirror unless DEBIAN_MIRROR names another (a local one, say).
+MIRROR = os.environ.get("DEBIAN_MIRROR", "")
+# The host's trust store goes into the base image: where PyPI is reached through an
+# intercepting proxy, its CA is in there (on other machines it is Debian's own bundle).
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def _skip_reason() -> str | None:
+    if os.environ.get("RUN_IMAGE_TEST") != "1":
+        return "builds a container image (minutes): run `make test-image`"
+    missing = [tool for tool in ("podman", "debootstrap") if shutil.which(tool) is None]
+    if missing:
+        return f"{' and '.join(missing)} missing: `make test-image` installs them as root"
+    if os.geteuid() != 0:
+        return "debootstrap and podman's vfs storage need root"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+def podman_command(*args: str) -> list[str]:
+    """podman with its own storage, in ways that work without a daemon or systemd:
+    vfs storage (no overlay mounts), runc (crun rejects hybrid cgroup hierarchies),
+    cgroupfs instead of systemd."""
+    return [
+        "podman",
+        "--root",
+        str(WORK / "storage"),
+        "--runroot",
+        str(WORK / "run"),
+        "--storage-driver",
+        "vfs",
+        "--cgroup-manager",
+        "cgroupfs",
+        *(["--runtime", "runc"] if shutil.which("runc") else []),
+        *args,
+    ]
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(podman_command(*args), check=check, text=True, capture_output=True)
+
+
+def build_base_image() -> float | None:
+    """Bootstrap a minimal Debian with Python and import it as BASE: seconds taken, or None
+    when an earlier run's base image is reused."""
+    if podman("image", "exists", BASE, check=False).returncode == 0:
+        return None
+    started = time.monotonic()
+    rootfs = WORK / "rootfs"
+    shutil.rmtree(rootfs, ignore_errors=True)
+    subprocess.run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,python3-venv,python-is-python3,ca-certificates",
+            SUITE,
+            str(rootfs),
+            *([MIRROR] if MIRROR else []),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    if HOST_CA_BUNDLE.exists():
+        shutil.copyfile(HOST_CA_BUNDLE, rootfs / "etc/ssl/certs/ca-certificates.crt")
+    for cache in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
+        shutil.rmtree(rootfs / cache, ignore_errors=True)
+    archive = WORK / "rootfs.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(rootfs, arcname=".")
+    # Debian's pip (23.0) trusts only its own certifi bundle unless told otherwise.
+    podman(
+        "import",
+        "--change",
+        f"ENV PIP_CERT={HOST_CA_BUNDLE}",
+        str(archive),
+        BASE,
+    )
+    archive.unlink()
+    shutil.rmtree(rootfs)
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def built_image() -> Figures:
+    WORK.mkdir(exist_ok=True)
+    base_s = build_base_image()
+    started = time.monotonic()
+    build = podman(
+        "build",
+        "--format",
+        "docker",  # keeps the HEALTHCHECK, which the OCI format drops
+        "--isolation",
+        "chroot",
+        "--network",
+        "host",
+        "--build-arg",
+        f"BASE_IMAGE={BASE}",
+        "--tag",
+        IMAGE,
+        str(ROOT / "worker_image"),
+        check=False,
+    )
+    build_s = time.monotonic() - started
+    assert build.returncode == 0, f"image build failed:\n{build.stdout[-4000:]}{build.stderr}"
+    size = int(podman("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout.strip())
+    base_size = int(podman("image", "inspect", BASE, "--format", "{{.Size}}").stdout.strip())
+    return {
+        "base_bootstrap_s": None if base_s is None else round(base_s, 1),
+        "build_s": round(build_s, 1),
+        "image_bytes": size,
+        "base_bytes": base_size,
+    }
+
+
+def test_image_keeps_its_entrypoint_user_and_healthcheck(built_image: Figures) -> None:
+    image = json.loads(podman("image", "inspect", IMAGE).stdout)[0]
+    config = image["Config"]
+    assert config["Entrypoint"] == ["python", "-m", "celery_service"]
+    assert config["Cmd"] == ["worker"]
+    assert config["User"] == "10001:10001"
+    assert image["Healthcheck"]["Test"][-1] == "healthcheck"
+
+
+def test_a_task_completes_inside_the_container(
+    built_image: Figures, redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    server = redis_server()
+    name = f"celery-image-test-{os.getpid()}"
+    environment = {
+        "CELERY_BROKER_HOST": "127.0.0.1",
+        "CELERY_BROKER_PORT": str(server.port),
+        "CELERY_BROKER_TLS": "false",
+        "CELERY_CATALOG": json.dumps(TEST_CATALOG),
+        "CELERY_WORKER_GROUP": "general",
+    }
+    log = tmp_path / "container.log"
+    started = time.monotonic()
+    with log.open("w") as out:
+        # Foreground `podman run`: the container lives as long as this child process.
+        container = subprocess.Popen(
+            podman_command(
+                "run",
+                "--rm",
+                "--name",
+                name,
+                "--network",
+                "host",  # reach the test redis-server on 127.0.0.1
+                # Without CAP_SYS_RESOURCE the runtime may only lower limits, never raise them.
+                "--ulimit",
+                "nofile=4096:4096",
+                "--ulimit",
+                "nproc=4096:4096",
+                *[arg for key, value in environment.items() for arg in ("--env", f"{key}={value}")],
+                IMAGE,
+                "worker",
+            ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        wait_for(
+            lambda: "ready." in log.read_text() or container.poll() is not None,
+            120,
+            "the worker in the container to start",
+        )
+        assert container.poll() is None, f"container exited:\n{log.read_text()[-4000:]}"
+        ready_s = time.monotonic() - started
+        app = publisher(server.port)
+        # The container is the only consumer of this fresh redis-server.
+        result = app.send_task("samples.square", args=[12])
+        assert result.get(timeout=60) == 144
+    finally:
+        podman("stop", "--time", "20", name, check=False)
+        container.wait(timeout=60)
+    output = log.read_text()
+    assert container.returncode == 0, f"unclean stop:\n{output[-4000:]}"
+    assert "warm shutdown" in output
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps({**built_image, "worker_ready_s": round(ready_s, 1)}, indent=2) + "\n"
+    )
