@@ -172,6 +172,7 @@ class Report:
     actions: dict[str, int]
     events: list[Event] = field(default_factory=list)
     lost_ids: list[str] = field(default_factory=list)
+    lost_never_started: int = 0  # of the lost: no execution at all
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
     broker_left: dict[str, int] = field(default_factory=dict)
@@ -247,7 +248,7 @@ def analyse(
     *,
     dead_letters: dict[str, str],
     not_submitted: int = 0,
-    publish_retries: int = 0,
+    republished: frozenset[str] = frozenset(),
 ) -> Report:
     """The verdict from the ledger alone. `submitted`: task id -> applies an effect."""
     runs = executions_of(records)
@@ -271,6 +272,8 @@ def analyse(
         for earlier, _again in itertools.pairwise(deliveries):
             duplicates += 1
             cause = next((e for e in events if _hit(e, earlier)), None)
+            if cause is None and earlier.task_id in republished and earlier.retries == 0:
+                continue  # a publish retried after Redis took the first copy
             if cause is None:
                 unexplained += 1
             else:
@@ -293,16 +296,17 @@ def analyse(
         max_executions=max(per_task.values(), default=0),
         # Publish retries can enqueue a second copy when Redis took the first but its
         # answer was lost; each is one more allowed duplicate.
-        duplicate_bound=sum(e.in_flight for e in events) + publish_retries,
+        duplicate_bound=sum(e.in_flight for e in events) + len(republished),
         unexplained_duplicates=unexplained,
         effect_tasks=len(with_effect),
         effects_applied=sum(effects[t] for t in with_effect),
         effects_applied_twice=sum(1 for t in with_effect if effects[t] > 1),
         effects_missing=len({t for t in with_effect & done if effects[t] == 0}),
-        publish_retries=publish_retries,
+        publish_retries=len(republished),
         actions=dict(Counter(e.kind for e in events)),
         events=events,
         lost_ids=sorted(not_done - failed)[:20],
+        lost_never_started=len((not_done - failed) - set(per_task)),
         dead_letter_reasons=dict(Counter(dead_letters[t][:100] for t in failed)),
         max_ack_lag_s=round(max(ack_lags, default=0.0), 3),
     )
@@ -517,7 +521,7 @@ class Publisher(threading.Thread):
         super().__init__(name="publisher", daemon=True)
         self.app, self.plans, self.rate, self.stop = app, plans, rate, stop
         self.submitted: dict[str, bool] = {}
-        self.retries = 0
+        self.republished: set[str] = set()  # ids whose publish was retried
         self.failed = 0
 
     def run(self) -> None:
@@ -538,7 +542,7 @@ class Publisher(threading.Thread):
                     self.submitted[plan.task_id] = plan.effect
                     break
                 except Exception:
-                    self.retries += 1
+                    self.republished.add(plan.task_id)
                     time.sleep(0.5)
             else:
                 self.failed += 1
@@ -637,7 +641,7 @@ def run(opts: Options, workdir: Path) -> Report:
             events,
             dead_letters=dead_letters(client),
             not_submitted=opts.tasks - len(publisher.submitted),
-            publish_retries=publisher.retries,
+            republished=frozenset(publisher.republished),
         )
         report.broker_left = _broker_left(client)
         (workdir / "submitted.json").write_text(json.dumps(publisher.submitted))
@@ -757,6 +761,7 @@ def markdown(report: Report, meta: dict[str, Any]) -> str:
         ("not submitted (publish gave up)", report.not_submitted),
         ("completed", report.completed),
         ("lost", report.lost),
+        ("lost without ever starting", report.lost_never_started),
         ("dead-lettered", report.dead_lettered),
         ("executions", report.executions),
         ("retries (task-requested)", report.retries),

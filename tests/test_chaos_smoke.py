@@ -74,6 +74,20 @@ def test_duplicates_must_be_explained_by_work_in_flight_at_a_kill() -> None:
     assert not report.ok
 
 
+def test_a_publish_retried_during_the_outage_may_run_twice() -> None:
+    # Redis stored the first copy but its answer was lost: the retry enqueued a second one.
+    records = [
+        rec("s", "a", T),
+        rec("d", "a", T + 0.1),
+        rec("s", "a", T + 0.1, pid=11, worker="w-2"),
+        rec("d", "a", T + 0.2, pid=11, worker="w-2"),
+    ]
+    report = analyse(records, {"a": False}, [], dead_letters={}, republished=frozenset({"a"}))
+    assert (report.duplicate_executions, report.duplicate_bound) == (1, 1)
+    assert report.unexplained_duplicates == 0
+    assert report.ok
+
+
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_a_small_soak_loses_nothing(tmp_path: Path) -> None:
     """A short run of the real driver: two workers, SIGTERMs and pool-process kills (both
