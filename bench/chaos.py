@@ -111,7 +111,6 @@ ACK_GRACE_S = 1.0
 RECONNECT_SLACK_S = 2.0
 REDIS_DOWN_S = 2.0  # how long the broker stays down (seconds)
 ACTIONS = ("kill_worker", "kill_main", "kill_child", "sigterm")
-ACTION_WEIGHTS = (0.35, 0.15, 0.2, 0.3)
 
 
 @dataclass
@@ -594,6 +593,7 @@ def run(opts: Options, workdir: Path) -> Report:
         redis_at = t_start + opts.duration_s / 2 if opts.redis_restart else None
         next_action = t_start + rng.uniform(*opts.action_every_s)
         pending: list[tuple[float, str]] = []  # (monotonic time, group) replacements due
+        deck: list[str] = []
 
         while time.monotonic() - t_start < opts.duration_s:
             now = time.monotonic()
@@ -607,7 +607,9 @@ def run(opts: Options, workdir: Path) -> Report:
                 say(f"[{now - t_start:5.1f}s] redis-server kill -9, back after {REDIS_DOWN_S} s")
             if now >= next_action and opts.actions:
                 next_action = now + rng.uniform(*opts.action_every_s)
-                event = _act(fleet, rng, opts.actions)
+                if not deck:  # every kind once per round, in a random order
+                    deck = rng.sample(opts.actions, len(opts.actions))
+                event = _act(fleet, rng, deck.pop())
                 if event is not None:
                     events.append(event)
                     if event.kind != "kill_child":
@@ -658,12 +660,10 @@ def fleet_group(fleet: Fleet, name: str) -> str:
     return next(w.group for w in fleet.workers if w.name == name)
 
 
-def _act(fleet: Fleet, rng: random.Random, actions: tuple[str, ...]) -> Event | None:
+def _act(fleet: Fleet, rng: random.Random, kind: str) -> Event | None:
     candidates = [w for w in fleet.serving() if w.ready()]
     if not candidates:
         return None
-    weights = [ACTION_WEIGHTS[ACTIONS.index(a)] for a in actions]
-    kind = rng.choices(list(actions), weights)[0]
     worker = rng.choice(candidates)
     t0 = time.time()
     if kind == "kill_child":
