@@ -737,9 +737,8 @@ def _tail(path: Path) -> str:
 # ---------------------------------------------------------------- results
 
 
-def write_results(report: Report, opts: Options, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    meta = {
+def run_meta(opts: Options) -> dict[str, Any]:
+    return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "options": {k: v for k, v in asdict(opts).items() if k != "verbose"},
@@ -749,6 +748,10 @@ def write_results(report: Report, opts: Options, directory: Path) -> None:
         "ack_grace_s": ACK_GRACE_S,
         "reconnect_slack_s": RECONNECT_SLACK_S,
     }
+
+
+def write_results(report: Report, meta: dict[str, Any], directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
     data = {**meta, "ok": report.ok, "report": asdict(report)}
     (directory / "chaos.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     (directory / "chaos.md").write_text(markdown(report, meta))
@@ -825,18 +828,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, signal.default_int_handler)
     with _workdir(args.keep) as workdir:
         report = run(opts, workdir)
+    meta = run_meta(opts)
     if not args.no_write:
-        write_results(report, opts, RESULTS_DIR)
-    print(markdown(report, {"when": "", "cpus": os.cpu_count(), **_meta_defaults()}))
+        write_results(report, meta, RESULTS_DIR)
+    print(markdown(report, meta))
     return 0 if report.ok else 1
-
-
-def _meta_defaults() -> dict[str, Any]:
-    return {
-        "visibility_timeout_s": VISIBILITY_TIMEOUT_S,
-        "shutdown_budget_s": SHUTDOWN_BUDGET_S,
-        "redis_down_s": REDIS_DOWN_S,
-    }
 
 
 @contextlib.contextmanager
