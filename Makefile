@@ -17,7 +17,7 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: synth test lint typecheck pytest setup redis-server chromium clean local bench-worker \
-	autoscale-once bench-autoscaler preview-dashboards datadog-push security test-image
+	autoscale-once bench-autoscaler preview-dashboards datadog-push security test-image chaos
 
 ## Synthesize one environment (ENV=dev|staging|prod) into cdk.out/ and list its stacks.
 synth: $(VENV)/.runtime-installed $(CDK)
@@ -123,6 +123,10 @@ test-image: $(VENV)/.dev-installed redis-server
 			echo "podman, runc and debootstrap are missing: the test will be skipped"; \
 		fi; }
 	RUN_IMAGE_TEST=1 $(BIN)/pytest -p no:cacheprovider tests/image -v
+
+## Chaos soak: 10,000 tasks while workers are killed and Redis restarts; nothing may be lost.
+chaos: $(VENV)/.dev-installed redis-server
+	$(BIN)/python bench/chaos.py
 
 ## Tests start their own redis-server on a free loopback port; install it if missing.
 redis-server:

@@ -84,9 +84,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # With late acks, multiplier 1 caps unacked messages at the pool size: nothing waits
         # in one worker's buffer while another worker is idle.
         "worker_prefetch_multiplier": 1,
-        # A lost broker connection means unacked messages will be redelivered: stop running
-        # copies instead of finishing them twice.
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # On a lost broker connection running tasks finish; an ack that cannot be sent leaves
+        # the message unacked, so it runs again (at least once). Cancelling them instead lost
+        # work: the cancel writes RETRY to the result backend, the same Redis, which is down;
+        # Celery then marks the task REVOKED and acks its message (tests/worker/
+        # test_broker_restart.py, bench/chaos.py).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_default_queue": catalog.default_queue,
         "task_default_priority": DEFAULT_PRIORITY,
         "task_queues": [

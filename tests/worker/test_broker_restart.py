@@ -1,0 +1,111 @@
+"""A task running while Redis restarts is finished or redelivered, never dropped."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from celery_service.settings import Settings
+from tests.conftest import RedisServer
+from tests.worker.harness import Process, base_env, publisher, queue_keys, start, wait_for
+from tests.worker.http_standin import standin
+
+REDIS_DOWN_S = 2.0  # how long the broker stays down (seconds)
+
+
+@contextlib.contextmanager
+def restarted(server: RedisServer, workdir: Path) -> Iterator[None]:
+    """kill -9 the broker, keep it down a moment, start it again on its append-only file."""
+    server.process.kill()
+    server.process.wait(timeout=10)
+    time.sleep(REDIS_DOWN_S)
+    binary = shutil.which("redis-server") or "redis-server"
+    args = [binary, "--port", str(server.port), "--bind", "127.0.0.1", "--dir", str(workdir)]
+    args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+    again = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _pong(server), 30, "redis-server to load its append-only file")
+        yield
+    finally:
+        again.terminate()
+        again.wait(timeout=10)
+
+
+def _pong(server: RedisServer) -> bool:
+    try:
+        return bool(server.client().ping())
+    except Exception:
+        return False
+
+
+def test_tasks_running_when_redis_restarts_complete(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """Regression: with worker_cancel_long_running_tasks_on_connection_loss a worker cancelled
+    its running tasks at the connection loss; writing their RETRY state to the result backend
+    (the same Redis, down) failed, so Celery marked them REVOKED and acknowledged their
+    messages: the tasks were gone (2 of 10,000 in the chaos soak, bench/chaos.py)."""
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = redis_server(appendonly="yes", appendfsync="always", dir=str(workdir))
+    client = server.client()
+    app = publisher(server.port)
+    env = base_env(server.port, tmp_path)
+    workers: list[Process] = []
+
+    def replace_exited() -> bool:
+        # A worker can exit on the connection loss (a kombu error while closing the channel);
+        # ECS would start a new one. Two stay alive, so unacked messages are swept back.
+        for worker in list(workers):
+            if worker.proc.poll() is not None:
+                workers.remove(worker)
+                worker.stop()
+        while len(workers) < 2:
+            name = f"worker-{len(list(tmp_path.glob('worker-*.log'))) + 1}"
+            workers.append(start(["worker"], name, env, tmp_path, CELERY_WORKER_GROUP="general"))
+        return False  # so that `replace_exited() or condition` reads the condition
+
+    try:
+        replace_exited()
+        for worker in workers:
+            worker.wait_ready()
+        with standin([(200, {"EUR": 1.0})], delay_s=4.0) as rates:
+            results = [
+                app.send_task("samples.fetch_exchange_rates", args=[rates.url]) for _ in range(4)
+            ]
+            wait_for(lambda: len(rates.requests) == 4, 20, "all four tasks to start")
+            with restarted(server, workdir):
+                # Finished by their first run, or redelivered after the visibility timeout.
+                wait_for(
+                    lambda: replace_exited() or all(r.ready() for r in results),
+                    90,
+                    "every task to finish",
+                )
+                states = [(r.state, r.result) for r in results]
+                assert states == [("SUCCESS", {"EUR": 1.0})] * 4
+                wait_for(
+                    lambda: (
+                        replace_exited()
+                        or (
+                            client.hlen("unacked") == 0
+                            and sum(client.llen(k) for k in queue_keys("priority")) == 0
+                        )
+                    ),
+                    60,
+                    "the broker to hold nothing of the tasks",
+                )
+    finally:
+        for worker in workers:
+            worker.stop()
+        app.close()
+
+
+def test_running_tasks_are_not_cancelled_on_a_broker_connection_loss() -> None:
+    from celery_service.factory import celery_config
+
+    settings = Settings.from_env(base_env(6379, Path(".")))
+    assert celery_config(settings)["worker_cancel_long_running_tasks_on_connection_loss"] is False
