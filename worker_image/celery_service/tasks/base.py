@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import redis
 from celery import Task
 
 
@@ -18,7 +19,15 @@ class PlatformTask(Task):  # type: ignore[misc]
     up to `max_retries` (from the catalog); then, or on any other error, the failure is
     recorded in the queue's dead-letter queue by the `task_failure` handler."""
 
-    autoretry_for = (TransientError, ConnectionError, TimeoutError)
+    # redis-py's connection errors do not derive from the built-in ones: a task that touches
+    # Redis during a failover retries instead of going to the DLQ.
+    autoretry_for = (
+        TransientError,
+        ConnectionError,
+        TimeoutError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+    )
     dont_autoretry_for = (PermanentError,)
     retry_backoff = 2  # seconds, doubled per attempt
     # retry_backoff_max comes from the catalog (task annotations): the visibility timeout
