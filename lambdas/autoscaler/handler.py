@@ -148,12 +148,14 @@ def run_once(
         age = max(0.0, now - reading.beat_heartbeat)
         _metric(settings, "BeatHeartbeatAgeSeconds", age, MetricUnit.Seconds)
     names = [settings.targets[g].service for g in groups]
+    described = True
     try:
         found, missing = ecs.describe(names)
     except Exception as exc:
         logger.error("ecs describe failed: no change this run", extra={"error": str(exc)})
         _error_metric(settings, "ecs_describe")
         found, missing = {}, {n: f"describe failed: {exc}" for n in names}
+        described = False
 
     results = []
     new_states: dict[str, str] = {}
@@ -162,7 +164,8 @@ def run_once(
         counts = found.get(target.service)
         if counts is None:
             reason = missing.get(target.service, "not found")
-            _error_metric(settings, "service_missing", group)
+            if described:  # a failed describe is one ecs_describe error, not a missing service
+                _error_metric(settings, "service_missing", group)
             results.append(GroupResult(group, target.service, None, None, reason, False, reason))
             continue
         stored = reading.states.get(group) or {}
@@ -227,8 +230,8 @@ def _observe(
         if isinstance(previous, int) and completed_total >= previous:
             completed = completed_total - previous
         # Arrivals are not counted anywhere: what changed in the queue, plus what left it.
-        delta_queue = (waiting - int(last.get("waiting", waiting))) + (
-            in_flight - int(last.get("in_flight", in_flight))
+        delta_queue = (waiting - _stored_int(last.get("waiting"), waiting)) + (
+            in_flight - _stored_int(last.get("in_flight"), in_flight)
         )
         arrived = max(0, delta_queue + completed)
     observation = Observation(
@@ -242,6 +245,12 @@ def _observe(
         completed_since_last=completed,
     )
     return observation, completed_total
+
+
+def _stored_int(value: object, default: int) -> int:
+    """A count from the stored state; a damaged one reads as "no change" instead of failing
+    the run of every group."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _estimated_wait_s(observation: Observation, stored: dict[str, Any], now: float) -> float | None:
@@ -421,8 +430,19 @@ class DryRunEcs:
         self.counts[service] = count
 
 
+# Attempts after the first for a Redis command that times out or loses its connection.
+# redis-py 8 makes 10 by default: with the 5 s timeout a hung Redis held one pipeline for
+# about a minute (11 x 5 s), the Lambda's whole timeout, so the run was killed before it
+# reported the fault. Two absorb a reset (a failover) and bound a read to about 16 s.
+REDIS_RETRIES = 2
+REDIS_SOCKET_TIMEOUT_S = 5
+REDIS_CONNECT_TIMEOUT_S = 3
+
+
 def redis_client_for(settings: Settings, token: str | None) -> Any:
     import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
 
     return redis.Redis(
         host=settings.redis_host,
@@ -430,8 +450,9 @@ def redis_client_for(settings: Settings, token: str | None) -> Any:
         password=token,
         ssl=settings.redis_tls,
         ssl_cert_reqs="required" if settings.redis_tls else "none",
-        socket_connect_timeout=3,
-        socket_timeout=5,  # a slow Redis costs one run, not the Lambda's whole timeout
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), REDIS_RETRIES),
     )
 
 
