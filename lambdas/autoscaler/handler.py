@@ -42,6 +42,15 @@ class Target(BaseModel):
     concurrency: int = Field(ge=1)
     target_wait_s: int = Field(ge=1)
 
+    @model_validator(mode="after")
+    def _bounds(self) -> Target:
+        # Checked here, before any Redis or ECS call, not by the policy half-way through a run.
+        if self.min_tasks > self.max_tasks:
+            raise ValueError(
+                f"min_tasks ({self.min_tasks}) must be <= max_tasks ({self.max_tasks})"
+            )
+        return self
+
 
 class Settings(BaseModel):
     """`AUTOSCALER_CONFIG` (JSON, rendered by the CDK from the config) plus Redis access."""
@@ -55,8 +64,8 @@ class Settings(BaseModel):
     decision_interval_s: int = Field(default=30, ge=5)
     targets: dict[str, Target] = Field(min_length=1)
     dlq_queues: list[str] = Field(default_factory=list)
-    redis_host: str
-    redis_port: int = 6379
+    redis_host: str = Field(min_length=1)
+    redis_port: int = Field(default=6379, ge=1, le=65535)
     redis_tls: bool = True
     redis_auth_secret_arn: str | None = None
 
@@ -80,10 +89,20 @@ class Settings(BaseModel):
             raise ValueError(f"AUTOSCALER_CONFIG is not valid JSON: {exc.msg}") from None
         if not isinstance(config, dict):
             raise ValueError("AUTOSCALER_CONFIG must be a JSON object")
+        host = environ.get("REDIS_HOST", "")
+        if not host:
+            raise ValueError("REDIS_HOST is not set")
+        port = environ.get("REDIS_PORT", "6379")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"REDIS_PORT must be a port number (1-65535), got {port!r}")
+        # Anything but true/false is a typo, and must not quietly turn TLS off.
+        tls = environ.get("REDIS_TLS", "true").lower()
+        if tls not in ("true", "false"):
+            raise ValueError(f"REDIS_TLS must be true or false, got {tls!r}")
         config.update(
-            redis_host=environ.get("REDIS_HOST", ""),
-            redis_port=int(environ.get("REDIS_PORT", "6379")),
-            redis_tls=environ.get("REDIS_TLS", "true").lower() == "true",
+            redis_host=host,
+            redis_port=int(port),
+            redis_tls=tls == "true",
             redis_auth_secret_arn=environ.get("REDIS_AUTH_SECRET_ARN") or None,
         )
         return cls.model_validate(config)
