@@ -465,3 +465,63 @@ def test_a_hung_redis_is_reported_well_inside_the_lambda_timeout(
         FIGURES.measure(SECTION, "hung Redis, production timeouts: s to the error", f"{took:.1f}")
     FIGURES.measure(SECTION, "hung Redis: attempts per pipeline (was 11)", str(attempts))
     FIGURES.measure(SECTION, "hung Redis: worst s per pipeline (was about 56)", f"{worst_s:.1f}")
+
+
+@dataclass
+class FakeContext:
+    function_name: str = "autoscaler"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:autoscaler"
+    aws_request_id: str = "req-proof"
+
+
+@pytest.mark.parametrize("fault", ["redis connection reset", "redis stopped", "ECS throttled"])
+def test_the_lambda_entry_point_holds_reports_and_recovers(
+    fault: str,
+    world: World,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The same faults through `handler.handler`, as Lambda calls it: it returns, changes
+    no count, publishes the error and its run metrics; the next invocation acts again."""
+    world.churn(0)  # a busy phase: a working run scales out
+    config = settings_for(world.proxy.port).model_dump(
+        exclude={"redis_host", "redis_port", "redis_tls", "redis_auth_secret_arn"}
+    )
+    monkeypatch.setenv("AUTOSCALER_CONFIG", json.dumps(config))
+    monkeypatch.setenv("REDIS_HOST", "127.0.0.1")
+    monkeypatch.setenv("REDIS_PORT", str(world.proxy.port))
+    monkeypatch.setenv("REDIS_TLS", "false")
+    throttled = fault == "ECS throttled"
+
+    class ThrottledEcs(BotoEcs):
+        def __init__(self, cluster: str) -> None:
+            super().__init__(cluster)
+            if throttled:
+                throttle(self, "DescribeServices", None)
+
+    monkeypatch.setattr(scaler, "BotoEcs", ThrottledEcs)
+    cleanup = {
+        "redis connection reset": _proxy("reset"),
+        "redis stopped": _stop_redis,
+        "ECS throttled": lambda *_: lambda: None,
+    }[fault](world, BotoEcs(CLUSTER))
+    before = world.desired()
+    capsys.readouterr()
+    try:
+        reply = scaler.handler({}, FakeContext())
+    finally:
+        cleanup()
+    out = capsys.readouterr().out
+    assert world.desired() == before
+    assert all(r["desired"] is None for r in reply["runs"][0])
+    expected = "ecs_describe" if throttled else "redis"
+    assert {kind for kind, _ in error_kinds(out)} == {expected}
+    assert '"Runs"' in out, "the run's own metrics are flushed too"
+
+    throttled = False
+    again = scaler.handler({}, FakeContext())
+    assert error_kinds(capsys.readouterr().out) == []
+    assert all(r["desired"] is not None for r in again["runs"][0])
+    assert any(world.desired()[s] > before[s] for s in before), "the next run scales out"
+    FIGURES.count(SECTION, "Lambda entry point: faulty invocations, then a recovering one")
