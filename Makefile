@@ -16,7 +16,7 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: synth test lint typecheck pytest setup redis-server clean local bench-worker \
-	autoscale-once bench-autoscaler
+	autoscale-once bench-autoscaler proofs
 
 ## Synthesize one environment (ENV=dev|staging|prod) into cdk.out/ and list its stacks.
 synth: $(VENV)/.runtime-installed $(CDK)
@@ -69,6 +69,10 @@ bench-autoscaler: $(VENV)/.dev-installed
 ## Throughput and start latency of the shipped worker settings vs Celery's defaults.
 bench-worker: $(VENV)/.dev-installed redis-server
 	$(BIN)/python bench/worker_bench.py
+
+## Faults and bad input, every seed and variant (CI runs a sample); figures to bench/results/.
+proofs: $(VENV)/.dev-installed $(CDK) redis-server
+	PROOFS_EXHAUSTIVE=1 PROOFS_REPORT=bench/results/proofs.md $(BIN)/pytest tests/proofs -q -p no:logging
 
 ## Tests start their own redis-server on a free loopback port; install it if missing.
 redis-server:

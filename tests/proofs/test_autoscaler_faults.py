@@ -101,6 +101,9 @@ def throttle(ecs: BotoEcs, operation: str, attempts: int | None) -> list[int]:
         if attempts is not None and fired[0] >= attempts:
             return None
         fired[0] += 1
+        # Every before-send handler runs; moto's comes after this one and would still apply
+        # the call. Pointing the request elsewhere keeps a throttled call from taking effect.
+        request.url = "https://throttled.invalid/"
         body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"})
         headers = HTTPHeaders()
         headers["x-amzn-RequestId"] = "proof"
@@ -168,6 +171,13 @@ class World:
             for i in range(self.rng.randint(0, 12)):  # reserved by workers: in flight
                 entry = json.dumps([{}, "", self.rng.choice(QUEUES)])
                 self.direct.hset(UNACKED_KEY, f"tag-{step}-{i}", entry)
+
+    def stopped_with_a_backlog(self) -> None:
+        """A group scaled to zero with messages waiting: an update is due this run (the
+        policy never leaves work without a task), so a throttled UpdateService fires."""
+        group = self.rng.choice(sorted(GROUPS))
+        self.direct.rpush(GROUPS[group]["queues"][0], *[b"m"] * 100)
+        self.ecs.update_service(cluster=CLUSTER, service=service_of(group), desiredCount=0)
 
     def queued(self) -> tuple[int, int, list[Any]]:
         """Everything queued: messages in every list, unacked entries, counters."""
@@ -363,6 +373,8 @@ def test_no_fault_lowers_capacity_and_every_fault_is_reported(
     for step, fault in enumerate(schedule(seed, ROUNDS)):
         world.now += INTERVAL_S
         world.churn(step)
+        if fault is not None and "UpdateService" in fault.name:
+            world.stopped_with_a_backlog()
         settings = settings_for(world.proxy.port)
         reference = world.fault_free(settings)
         before = world.desired()
