@@ -419,7 +419,11 @@ def test_no_fault_lowers_capacity_and_every_fault_is_reported(
             expected = NONE  # nothing to update this run: the fault did not fire
             FIGURES.count(SECTION, "UpdateService throttled with no update due (not fired)")
         assert {k for k, _ in reported} == expected, f"{where}: reported {reported}"
-        FIGURES.count(SECTION, "errors reported (metrics)", len(reported))
+        if expected:
+            FIGURES.count(SECTION, "faulty runs with a failed operation, each reported", 1)
+        else:
+            FIGURES.count(SECTION, "faulty runs absorbed by retries, decided as fault-free", 1)
+        FIGURES.count(SECTION, "AutoscalerErrors metrics emitted", len(reported))
         _check_outcome(fault, before, after, reference, results, where)
         FIGURES.count(SECTION, "scale-ins due in faulty runs (fault-free decision)", len(scale_ins))
         held = [s for s in scale_ins if after[s] == before[s]]
