@@ -17,7 +17,8 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: synth test lint typecheck pytest setup redis-server chromium clean local bench-worker \
-	autoscale-once bench-autoscaler preview-dashboards datadog-push security test-image chaos
+	autoscale-once bench-autoscaler preview-dashboards datadog-push security test-image chaos \
+	proofs
 
 ## Synthesize one environment (ENV=dev|staging|prod) into cdk.out/ and list its stacks.
 synth: $(VENV)/.runtime-installed $(CDK)
@@ -127,6 +128,10 @@ test-image: $(VENV)/.dev-installed redis-server
 ## Chaos soak: 10,000 tasks while workers are killed and Redis restarts; nothing may be lost.
 chaos: $(VENV)/.dev-installed redis-server
 	$(BIN)/python bench/chaos.py
+
+## Faults and bad input, every seed and variant (CI runs a sample); figures to bench/results/.
+proofs: $(VENV)/.dev-installed $(CDK) redis-server
+	PROOFS_EXHAUSTIVE=1 PROOFS_REPORT=bench/results/proofs.md $(BIN)/pytest tests/proofs -q -p no:logging
 
 ## Tests start their own redis-server on a free loopback port; install it if missing.
 redis-server:

@@ -42,6 +42,15 @@ class Target(BaseModel):
     concurrency: int = Field(ge=1)
     target_wait_s: int = Field(ge=1)
 
+    @model_validator(mode="after")
+    def _bounds(self) -> Target:
+        # Checked here, before any Redis or ECS call, not by the policy half-way through a run.
+        if self.min_tasks > self.max_tasks:
+            raise ValueError(
+                f"min_tasks ({self.min_tasks}) must be <= max_tasks ({self.max_tasks})"
+            )
+        return self
+
 
 class Settings(BaseModel):
     """`AUTOSCALER_CONFIG` (JSON, rendered by the CDK from the config) plus Redis access."""
@@ -55,8 +64,8 @@ class Settings(BaseModel):
     decision_interval_s: int = Field(default=30, ge=5)
     targets: dict[str, Target] = Field(min_length=1)
     dlq_queues: list[str] = Field(default_factory=list)
-    redis_host: str
-    redis_port: int = 6379
+    redis_host: str = Field(min_length=1)
+    redis_port: int = Field(default=6379, ge=1, le=65535)
     redis_tls: bool = True
     redis_auth_secret_arn: str | None = None
 
@@ -80,10 +89,20 @@ class Settings(BaseModel):
             raise ValueError(f"AUTOSCALER_CONFIG is not valid JSON: {exc.msg}") from None
         if not isinstance(config, dict):
             raise ValueError("AUTOSCALER_CONFIG must be a JSON object")
+        host = environ.get("REDIS_HOST", "")
+        if not host:
+            raise ValueError("REDIS_HOST is not set")
+        port = environ.get("REDIS_PORT", "6379")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"REDIS_PORT must be a port number (1-65535), got {port!r}")
+        # Anything but true/false is a typo, and must not quietly turn TLS off.
+        tls = environ.get("REDIS_TLS", "true").lower()
+        if tls not in ("true", "false"):
+            raise ValueError(f"REDIS_TLS must be true or false, got {tls!r}")
         config.update(
-            redis_host=environ.get("REDIS_HOST", ""),
-            redis_port=int(environ.get("REDIS_PORT", "6379")),
-            redis_tls=environ.get("REDIS_TLS", "true").lower() == "true",
+            redis_host=host,
+            redis_port=int(port),
+            redis_tls=tls == "true",
             redis_auth_secret_arn=environ.get("REDIS_AUTH_SECRET_ARN") or None,
         )
         return cls.model_validate(config)
@@ -148,12 +167,14 @@ def run_once(
         age = max(0.0, now - reading.beat_heartbeat)
         _metric(settings, "BeatHeartbeatAgeSeconds", age, MetricUnit.Seconds)
     names = [settings.targets[g].service for g in groups]
+    described = True
     try:
         found, missing = ecs.describe(names)
     except Exception as exc:
         logger.error("ecs describe failed: no change this run", extra={"error": str(exc)})
         _error_metric(settings, "ecs_describe")
         found, missing = {}, {n: f"describe failed: {exc}" for n in names}
+        described = False
 
     results = []
     new_states: dict[str, str] = {}
@@ -162,7 +183,8 @@ def run_once(
         counts = found.get(target.service)
         if counts is None:
             reason = missing.get(target.service, "not found")
-            _error_metric(settings, "service_missing", group)
+            if described:  # a failed describe is one ecs_describe error, not a missing service
+                _error_metric(settings, "service_missing", group)
             results.append(GroupResult(group, target.service, None, None, reason, False, reason))
             continue
         stored = reading.states.get(group) or {}
@@ -227,8 +249,8 @@ def _observe(
         if isinstance(previous, int) and completed_total >= previous:
             completed = completed_total - previous
         # Arrivals are not counted anywhere: what changed in the queue, plus what left it.
-        delta_queue = (waiting - int(last.get("waiting", waiting))) + (
-            in_flight - int(last.get("in_flight", in_flight))
+        delta_queue = (waiting - _stored_int(last.get("waiting"), waiting)) + (
+            in_flight - _stored_int(last.get("in_flight"), in_flight)
         )
         arrived = max(0, delta_queue + completed)
     observation = Observation(
@@ -242,6 +264,12 @@ def _observe(
         completed_since_last=completed,
     )
     return observation, completed_total
+
+
+def _stored_int(value: object, default: int) -> int:
+    """A count from the stored state; a damaged one reads as "no change" instead of failing
+    the run of every group."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _estimated_wait_s(observation: Observation, stored: dict[str, Any], now: float) -> float | None:
@@ -421,8 +449,19 @@ class DryRunEcs:
         self.counts[service] = count
 
 
+# Attempts after the first for a Redis command that times out or loses its connection.
+# redis-py 8 makes 10 by default: with the 5 s timeout a hung Redis held one pipeline for
+# about a minute (11 x 5 s), the Lambda's whole timeout, so the run was killed before it
+# reported the fault. Two absorb a reset (a failover) and bound a read to about 16 s.
+REDIS_RETRIES = 2
+REDIS_SOCKET_TIMEOUT_S = 5
+REDIS_CONNECT_TIMEOUT_S = 3
+
+
 def redis_client_for(settings: Settings, token: str | None) -> Any:
     import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
 
     return redis.Redis(
         host=settings.redis_host,
@@ -430,8 +469,9 @@ def redis_client_for(settings: Settings, token: str | None) -> Any:
         password=token,
         ssl=settings.redis_tls,
         ssl_cert_reqs="required" if settings.redis_tls else "none",
-        socket_connect_timeout=3,
-        socket_timeout=5,  # a slow Redis costs one run, not the Lambda's whole timeout
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), REDIS_RETRIES),
     )
 
 

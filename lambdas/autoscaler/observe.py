@@ -78,7 +78,7 @@ def read_all(client: Any, queues: list[str], groups: list[str]) -> Reading:
         readings[queue] = QueueReading(
             waiting=lengths[queue],
             in_flight=in_flight.get(queue, 0),
-            completed_total=int(raw_completed) if raw_completed is not None else None,
+            completed_total=_load_count(raw_completed),
             dlq_depth=dlq_depth,
         )
     states = {group: _load_state(next(results)) for group in groups}
@@ -86,6 +86,18 @@ def read_all(client: Any, queues: list[str], groups: list[str]) -> Reading:
     return Reading(
         queues=readings, states=states, unparsed_unacked=unparsed, beat_heartbeat=heartbeat
     )
+
+
+def _load_count(raw: Any) -> int | None:
+    """A counter written by the workers; anything else reads as absent (no rate this run)
+    rather than failing the whole reading, which would freeze every group's count."""
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except (ValueError, TypeError):
+        return None
+    return value if value >= 0 else None
 
 
 def _load_float(raw: Any) -> float | None:

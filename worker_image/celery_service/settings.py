@@ -46,7 +46,18 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class GroupSpec(_Model):
+class _Catalog(_Model):
+    # CELERY_CATALOG is JSON rendered from the validated config: types are exact, so a
+    # `true` for a count or a string for a number is an error here, not coerced.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# Celery's rate limit syntax, as config/model.py accepts it: a number per second, minute
+# or hour. Celery parses it only when a task is received, where a bad one fails every message.
+RATE_LIMIT = r"^\d+(\.\d+)?/[smh]$"
+
+
+class GroupSpec(_Catalog):
     queues: list[QueueName] = Field(min_length=1)
     concurrency: int = Field(ge=1, le=256)
     pool: Literal["prefork", "threads", "solo"] = "prefork"
@@ -54,23 +65,29 @@ class GroupSpec(_Model):
     time_limit_s: int = Field(ge=1)
 
 
-class TaskSpec(_Model):
+class TaskSpec(_Catalog):
     queue: QueueName
     priority: Literal["high", "normal", "low", "bulk"] = "normal"
-    rate_limit: str | None = None
+    rate_limit: Annotated[str, StringConstraints(pattern=RATE_LIMIT)] | None = None
     max_retries: int = Field(default=5, ge=0)
-    soft_time_limit_s: int | None = None
-    time_limit_s: int | None = None
+    soft_time_limit_s: int | None = Field(default=None, ge=1)
+    time_limit_s: int | None = Field(default=None, ge=1)
 
 
-class ScheduleSpec(_Model):
+class ScheduleSpec(_Catalog):
     task: str
-    every_s: int | None = None
+    every_s: int | None = Field(default=None, ge=1)
     cron: str | None = None
     args: list[Any] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _one_timing(self) -> ScheduleSpec:
+        if (self.every_s is None) == (self.cron is None):
+            raise ValueError("set exactly one of every_s or cron")
+        return self
 
-class Catalog(_Model):
+
+class Catalog(_Catalog):
     """The queue catalog as the CDK renders it (see config/model.py, runtime_catalog)."""
 
     visibility_timeout_s: int = Field(ge=10)

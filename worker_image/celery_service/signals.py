@@ -122,6 +122,38 @@ def _task_failed(
     recorder(_settings()).count(names.TASK_FAILED, queue, sender.name)
 
 
+@signals.task_internal_error.connect
+def _internal_error(
+    sender: Any = None,
+    task_id: str | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    request: Any = None,
+    exception: BaseException | None = None,
+    **_: Any,
+) -> None:
+    """An error outside the task's body, from a malformed message (keyword arguments that
+    are not an object, options that are not one): Celery sends no task_failure, stores no
+    result and acks the message, so this is the only record of it."""
+    if sender is None:
+        return
+    delivery = (request.get("delivery_info") if isinstance(request, dict) else None) or {}
+    queue = delivery.get("routing_key") if isinstance(delivery, dict) else None
+    record_dead_letter(
+        DeadLetter(
+            queue=str(queue or _settings().catalog.queue_of(sender.name)),
+            kind="rejected",
+            task_name=sender.name,
+            task_id=task_id,
+            exception=f"{type(exception).__name__}: {exception}" if exception else None,
+            raw=encode_raw(repr([args, kwargs])),
+            headers={k: v for k, v in (request or {}).items() if isinstance(v, str | int | float)}
+            if isinstance(request, dict)
+            else {},
+        )
+    )
+
+
 def record_dead_letter(entry: DeadLetter) -> bool:
     settings = _settings()
     try:

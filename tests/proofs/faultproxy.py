@@ -1,0 +1,122 @@
+"""A TCP proxy on 127.0.0.1 that injects network faults between a client and a server.
+
+Modes: `pass` forwards both ways; `blackhole` swallows requests, so the client times out;
+`reset` answers every request with a TCP reset; `reset_reply` forwards the request and resets
+the connection half-way through the reply. A fault applies to connections already open as
+well as new ones. `budget` limits how many times the fault fires before the proxy passes
+traffic again (a transient fault); None keeps it until the mode is changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import struct
+import threading
+from typing import Literal
+
+Mode = Literal["pass", "blackhole", "reset", "reset_reply"]
+CHUNK_BYTES = 65536
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with RST instead of FIN: what a dropped NAT entry or a crashed peer looks like."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._lock = threading.Lock()
+        self._mode: Mode = "pass"
+        self._budget: int | None = None
+        self.fired = 0  # faults actually injected (a reset sent, a request swallowed)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._open: set[socket.socket] = set()
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def set(self, mode: Mode, budget: int | None = None) -> None:
+        with self._lock:
+            self._mode, self._budget = mode, budget
+
+    def _take(self, wanted: tuple[Mode, ...]) -> Mode:
+        """The mode to apply to one chunk; counts the fault and spends the budget."""
+        with self._lock:
+            mode = self._mode
+            if mode not in wanted:
+                return "pass"
+            self.fired += 1
+            if self._budget is not None:
+                self._budget -= 1
+                if self._budget <= 0:
+                    self._mode, self._budget = "pass", None
+            return mode
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            for sock in list(self._open):
+                _reset(sock)
+            self._open.clear()
+        self._thread.join(timeout=5)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=2)
+        except OSError:
+            _reset(client)  # the server is down: the client sees the connection dropped
+            return
+        with self._lock:
+            self._open.update((client, upstream))
+        poisoned = False  # this connection's current reply is to be cut
+        try:
+            while not self._closed:
+                readable, _, _ = select.select([client, upstream], [], [], 0.5)
+                if client in readable:
+                    data = client.recv(CHUNK_BYTES)
+                    if not data:
+                        return
+                    mode = self._take(("blackhole", "reset", "reset_reply"))
+                    if mode == "blackhole":
+                        continue
+                    if mode == "reset":
+                        _reset(client)
+                        return
+                    poisoned = mode == "reset_reply"
+                    upstream.sendall(data)
+                if upstream in readable:
+                    data = upstream.recv(CHUNK_BYTES)
+                    if not data:
+                        return
+                    if poisoned:
+                        client.sendall(data[: max(1, len(data) // 2)])
+                        _reset(client)
+                        return
+                    client.sendall(data)
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                self._open.difference_update((client, upstream))
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.close()
