@@ -42,6 +42,7 @@ class Case:
     content_type: str = "application/json"
     content_encoding: str = "utf-8"
     send: tuple[str, list[Any], dict[str, Any]] | None = None  # published by Celery
+    entry: Callable[[str], str] | None = None  # the whole queue entry, given the task id
     task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
@@ -98,8 +99,45 @@ def setting(key: str, value: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
     return lambda h: {**h, key: value}
 
 
+def with_envelope(change: Callable[[dict[str, Any]], None]) -> Callable[[str], str]:
+    """A queue entry: a valid envelope for `samples.square(3)`, then `change` applied."""
+
+    def build(task_id: str) -> str:
+        data = json.loads(envelope(Case("envelope", "", set(), GOOD, task_id=task_id)))
+        change(data)
+        return json.dumps(data)
+
+    return build
+
+
+ENVELOPE = "malformed envelope"
+DECODE = {"dlq:undecodable"}
+
+
 def cases() -> list[Case]:
     found = [
+        # queue entries that are not kombu envelopes at all
+        Case("entry not JSON", ENVELOPE, DECODE, entry=lambda i: f"not an envelope {i}"),
+        Case("entry a JSON list", ENVELOPE, DECODE, entry=lambda i: json.dumps([1, i])),
+        Case("entry without fields", ENVELOPE, DECODE, entry=lambda i: json.dumps({"id": i})),
+        Case(
+            "headers not an object",
+            ENVELOPE,
+            DECODE,
+            entry=with_envelope(lambda d: d.update(headers=f"zzz {d['headers']['id']}")),
+        ),
+        Case(
+            "unknown body encoding",
+            ENVELOPE,
+            DECODE,
+            entry=with_envelope(lambda d: d["properties"].update(body_encoding="rot13")),
+        ),
+        Case(
+            "body not base64",
+            ENVELOPE,
+            DECODE,
+            entry=with_envelope(lambda d: d.update(body="!!!not base64")),
+        ),
         # undecodable bodies
         Case("body not JSON", "undecodable body", {"dlq:undecodable"}, b"{this is not json"),
         Case("body binary", "undecodable body", {"dlq:undecodable"}, bytes(range(256))),
@@ -180,6 +218,9 @@ def fates(client: Any, batch: list[Case]) -> dict[str, set[str]]:
     by_id = {case.task_id: case.name for case in batch}
     for entry in dlq_entries(client):
         name = entry.headers.get("proof") or by_id.get(entry.task_id or "")
+        if name is None and entry.raw:  # a whole queue entry, kept as it was
+            raw = base64.b64decode(entry.raw).decode(errors="replace")
+            name = next((n for i, n in by_id.items() if i in raw), None)
         if name in found:
             found[name].add(f"dlq:{entry.kind}")
     for case in batch:
@@ -215,6 +256,8 @@ def test_bad_messages_are_kept_and_valid_ones_alongside_complete(
         if case.send is not None:
             name, args, kwargs = case.send
             app.send_task(name, args=args, kwargs=kwargs, task_id=case.task_id)
+        elif case.entry is not None:
+            client.lpush(QUEUE, case.entry(case.task_id))
         else:
             client.lpush(QUEUE, envelope(case))
         if index % 3 == 0:  # valid work queued in between the bad
