@@ -45,6 +45,10 @@ class SafeChannel(kombu_redis.Channel):
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as kombu does
+            # kombu flushes a pending streaming re-auth token once the BRPOP reply is read.
+            flush_reauth = getattr(self, "_flush_brpop_reauth", None)
+            if flush_reauth is not None:
+                flush_reauth()
 
 
 # Errors of the connection itself, which kombu's reconnection handles. kombu also counts
