@@ -340,3 +340,12 @@ def test_dry_run_prints_the_definitions(capsys: pytest.CaptureFixture[str]) -> N
     printed = json.loads(capsys.readouterr().out)
     assert printed["dashboard"]["title"] == "Celery platform prod"
     assert len(printed["monitors"]) == len(dd.monitors(load_environment("prod")))
+
+
+def test_no_push_where_cloudformation_owns_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = with_datadog(resources="cloudformation")
+    monkeypatch.setattr(datadog_push, "load_environment", lambda _name: config)
+    assert datadog_push.main(["--env", "staging", "--api-host", "http://127.0.0.1:9"]) == 2
+    assert "the monitoring stack owns" in capsys.readouterr().err

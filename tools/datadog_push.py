@@ -169,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(json.dumps(definitions, indent=2, sort_keys=True))
             return 0
+        if config.datadog.resources == "cloudformation":
+            raise PushError(
+                f"{config.name}: datadog.resources is 'cloudformation': the monitoring stack "
+                "owns the dashboard and monitors; a push would create copies outside it"
+            )
         keys = read_keys(config, os.environ)
         host = args.api_host or f"https://api.{config.datadog.site}"
         for line in push(config, DatadogApi(keys, host), prune=args.prune):
