@@ -36,9 +36,7 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -65,6 +63,13 @@ from bench.chaos_tasks import LEDGER_DIR_ENV, TASKS, WORKER_NAME_ENV  # noqa: E4
 from celery_service.dlq import DeadLetterQueues  # noqa: E402
 from celery_service.factory import create_app  # noqa: E402
 from celery_service.settings import Settings  # noqa: E402
+from tools.local_redis import (  # noqa: E402
+    RedisServerMissingError,
+    free_port,
+    redis_server_binary,
+    server_args,
+    wait_until_ready,
+)
 
 # Short limits so a crashed worker's messages come back within the run. The visibility
 # timeout obeys the platform's rule: hard limit 5 + retry backoff max 1 + margin 10 <= 20.
@@ -314,59 +319,35 @@ def analyse(
 # ---------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Broker:
     """redis-server with the append-only file; `kill9_and_restart` keeps port and files."""
 
     def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is missing: install it with `make redis-server`")
-        self.binary = binary
+        try:
+            self.binary = redis_server_binary()
+        except RedisServerMissingError as exc:
+            raise SystemExit(str(exc)) from None
         self.dir = workdir / "redis"
         self.dir.mkdir()
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        args = [
+        args = server_args(
             self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.dir),
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
+            self.port,
+            self.dir,
+            appendonly="yes",
+            appendfsync="always",
             # Queue data is never evicted (the platform's rule for the broker).
-            "--maxmemory-policy",
-            "noeviction",
-        ]
+            maxmemory_policy="noeviction",
+        )
         log = (self.dir / "redis.log").open("ab")
         self.process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        deadline = time.monotonic() + 30
-        client = self.client()
-        while True:
-            try:
-                client.ping()
-                return
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on {self.port}") from None
-                time.sleep(0.05)
+        # Replaying the append-only file after a restart takes a while with 10,000 tasks.
+        wait_until_ready(self.port, self.process, timeout_s=30)
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)

@@ -62,6 +62,13 @@ from celery_service.__main__ import worker_args  # noqa: E402
 from celery_service.factory import create_app  # noqa: E402
 from celery_service.settings import Settings  # noqa: E402
 from config import load_environment  # noqa: E402
+from tools.local_redis import (  # noqa: E402
+    RedisServerMissingError,
+    free_port,
+    redis_server_binary,
+    server_args,
+    wait_until_ready,
+)
 
 CONCURRENCY = 2  # pool processes: one per core of the 2-core reference machine
 BENCH_GROUP = "bench"  # worker group added to the catalog: queue `default`, prefork, 2
@@ -164,13 +171,6 @@ DEFAULT_VARIANTS = ["defaults", "shipped", "untuned", "results_off"]
 # ---------------------------------------------------------------- processes and /proc
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of one process (0 if it is gone)."""
     try:
@@ -253,35 +253,15 @@ def wait_for_quiet(max_wait_s: float, threshold: float = 0.10) -> float:
 
 @contextmanager
 def redis_server(workdir: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is missing: `make redis-server` installs it")
+    try:
+        binary = redis_server_binary()
+    except RedisServerMissingError as exc:
+        sys.exit(str(exc))
     port = free_port()
-    args = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-    ]
+    args = server_args(binary, port, workdir)
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {port}") from None
-                time.sleep(0.05)
+        wait_until_ready(port, process)
         yield port, process
     finally:
         process.terminate()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +12,15 @@ import redis
 
 from config import load_environment
 from tests.synth import ENVIRONMENTS, Synth, synthesize
+from tools.local_redis import (
+    RedisServerMissingError,
+    free_port,
+    redis_server_binary,
+    server_args,
+    wait_until_ready,
+)
+
+__all__ = ["RedisServer", "free_port"]  # free_port: imported by tests from here
 
 
 @pytest.fixture(scope="session")
@@ -39,13 +45,6 @@ def env_synth(request: pytest.FixtureRequest, synth_env: Callable[[str], Synth])
 # ---------------------------------------------------------------- real redis-server
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class RedisServer:
     port: int
@@ -61,42 +60,20 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
 
     Every keyword becomes a `--key value` option. Servers stop when the test ends.
     """
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail(
-            "redis-server is missing: `make test` installs it (apt-get install redis-server)"
-        )
+    try:
+        binary = redis_server_binary()
+    except RedisServerMissingError as exc:
+        pytest.fail(str(exc))
     started: list[RedisServer] = []
 
     def start(**options: str) -> RedisServer:
         port = free_port()
-        args = [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ]
-        for key, value in options.items():
-            args += [f"--{key.replace('_', '-')}", value]
+        args = server_args(binary, port, tmp_path, **options)
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         server = RedisServer(port=port, process=process)
         started.append(server)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                server.client().ping()
-                return server
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {port}") from None
-                time.sleep(0.05)
+        wait_until_ready(port, process)
+        return server
 
     try:
         yield start

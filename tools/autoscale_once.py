@@ -11,12 +11,9 @@ import argparse
 import contextlib
 import io
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import redis
@@ -28,13 +25,13 @@ os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
 from config import ConfigError, load_environment  # noqa: E402
 from lambdas.autoscaler.handler import DryRunEcs, Settings, run_once  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tools.local_redis import (  # noqa: E402
+    RedisServerMissingError,
+    free_port,
+    redis_server_binary,
+    server_args,
+    wait_until_ready,
+)
 
 
 def main() -> int:
@@ -53,24 +50,18 @@ def main() -> int:
     server = None
     port = args.redis_port
     if port is None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            print("redis-server is missing: sudo apt-get install redis-server", file=sys.stderr)
+        try:
+            binary = redis_server_binary()
+        except RedisServerMissingError as exc:
+            print(exc, file=sys.stderr)
             return 2
         port = free_port()
-        workdir = tempfile.mkdtemp(prefix="autoscale-once-")
-        server = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
-            stdout=subprocess.DEVNULL,
-        )
+        workdir = Path(tempfile.mkdtemp(prefix="autoscale-once-"))
+        server = subprocess.Popen(server_args(binary, port, workdir), stdout=subprocess.DEVNULL)
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
     try:
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+        if server is not None:
+            wait_until_ready(port, server)
         if server is not None and args.backlog:
             for queue in config.queues:
                 client.lpush(queue, *[b"{}"] * args.backlog)

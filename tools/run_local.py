@@ -37,6 +37,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # config/ is a top-level package of the repository
 
 from config import ConfigError, available_environments, load_environment  # noqa: E402
+from tools.local_redis import (  # noqa: E402
+    RedisServerMissingError,
+    free_port,
+    redis_server_binary,
+    server_args,
+)
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0  # SIGTERM, then SIGKILL after this long
@@ -70,13 +76,6 @@ class Service:
         except OSError:
             return ""
         return "\n".join("    " + line for line in text.splitlines()[-lines:])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def redis_answers(port: int) -> bool:
@@ -164,22 +163,11 @@ class LocalPlatform:
         return service
 
     def start_redis(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise StartError("redis-server is missing: install it with `make redis-server`")
-        args = [
-            binary,
-            "--port",
-            str(self.redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-        ]
+        try:
+            binary = redis_server_binary()
+        except RedisServerMissingError as exc:
+            raise StartError(str(exc)) from None
+        args = server_args(binary, self.redis_port, self.workdir)
         service = self._spawn("redis-server", args, dict(self.base_env), self.workdir)
         port = self.redis_port
         service.ready = lambda: redis_answers(port)

@@ -5,28 +5,32 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.conftest import free_port
 from tests.proofs.figures import FIGURES
+from tools.local_redis import (
+    RedisServerMissingError,
+    free_port,
+    redis_server_binary,
+    server_args,
+    wait_until_ready,
+)
 
 
 class RestartableRedis:
     """A real redis-server whose data survives `stop()` / `start()` (saved on shutdown)."""
 
     def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is missing: `make test` installs it")
-        self.binary = binary
+        try:
+            self.binary = redis_server_binary()
+        except RedisServerMissingError as exc:
+            pytest.fail(str(exc))
         self.workdir = workdir
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -35,18 +39,9 @@ class RestartableRedis:
         return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=5)
 
     def start(self) -> None:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        args = server_args(self.binary, self.port, self.workdir)
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client().ping()
-                return
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on {self.port}") from None
-                time.sleep(0.02)
+        wait_until_ready(self.port, self.process, poll_s=0.02)
 
     def stop(self) -> None:
         """SHUTDOWN SAVE: the data is on disk and comes back with the next start."""
