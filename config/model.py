@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -561,6 +562,30 @@ class EnvironmentConfig(Strict):
     def task_metrics_in_cloudwatch(self) -> bool:
         explicit = self.monitoring.cloudwatch_task_metrics
         return not self.datadog.enabled if explicit is None else explicit
+
+    def autoscaler_config(self, cluster: str, services: Mapping[str, str]) -> dict[str, Any]:
+        """What the autoscaler Lambda receives in AUTOSCALER_CONFIG: every worker group (never
+        beat or Flower), from the catalog; `services` maps each group to its ECS service."""
+        scaler = self.autoscaler
+        return {
+            "environment": self.name,
+            "cluster": cluster,
+            "interval_s": scaler.schedule_minutes * 60,
+            "decisions_per_run": scaler.decisions_per_run,
+            "decision_interval_s": scaler.decision_interval_s,
+            "targets": {
+                name: {
+                    "service": services[name],
+                    "queues": group.queues,
+                    "min_tasks": group.min_tasks,
+                    "max_tasks": group.max_tasks,
+                    "concurrency": group.concurrency,
+                    "target_wait_s": group.target_wait_s,
+                }
+                for name, group in self.worker_groups.items()
+            },
+            "dlq_queues": sorted(self.queues),
+        }
 
     def runtime_catalog(self) -> dict[str, Any]:
         """What containers and the autoscaler receive (as JSON in CELERY_CATALOG): the queue

@@ -28,31 +28,6 @@ CODE_DIR = Path(__file__).resolve().parent.parent / "lambdas" / "autoscaler"
 METRICS_NAMESPACE = metric_names.NAMESPACE
 
 
-def autoscaler_targets(config: EnvironmentConfig, services: ServicesStack) -> dict[str, Any]:
-    """What the Lambda receives in AUTOSCALER_CONFIG: every worker group (never beat or
-    Flower), built from the catalog."""
-    scaler = config.autoscaler
-    return {
-        "environment": config.name,
-        "cluster": services.cluster.cluster_name,
-        "interval_s": scaler.schedule_minutes * 60,
-        "decisions_per_run": scaler.decisions_per_run,
-        "decision_interval_s": scaler.decision_interval_s,
-        "targets": {
-            name: {
-                "service": services.workers[name].service.service_name,
-                "queues": group.queues,
-                "min_tasks": group.min_tasks,
-                "max_tasks": group.max_tasks,
-                "concurrency": group.concurrency,
-                "target_wait_s": group.target_wait_s,
-            }
-            for name, group in config.worker_groups.items()
-        },
-        "dlq_queues": sorted(config.queues),
-    }
-
-
 class AutoscalerStack(Stack):
     def __init__(
         self,
@@ -91,7 +66,12 @@ class AutoscalerStack(Stack):
             # Runs never overlap: one decision per service at a time.
             reserved_concurrent_executions=1,
             environment={
-                "AUTOSCALER_CONFIG": json.dumps(autoscaler_targets(config, services)),
+                "AUTOSCALER_CONFIG": json.dumps(
+                    config.autoscaler_config(
+                        services.cluster.cluster_name,
+                        {name: w.service.service_name for name, w in services.workers.items()},
+                    )
+                ),
                 "REDIS_HOST": data.broker.endpoint_address,
                 "REDIS_PORT": str(data.broker.port),
                 "REDIS_TLS": "true",

@@ -65,24 +65,12 @@ def main() -> int:
         if server is not None and args.backlog:
             for queue in config.queues:
                 client.lpush(queue, *[b"{}"] * args.backlog)
+        # The services stack names each worker service <project>-<env>-worker-<group>.
         prefix = f"{config.project}-{config.name}"
+        services = {name: f"{prefix}-worker-{name}" for name in config.worker_groups}
         settings = Settings.model_validate(
             {
-                "environment": config.name,
-                "cluster": prefix,
-                "interval_s": config.autoscaler.schedule_minutes * 60,
-                "targets": {
-                    name: {
-                        "service": f"{prefix}-worker-{name}",
-                        "queues": group.queues,
-                        "min_tasks": group.min_tasks,
-                        "max_tasks": group.max_tasks,
-                        "concurrency": group.concurrency,
-                        "target_wait_s": group.target_wait_s,
-                    }
-                    for name, group in config.worker_groups.items()
-                },
-                "dlq_queues": sorted(config.queues),
+                **config.autoscaler_config(prefix, services),
                 "redis_host": "127.0.0.1",
                 "redis_port": port,
                 "redis_tls": False,
