@@ -132,6 +132,7 @@ ACCEPTED: tuple[Accepted, ...] = (
         "A broker snapshot holds transient queue state: restoring an old one would redeliver "
         "tasks that already ran. Retention is the environment's redis.snapshot_retention_days "
         "(up to 14 in prod); replicas with automatic failover protect the live queue.",
+        path=r"/Broker/ReplicationGroup$",
     ),
     Accepted(
         "S3BucketLoggingEnabled",
@@ -166,6 +167,7 @@ ACCEPTED: tuple[Accepted, ...] = (
         "AWS::ElasticLoadBalancingV2::LoadBalancer",
         f"{_FLOWER_ALB} holds no state: CloudFormation recreates it identically, and Flower "
         "is a monitoring UI whose loss never touches queued work.",
+        path=r"/Flower/Alb/Resource$",
     ),
     Accepted(
         "ALBWAFEnabled",
@@ -173,6 +175,7 @@ ACCEPTED: tuple[Accepted, ...] = (
         f"{_FLOWER_ALB} admits only the VPC (or the configured CIDRs) when internal, and only "
         "OIDC-authenticated users when internet-facing; a web ACL would filter traffic that "
         "either gate already stops, at a monthly fee per environment.",
+        path=r"/Flower/Alb/Resource$",
     ),
     Accepted(
         "ELBv2ACMCertificateRequired",
