@@ -42,6 +42,24 @@ def env_synth(request: pytest.FixtureRequest, synth_env: Callable[[str], Synth])
     return synth_env(request.param)
 
 
+# ---------------------------------------------------------------- AWS, faked
+
+
+def use_fake_aws_credentials(monkeypatch: pytest.MonkeyPatch, region: str = "us-east-1") -> None:
+    """Credentials that moto accepts and AWS refuses, and no profile or region from the
+    machine, so no test can reach a real account."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECURITY_TOKEN": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": region,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
 # ---------------------------------------------------------------- real redis-server
 
 

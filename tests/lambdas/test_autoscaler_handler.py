@@ -15,7 +15,7 @@ from moto import mock_aws
 from lambdas.autoscaler import handler as scaler
 from lambdas.autoscaler.handler import BotoEcs, DryRunEcs, ServiceCounts, Settings, run_once
 from lambdas.autoscaler.observe import UNACKED_KEY, completed_key, dlq_index_key, read_all
-from tests.conftest import RedisServer, free_port
+from tests.conftest import RedisServer, free_port, use_fake_aws_credentials
 
 SEP = "\x06\x16"
 CONFIG: dict[str, Any] = {
@@ -171,13 +171,7 @@ def test_a_throttled_update_is_reported_and_holds(seeded: RedisServer) -> None:
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
+    use_fake_aws_credentials(monkeypatch)
     with mock_aws():
         ecs = boto3.client("ecs", region_name="us-east-1")
         ecs.create_cluster(clusterName="celery-test")

@@ -15,6 +15,7 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from lambdas.desired_count import handler as module
+from tests.conftest import use_fake_aws_credentials
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs.client import ECSClient
@@ -61,16 +62,7 @@ def logged(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
 @pytest.fixture(autouse=True)
 def fake_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Fake credentials and a fresh client inside moto, so no test can reach AWS."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SECURITY_TOKEN": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_REGION", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    use_fake_aws_credentials(monkeypatch)
     monkeypatch.setattr(module, "_ecs", None)
     with mock_aws():
         yield

@@ -34,6 +34,7 @@ from lambdas.autoscaler.handler import (
     run_once,
 )
 from lambdas.autoscaler.observe import UNACKED_KEY, completed_key, queue_keys
+from tests.conftest import use_fake_aws_credentials
 from tests.proofs.conftest import RestartableRedis
 from tests.proofs.faultproxy import FaultProxy
 from tests.proofs.figures import EXHAUSTIVE, FIGURES
@@ -325,13 +326,7 @@ def error_kinds(out: str) -> list[tuple[str, str | None]]:
 
 @pytest.fixture
 def world(restartable_redis: RestartableRedis, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(key, value)
+    use_fake_aws_credentials(monkeypatch, REGION)
     # botocore's backoff sleeps (up to 20 s per retry) are not what is on trial here.
     monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", lambda *_: 0.0)
     proxy = FaultProxy(restartable_redis.port)

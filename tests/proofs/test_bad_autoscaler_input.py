@@ -25,6 +25,7 @@ from lambdas.autoscaler.observe import (
     queue_keys,
     state_key,
 )
+from tests.conftest import use_fake_aws_credentials
 from tests.proofs.conftest import RestartableRedis
 from tests.proofs.figures import FIGURES
 from tests.proofs.test_autoscaler_faults import (
@@ -92,13 +93,7 @@ class Setup:
 
 @pytest.fixture
 def setup(restartable_redis: RestartableRedis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setup]:
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(key, value)
+    use_fake_aws_credentials(monkeypatch, REGION)
     client = restartable_redis.client()
     client.flushall()
     client.rpush("default", *[b"m"] * 50)  # a backlog: a fault-free run wants more, not less
