@@ -35,7 +35,7 @@ from security.secret_scan import (
     repo_files,
     scan_files,
 )
-from stacks.checks import attach_checks
+from stacks.checks import attach_checks, cfn_lint_ignored
 from stacks.compliance import Accepted, accepted_findings, attach_compliance_checks
 from stacks.platform import build_platform
 
@@ -43,8 +43,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENTS = ("dev", "staging", "prod")
 REPORT = Path(__file__).resolve().parent / "report.md"
 # The same cfn-lint exceptions as tests/test_checks.py, for the same reasons.
-CFN_LINT_IGNORED = {"W3005": "redundant DependsOn in CDK's own custom resource provider"}
-CFN_LINT_IGNORED_WITH_AZS = {"W3010": "hard-coded AZs: the config names them on purpose"}
 # Any connection checkov tries goes here and fails at once: the scan must stay offline.
 NO_NETWORK = "http://127.0.0.1:9"
 
@@ -150,10 +148,9 @@ def synthesize(result: EnvResult, outdir: Path) -> None:
                 ack = result.acknowledged.setdefault(key, Acknowledged(pack, name, str(reason)))
                 ack.resources += 1
     result.templates = sorted(outdir.glob("*.template.json"))
-    ignored = set(CFN_LINT_IGNORED)
-    if config.network.availability_zones:
-        ignored |= set(CFN_LINT_IGNORED_WITH_AZS)
-    args = ManualArgs(regions=[config.region or "us-east-1"], ignore_checks=sorted(ignored))
+    args = ManualArgs(
+        regions=[config.region or "us-east-1"], ignore_checks=cfn_lint_ignored(config)
+    )
     for path in result.templates:
         result.cfn_lint += [
             f"{path.name}: {m.rule.id} {m.message}" for m in lint(path.read_text(), config=args)

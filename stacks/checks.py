@@ -10,6 +10,21 @@ from aws_cdk import Acknowledgment, App, Stack, Validations
 from cdk_nag import AwsSolutionsChecks
 from constructs import IConstruct
 
+from config import EnvironmentConfig
+
+# cfn-lint findings accepted on the synthesized templates (tests and `make security`): what
+# CDK generates itself, and what the config chooses on purpose.
+CFN_LINT_IGNORED = {"W3005": "redundant DependsOn in CDK's own custom resource provider"}
+CFN_LINT_IGNORED_WITH_AZS = {"W3010": "hard-coded AZs: the config names them on purpose"}
+
+
+def cfn_lint_ignored(config: EnvironmentConfig) -> list[str]:
+    ignored = dict(CFN_LINT_IGNORED)
+    if config.network.availability_zones:
+        ignored |= CFN_LINT_IGNORED_WITH_AZS
+    return sorted(ignored)
+
+
 PACK = "AwsSolutions"
 
 
