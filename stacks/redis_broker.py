@@ -4,7 +4,8 @@ Cluster mode and ElastiCache Serverless break Celery (CROSSSLOT errors on multi-
 commands), so this is a classic primary/replica group: TLS required, AUTH token generated
 in Secrets Manager and referenced dynamically (the value never enters the template),
 encryption at rest, and `maxmemory-policy noeviction` so a full Redis refuses new writes
-instead of silently dropping queued messages.
+instead of silently dropping queued messages. It also publishes keyspace events of lists:
+an idle worker waits on them for the next message (worker_image/celery_service/delivery.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from stacks.retention import log_retention
 
 # Never evict: every key may be a queue, an unacked message or the beat lock.
 MAXMEMORY_POLICY = "noeviction"
+# Keyspace events (K) of list commands (l): a push to a queue wakes its idle workers. The
+# worker's delivery.KEYSPACE_EVENTS; a test checks that they agree.
+NOTIFY_KEYSPACE_EVENTS = "Kl"
 AUTH_TOKEN_LENGTH = 64  # ElastiCache accepts 16-128 printable characters
 
 _REMOVAL = {
@@ -93,8 +97,11 @@ class RedisBroker(Construct):
             self,
             "Parameters",
             cache_parameter_group_family=config.parameter_group_family,
-            description="Celery broker: never evict queue data",
-            properties={"maxmemory-policy": MAXMEMORY_POLICY},
+            description="Celery broker: never evict queue data, notify queue pushes",
+            properties={
+                "maxmemory-policy": MAXMEMORY_POLICY,
+                "notify-keyspace-events": NOTIFY_KEYSPACE_EVENTS,
+            },
         )
 
         retention = log_retention(config.log_retention_days)

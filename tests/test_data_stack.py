@@ -11,10 +11,12 @@ from aws_cdk import App, Environment, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Match
 
+from celery_service import delivery
 from config import load_environment
 from stacks.platform import Platform
-from stacks.redis_broker import MAXMEMORY_POLICY
+from stacks.redis_broker import MAXMEMORY_POLICY, NOTIFY_KEYSPACE_EVENTS
 from tests.synth import Synth, synthesize
+from tools import local_redis
 
 
 def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
@@ -71,9 +73,20 @@ def test_engine_and_eviction_policy(env_synth: Synth) -> None:
     _, params = only(
         env_synth.template_json(env_synth.platform.data), "AWS::ElastiCache::ParameterGroup"
     )
-    assert params["Properties"]["Properties"] == {"maxmemory-policy": "noeviction"}
+    assert params["Properties"]["Properties"] == {
+        "maxmemory-policy": "noeviction",
+        "notify-keyspace-events": "Kl",
+    }
     assert params["Properties"]["CacheParameterGroupFamily"] == cfg.parameter_group_family
     assert MAXMEMORY_POLICY == "noeviction"
+
+
+def test_broker_notifies_what_idle_workers_wait_on() -> None:
+    """The parameter group, the local redis-server and docker compose publish the keyspace
+    events the worker's delivery waits on."""
+    compose = (Path(__file__).parent.parent / "docker-compose.yml").read_text()
+    assert NOTIFY_KEYSPACE_EVENTS == delivery.KEYSPACE_EVENTS == local_redis.KEYSPACE_EVENTS
+    assert f'"--notify-keyspace-events", "{delivery.KEYSPACE_EVENTS}"' in compose
 
 
 def test_security_group_has_no_ingress_and_no_egress_by_default(env_synth: Synth) -> None:

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import redis
 
+# What the worker's delivery needs (celery_service.delivery.KEYSPACE_EVENTS; a test checks
+# that the two agree, and that the data stack sets the same).
+KEYSPACE_EVENTS = "Kl"
+
 MISSING = "redis-server is missing: `make redis-server` installs it (apt-get install redis-server)"
 
 
@@ -34,8 +38,16 @@ def redis_server_binary() -> str:
 
 def server_args(binary: str, port: int, workdir: Path, **options: str) -> list[str]:
     """Loopback only, files in `workdir`, no snapshots and no append-only file unless an
-    option says otherwise; each keyword becomes `--key value` (underscores as dashes)."""
-    settings = {"bind": "127.0.0.1", "save": "", "appendonly": "no", "dir": str(workdir)}
+    option says otherwise, keyspace events of lists on; each keyword becomes `--key value`
+    (underscores as dashes)."""
+    settings = {
+        "bind": "127.0.0.1",
+        "save": "",
+        "appendonly": "no",
+        "dir": str(workdir),
+        # As the data stack's parameter group: idle workers wake on these.
+        "notify-keyspace-events": KEYSPACE_EVENTS,
+    }
     settings |= {key.replace("_", "-"): value for key, value in options.items()}
     args = [binary, "--port", str(port)]
     for key, value in settings.items():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +12,7 @@ from celery_service.settings import Settings
 from tests.conftest import RedisServer
 from tests.worker.harness import Process, base_env, publisher, queue_keys, start, wait_for
 from tests.worker.http_standin import standin
+from tools.local_redis import redis_server_binary, server_args
 
 REDIS_DOWN_S = 2.0  # how long the broker stays down (seconds)
 
@@ -23,9 +23,9 @@ def restarted(server: RedisServer, workdir: Path) -> Iterator[None]:
     server.process.kill()
     server.process.wait(timeout=10)
     time.sleep(REDIS_DOWN_S)
-    binary = shutil.which("redis-server") or "redis-server"
-    args = [binary, "--port", str(server.port), "--bind", "127.0.0.1", "--dir", str(workdir)]
-    args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+    args = server_args(
+        redis_server_binary(), server.port, workdir, appendonly="yes", appendfsync="always"
+    )
     again = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: _pong(server), 30, "redis-server to load its append-only file")

@@ -5,82 +5,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from queue import Empty
 from typing import Any
 
 from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer
-from kombu.transport import redis as kombu_redis
-from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+
+from celery_service.delivery import use_delivery
 
 log = logging.getLogger(__name__)
 
 
-class SafeChannel(kombu_redis.Channel):
-    """kombu's Redis channel, except that a queue entry which is not a message envelope at
-    all (not JSON, headers that are not an object, an unknown body encoding) is recorded in
-    the DLQ. kombu would raise out of the event loop and stop the worker, and the entry,
-    already popped by BRPOP, would be gone. This is kombu 5.7's `_brpop_read` with that
-    one change."""
-
-    def _brpop_read(self, **options: Any) -> bool:
-        try:
-            try:
-                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
-            except self.connection_errors:
-                self.client.connection.disconnect()
-                raise
-            if not dest__item:
-                raise Empty()
-            dest, item = dest__item
-            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
-            self._queue_cycle.rotate(dest)
-            try:
-                self.connection._deliver(loads(bytes_to_str(item)), dest)
-            except _BROKER_ERRORS:
-                raise
-            except Exception as exc:  # the entry, not the connection
-                _keep_malformed_entry(dest, item, exc)
-            return True
-        finally:
-            self._in_poll = None  # type: ignore[assignment]  # as kombu does
-            # kombu flushes a pending streaming re-auth token once the BRPOP reply is read.
-            flush_reauth = getattr(self, "_flush_brpop_reauth", None)
-            if flush_reauth is not None:
-                flush_reauth()
-
-
-# Errors of the connection itself, which kombu's reconnection handles. kombu also counts
-# KeyError as one; from an envelope missing a field it is not.
-_BROKER_ERRORS = tuple(
-    e
-    for e in (*kombu_redis.Transport.connection_errors, *kombu_redis.Transport.channel_errors)
-    if e is not KeyError
-)
-
-
-def _keep_malformed_entry(queue: str, item: bytes, exc: Exception) -> None:
-    from celery_service.dlq import DeadLetter, encode_raw
-    from celery_service.signals import record_dead_letter
-
-    entry = DeadLetter(
-        queue=queue,
-        kind="undecodable",
-        exception=f"{type(exc).__name__}: {exc}",
-        raw=encode_raw(item),
-    )
-    if not record_dead_letter(entry):
-        log.error("malformed queue entry LOST: the DLQ is unreachable")
-
-
 class SafeConsumer(Consumer):  # type: ignore[misc]
     def connection_for_read(self, heartbeat: float | None = None) -> Any:
-        """The broker connection, with SafeChannel for its channels (set before the
-        connection opens its first channel)."""
+        """The broker connection, delivering through celery_service.delivery (set before
+        the connection opens its first channel)."""
         connection = self.app.connection_for_read(heartbeat=heartbeat)
-        if isinstance(connection.transport, kombu_redis.Transport):
-            connection.transport.Channel = SafeChannel
+        use_delivery(connection)
         return self.ensure_connected(connection)
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:

@@ -55,13 +55,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "sep": PRIORITY_SEPARATOR,
             "queue_order_strategy": "priority",
             "socket_connect_timeout": 5,
-            "socket_timeout": 30,  # above BRPOP's 1 s block
+            "socket_timeout": 30,  # a hung server fails the command instead of the worker
             "socket_keepalive": True,
             "retry_on_timeout": True,
             "health_check_interval": 25,
             # Restore a dead worker's messages on every sweep, not every 10th: a crash then
             # costs the visibility timeout plus ~10 s, not plus ~100 s.
             "unacked_restore_throttle": 1,
+            # celery_service.delivery: what an idle worker does without a notification.
+            "idle_poll_interval": settings.idle_poll_s,
         },
         "result_backend": url,
         "redis_backend_use_ssl": tls,

@@ -48,5 +48,10 @@ def dlq_replayed_key(queue: str) -> str:
     return f"{KEY_PREFIX}:dlq:{queue}:replayed"
 
 
+def malformed_key(queue: str) -> str:
+    """List of entries popped from `queue` that are not messages, until they are in its DLQ."""
+    return f"{KEY_PREFIX}:malformed:{queue}"
+
+
 BEAT_HEARTBEAT_KEY = f"{KEY_PREFIX}:beat:heartbeat"  # epoch seconds of the last tick
 PUBLISHED_AT_HEADER = "published_at"  # message header: epoch seconds at publish

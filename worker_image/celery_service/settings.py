@@ -142,6 +142,9 @@ class Settings(_Model):
     worker_group: str | None = None
     # SIGTERM budget (seconds): running tasks get this long to finish, the rest is requeued.
     shutdown_budget_s: float = Field(default=90.0, gt=0, lt=FARGATE_MAX_STOP_TIMEOUT_S - 10)
+    # How often an idle worker looks for a message when no keyspace notification woke it
+    # (celery_service.delivery): a missed notification costs at most this long.
+    idle_poll_s: float = Field(default=1.0, ge=0.05, le=60)
     # Datadog agent (DogStatsD over UDP); no host means metrics are not sent.
     statsd_host: str | None = None
     statsd_port: int = Field(default=8125, ge=1, le=65535)
@@ -215,6 +218,7 @@ ENV_VARS: dict[str, str] = {
     "catalog": "CELERY_CATALOG",
     "worker_group": "CELERY_WORKER_GROUP",
     "shutdown_budget_s": "CELERY_SHUTDOWN_BUDGET_S",
+    "idle_poll_s": "CELERY_IDLE_POLL_S",
     "statsd_host": "DD_AGENT_HOST",
     "statsd_port": "DD_DOGSTATSD_PORT",
     "service_tags": "CELERY_METRIC_TAGS",

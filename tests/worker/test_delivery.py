@@ -1,0 +1,185 @@
+"""The worker's delivery (celery_service/delivery.py) on a real redis-server: a message is
+never only in a worker's memory, an idle worker wakes on a push, and what is not a message
+reaches the DLQ even across a crash."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+from kombu.connection import Connection
+
+from celery_service import names
+from celery_service.delivery import POP_AND_RECORD
+from celery_service.dlq import DeadLetterQueues
+from tests.conftest import RedisServer
+from tests.worker.harness import IMAGE_DIR, publisher, running, wait_for
+
+# A consumer whose main process dies the moment the message is in its hands: after the pop
+# reached it, before anything else (kombu's own `unacked` write included) could run.
+DIE_ON_DELIVERY = """
+import os, signal, sys
+from kombu import Connection
+from kombu.transport import virtual
+from celery_service.delivery import use_delivery
+
+virtual.Transport._deliver = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
+connection = Connection(sys.argv[1])
+if sys.argv[2] == "platform":
+    use_delivery(connection)
+channel = connection.channel()
+channel.basic_consume("default", False, lambda message: None, "test-consumer")
+connection.drain_events(timeout=20)
+"""
+
+
+def _unacked(client: redis.Redis) -> dict[str, list[object]]:
+    entries: dict[bytes, bytes] = client.hgetall("unacked")  # type: ignore[assignment]
+    return {key.decode(): json.loads(value) for key, value in entries.items()}
+
+
+@pytest.mark.parametrize("delivery", ["kombu", "platform"])
+def test_a_main_process_killed_right_after_the_pop(
+    delivery: str, redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """kombu's BRPOP loses the message; the platform's pop has already recorded it in
+    `unacked`, kombu's restore sweep puts it back, and a worker runs it."""
+    server = redis_server()
+    client = server.client()
+    app = publisher(server.port)
+    url = f"redis://127.0.0.1:{server.port}/0"
+    sent = app.send_task("samples.square", args=[7], priority=0)  # kept in the key `default`
+    queued = client.lindex("default", 0)
+    assert queued is not None
+    tag = json.loads(queued)["properties"]["delivery_tag"]
+
+    consumer = subprocess.run(
+        [sys.executable, "-c", DIE_ON_DELIVERY, url, delivery],
+        cwd=IMAGE_DIR,
+        env={"PYTHONPATH": str(IMAGE_DIR)},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert consumer.returncode == -signal.SIGKILL, consumer.stderr.decode()[-2000:]
+    assert client.llen("default") == 0, "the consumer popped the message"
+
+    if delivery == "kombu":
+        assert _unacked(client) == {}, "kombu recorded it: the gap this test shows is closed"
+        app.close()
+        return
+
+    # The entry kombu's QoS would have written: the message as queued, its exchange and
+    # routing key.
+    message = json.loads(queued)
+    route = message["properties"]["delivery_info"]
+    assert _unacked(client) == {tag: [message, route["exchange"], route["routing_key"]]}
+    assert client.zscore("unacked_index", tag) is not None
+    # kombu's restore sweep, as any worker runs it, once the visibility timeout is over.
+    with Connection(url, transport_options={"visibility_timeout": 0}) as sweeper:
+        sweeper.default_channel.qos.restore_visible(num=10)
+    assert client.llen("default") == 1
+    assert _unacked(client) == {}
+    with running(server.port, tmp_path):
+        assert sent.get(timeout=20) == 49
+    assert client.hlen("unacked") == 0
+    app.close()
+
+
+def test_the_pop_records_on_a_full_noeviction_server(
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    """Redis refuses writes once `maxmemory` is reached (the broker's `noeviction`), but not
+    a script's writes after its RPOP: a popped message is still recorded."""
+    server = redis_server(maxmemory="2mb", maxmemory_policy="noeviction")
+    client = server.client()
+    message = {
+        "body": "e30=",
+        "headers": {},
+        "properties": {
+            "delivery_tag": "tag-1",
+            "delivery_info": {"exchange": "default", "routing_key": "default"},
+        },
+    }
+    client.lpush("default", json.dumps(message))
+    with pytest.raises(redis.ResponseError, match="maxmemory"):
+        _fill(client)
+    keys = ["unacked", "unacked_index", "default", names.malformed_key("default")]
+    reply = client.eval(POP_AND_RECORD, len(keys), *keys, repr(time.time()), "default")
+    assert reply[2] == b"tag-1"
+    assert json.loads(client.hget("unacked", "tag-1") or b"null")[0] == message
+    assert client.llen("default") == 0
+
+
+def _fill(client: redis.Redis) -> None:
+    for n in range(10_000):
+        client.set(f"filler:{n}", "x" * 10_000)
+
+
+def _eval_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_an_idle_worker_waits_for_a_push_instead_of_polling(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    server = redis_server()  # with keyspace events of lists, as the broker is configured
+    client = server.client()
+    app = publisher(server.port)
+    with running(server.port, tmp_path, CELERY_IDLE_POLL_S="60") as worker:
+        time.sleep(1)
+        before = _eval_calls(client)
+        time.sleep(3)
+        assert _eval_calls(client) - before <= 1, "an idle worker kept popping"
+        # Without the notification the next look would be a minute away.
+        assert app.send_task("samples.square", args=[12]).get(timeout=15) == 144
+        assert "keyspace" not in worker.output()
+    app.close()
+
+
+def test_without_notifications_an_idle_worker_polls_and_says_so(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    server = redis_server(notify_keyspace_events="")
+    app = publisher(server.port)
+    with running(server.port, tmp_path, CELERY_IDLE_POLL_S="0.2") as worker:
+        assert app.send_task("samples.square", args=[5]).get(timeout=15) == 25
+        assert "does not publish keyspace events" in worker.output()
+    app.close()
+
+
+def test_entries_that_are_not_messages_reach_the_dlq_even_after_a_crash(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    server = redis_server()
+    client = server.client()
+    dlq = DeadLetterQueues(client)
+    app = publisher(server.port)
+    # Moved aside by a worker that died before recording it in the DLQ.
+    client.lpush(names.malformed_key("default"), b"left by a dead worker")
+    with running(server.port, tmp_path) as worker:
+        wait_for(lambda: dlq.depth("default") == 1, 20, "the crashed worker's entry")
+        client.lpush("default", b"\xff not json")
+        client.lpush("default", json.dumps({"properties": {"delivery_tag": 7}}))
+        assert app.send_task("samples.square", args=[3]).get(timeout=20) == 9
+        wait_for(lambda: dlq.depth("default") == 3, 20, "three dead letters")
+        assert worker.proc.poll() is None
+    raws = sorted(base64.b64decode(entry.raw or "") for entry in dlq.entries("default"))
+    assert raws == sorted(
+        [
+            b"left by a dead worker",
+            b"\xff not json",
+            json.dumps({"properties": {"delivery_tag": 7}}).encode(),
+        ]
+    )
+    assert client.llen(names.malformed_key("default")) == 0
+    assert client.hlen("unacked") == 0
+    app.close()

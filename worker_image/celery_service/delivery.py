@@ -1,0 +1,362 @@
+"""How the worker takes a message from Redis without a moment in which only it holds it.
+
+kombu's Redis transport BRPOPs a message and records it in `unacked` in a second round
+trip. A worker whose main process dies between the two (SIGKILL, out of memory, host loss)
+loses the message: it is in no queue and not in `unacked`, so no restore sweep brings it
+back (celery#4354, celery#7950, kombu#305; `make chaos` lost 7 of 10,000 tasks that way).
+
+Here a Lua script pops and records in one atomic step: RPOP from the consumed keys in
+BRPOP's order, then the same ZADD `unacked_index` / HSET `unacked` entry kombu's QoS writes.
+Redis runs a script as one unit, and its effects reach the append-only file and replicas as
+one transaction. A script cannot block, so an idle channel waits on keyspace notifications
+of its queue keys instead (`notify-keyspace-events` must include `K` and `l`: the data
+stack's parameter group and the local redis-server set KEYSPACE_EVENTS) and pops when a
+message is pushed; without them it polls every `idle_poll_interval` seconds.
+
+Everything else is kombu's: queue keys and priorities, the `unacked` format that the
+restore sweep and the autoscaler read, acks, rejects and restores.
+"""
+
+from __future__ import annotations
+
+import logging
+from queue import Empty
+from time import monotonic, time
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+from celery_service import names
+
+log = logging.getLogger(__name__)
+
+#: What the broker must publish: keyspace events (K) of list commands (l).
+KEYSPACE_EVENTS = "Kl"
+
+#: Seconds between polls of an idle channel, in case a notification is missed or the
+#: server does not send them.
+IDLE_POLL_INTERVAL_S = 1.0
+
+# KEYS: unacked hash, unacked_index zset, then per queue key its queue key and its queue's
+# list of malformed entries. ARGV: the time to index the entry at (the worker's clock, as
+# kombu's QoS uses), then per queue key its queue's name (the routing key when a message has
+# none). Returns false, or {key, item, tag}. An item that is not a message envelope with a
+# delivery tag is moved to the malformed list instead (tag ""), for the worker to put in
+# the DLQ. RPOP comes first: once a script has written, Redis lets it finish its writes
+# even on a full `noeviction` server, so a popped message is always recorded.
+POP_AND_RECORD = """
+for i = 3, #KEYS, 2 do
+  local item = redis.call('RPOP', KEYS[i])
+  if item then
+    local ok, message = pcall(cjson.decode, item)
+    local tag, exchange, routing_key
+    if ok and type(message) == 'table' and type(message.properties) == 'table' then
+      local properties = message.properties
+      tag = properties.delivery_tag
+      if type(properties.delivery_info) == 'table' then
+        exchange = properties.delivery_info.exchange
+        routing_key = properties.delivery_info.routing_key
+      end
+    end
+    if type(tag) ~= 'string' or tag == '' then
+      redis.call('LPUSH', KEYS[i + 1], item)
+      return {KEYS[i], item, ''}
+    end
+    if type(exchange) ~= 'string' then exchange = '' end
+    if type(routing_key) ~= 'string' then routing_key = ARGV[(i - 1) / 2 + 1] end
+    redis.call('ZADD', KEYS[2], ARGV[1], tag)
+    redis.call('HSET', KEYS[1], tag,
+      '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
+    return {KEYS[i], item, tag}
+  end
+end
+return false
+"""
+
+# Keyspace events that may have put a message in a queue key.
+_PUSH_EVENTS = frozenset({"lpush", "rpush", "linsert", "lset", "rename_to", "restore"})
+
+
+class RecordingQoS(kombu_redis.QoS):
+    """kombu's QoS, except that a message the pop script already recorded in `unacked` is
+    not written there a second time."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        recorded: set[str] = getattr(self.channel, "_recorded_tags", set())
+        if delivery_tag in recorded:
+            recorded.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)
+        else:
+            super().append(message, delivery_tag)
+
+
+class DeliveryChannel(kombu_redis.Channel):
+    """kombu's Redis channel with the pop-and-record delivery above. kombu's poller drives
+    it through the same three calls as BRPOP: `_brpop_start` sends the script (or nothing,
+    while the channel is idle), `_brpop_read` reads its reply, and a WAKE registration
+    reads the keyspace notifications."""
+
+    QoS = RecordingQoS
+    from_transport_options = (  # type: ignore[assignment]  # one more option
+        *kombu_redis.Channel.from_transport_options,
+        "idle_poll_interval",
+    )
+    idle_poll_interval = IDLE_POLL_INTERVAL_S
+
+    _wake_client: Any = None
+    _script_sha: str | None = None
+    _woken = True  # the first poll runs without waiting for a notification
+    _idle_since: float | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._recorded_tags: set[str] = set()
+        self._wake_channels: set[str] = set()  # keyspace channels subscribed to
+        self._wake_queues: tuple[str, ...] = ()  # the queues they are for
+        super().__init__(*args, **kwargs)
+        if self.global_keyprefix:
+            raise ValueError("the worker's delivery does not support global_keyprefix")
+        self.handlers["WAKE"] = self._receive_wake
+
+    # Sending and reading the pop.
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        idle_s = None if self._idle_since is None else monotonic() - self._idle_since
+        if not self._woken and idle_s is not None and idle_s < self.idle_poll_interval:
+            return  # idle: a notification or the next poll starts the next pop
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        order = [
+            (queue, self._q_for_pri(queue, pri)) for pri in self.priority_steps for queue in queues
+        ]
+        keys = [
+            key for queue, queue_key in order for key in (queue_key, names.malformed_key(queue))
+        ]
+        connection = self.client.connection
+        if self._script_sha is None:
+            with self.conn_or_acquire() as client:
+                self._script_sha = client.script_load(POP_AND_RECORD)
+        self._woken = False  # a notification from now on may be for a newer message
+        self._in_poll = connection
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # as kombu does
+        connection.send_command(
+            "EVALSHA",
+            self._script_sha,
+            2 + len(keys),
+            self.unacked_key,
+            self.unacked_index_key,
+            *keys,
+            repr(time()),
+            *(queue for queue, _ in order),
+        )
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, "EVALSHA", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            except self.ResponseError as exc:
+                if str(exc).startswith("NOSCRIPT"):  # the server restarted or flushed
+                    self._script_sha = None
+                    self._woken = True
+                    raise Empty() from None
+                raise
+            if not reply:
+                self._idle_since = monotonic()
+                raise Empty()
+            self._idle_since = None
+            key, item, tag = bytes_to_str(reply[0]), reply[1], bytes_to_str(reply[2])
+            queue = key.rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            self._deliver_popped(queue, item, tag)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # as kombu does
+            self._flush_brpop_reauth()
+
+    def _deliver_popped(self, queue: str, item: bytes, tag: str) -> None:
+        if not tag:  # the script moved it to the queue's malformed list
+            self._move_to_dlq(queue, item, ValueError("not a message envelope"))
+            return
+        self._recorded_tags.add(tag)
+        try:
+            self.connection._deliver(loads(bytes_to_str(item)), queue)
+        except _BROKER_ERRORS:
+            raise
+        except Exception as exc:  # the entry, not the connection
+            self._recorded_tags.discard(tag)
+            if _record_malformed(queue, item, exc):
+                self.qos._remove_from_indices(tag).execute()
+            # else it stays in `unacked`, and the restore sweep puts it back in its queue
+
+    def _move_to_dlq(self, queue: str, item: bytes, exc: Exception) -> None:
+        if _record_malformed(queue, item, exc):
+            with self.conn_or_acquire() as client:
+                client.lrem(names.malformed_key(queue), 1, item)
+        # else it stays in the malformed list until the next start of a channel
+
+    def _sweep_malformed(self) -> None:
+        """Entries a worker moved aside but died before putting in the DLQ."""
+        for queue in self.active_queues:
+            with self.conn_or_acquire() as client:
+                items = client.lrange(names.malformed_key(queue), 0, -1)
+            for item in items:
+                self._move_to_dlq(queue, item, ValueError("not a message envelope"))
+
+    # Waiting while idle.
+
+    def _wake_keys(self) -> list[str]:
+        db = self.client.connection_pool.connection_kwargs.get("db", 0)
+        return [
+            f"__keyspace@{db}__:{self._q_for_pri(queue, pri)}"
+            for queue in self.active_queues
+            for pri in self.priority_steps
+        ]
+
+    @property
+    def wake_client(self) -> Any:
+        if self._wake_client is None:
+            self._wake_client = self._create_client(asynchronous=True).pubsub()
+        return self._wake_client
+
+    def subscribe_wake(self) -> None:
+        """Subscribe to the keyspace channels of the queue keys not subscribed to yet."""
+        queues = tuple(self.active_queues)
+        if queues == self._wake_queues:
+            return
+        new = [channel for channel in self._wake_keys() if channel not in self._wake_channels]
+        if new:
+            if not self._wake_channels:  # the channel's first consumption
+                self._check_notifications()
+                self._sweep_malformed()
+            self.wake_client.subscribe(*new)
+            self._wake_channels.update(new)
+        self._wake_queues = queues
+
+    def _receive_wake(self) -> bool:
+        client = self.wake_client
+        while client.connection is not None:
+            response = client.parse_response(block=False, timeout=0)
+            if response is None:
+                break
+            message = client.handle_message(response) or {}
+            kind = bytes_to_str(message.get("type") or b"")
+            if kind == "subscribe" or (
+                kind == "message" and bytes_to_str(message.get("data") or b"") in _PUSH_EVENTS
+            ):
+                self._woken = True
+        return False  # nothing delivered yet: the next poll pops
+
+    def _poll_error(self, type: str, **options: Any) -> None:
+        if type == "WAKE":
+            self._receive_wake()
+        else:
+            super()._poll_error(type, **options)
+
+    def _check_notifications(self) -> None:
+        """Warn when the server is known not to send the notifications. ElastiCache
+        refuses CONFIG; its parameter group sets them."""
+        try:
+            with self.conn_or_acquire() as client:
+                reply = client.config_get("notify-keyspace-events")
+        except self.ResponseError:
+            return
+        flags = bytes_to_str(reply.get("notify-keyspace-events", ""))
+        if "K" not in flags or not ("l" in flags or "A" in flags):
+            log.warning(
+                "Redis does not publish keyspace events of lists (notify-keyspace-events=%r,"
+                " wanted %r): idle workers poll every %s s instead of waking on a message",
+                flags,
+                KEYSPACE_EVENTS,
+                self.idle_poll_interval,
+            )
+
+    def _on_connection_disconnect(self, connection: Any) -> None:
+        if self._wake_client is not None and self._wake_client.connection is connection:
+            self._woken = True  # what was pushed while disconnected sent no notification
+        super()._on_connection_disconnect(connection)
+
+    def _close_clients(self) -> None:
+        super()._close_clients()
+        if self._wake_client is not None:
+            connection, self._wake_client.connection = self._wake_client.connection, None
+            if connection is not None:
+                connection.disconnect()
+
+
+class DeliveryPoller(kombu_redis.MultiChannelPoller):
+    """kombu's poller, with each consuming channel's notification connection registered
+    too (as WAKE) and always read, even while the channel has no prefetch credit: a
+    readable socket left unread would spin the event loop."""
+
+    def on_poll_start(self) -> None:
+        for channel in self._channels:
+            if isinstance(channel, DeliveryChannel) and channel.active_queues:
+                self._register_wake(channel)
+        super().on_poll_start()
+
+    def _register_wake(self, channel: DeliveryChannel) -> None:
+        channel.subscribe_wake()
+        client = channel.wake_client
+        if not self._client_registered(channel, client, "WAKE"):
+            self._register(channel, client, "WAKE")  # reconnects and resubscribes
+
+    def on_readable(self, fileno: int) -> None:
+        if not self._read_wake(fileno):
+            super().on_readable(fileno)
+
+    def handle_event(self, fileno: int, event: int) -> Any:
+        # Without an event loop (drain_events) a wake delivered nothing: report no event,
+        # so that the caller goes on waiting for the message.
+        if self._read_wake(fileno):
+            return None
+        return super().handle_event(fileno, event)
+
+    def _read_wake(self, fileno: int) -> bool:
+        chan_type = self._fd_to_chan.get(fileno)
+        if chan_type is None or chan_type[1] != "WAKE":
+            return False
+        chan_type[0].handlers["WAKE"]()
+        return True
+
+
+# Errors of the connection itself, which kombu's reconnection handles. kombu also counts
+# KeyError as one; from an envelope missing a field it is not.
+_BROKER_ERRORS = tuple(
+    e
+    for e in (*kombu_redis.Transport.connection_errors, *kombu_redis.Transport.channel_errors)
+    if e is not KeyError
+)
+
+
+def _record_malformed(queue: str, item: bytes, exc: Exception) -> bool:
+    """Record a queue entry that is not a message in the DLQ; False if it cannot be."""
+    from celery_service.dlq import DeadLetter, encode_raw
+    from celery_service.signals import record_dead_letter
+
+    entry = DeadLetter(
+        queue=queue,
+        kind="undecodable",
+        exception=f"{type(exc).__name__}: {exc}",
+        raw=encode_raw(item),
+    )
+    if record_dead_letter(entry):
+        return True
+    log.error("malformed queue entry not moved to the DLQ: it is unreachable")
+    return False
+
+
+def use_delivery(connection: Any) -> None:
+    """Make a kombu Redis connection deliver through DeliveryChannel (before it opens its
+    first channel and is registered with an event loop)."""
+    transport = connection.transport
+    if isinstance(transport, kombu_redis.Transport) and not isinstance(
+        transport.cycle, DeliveryPoller
+    ):
+        transport.Channel = DeliveryChannel
+        transport.cycle = DeliveryPoller()  # type: ignore[assignment]
