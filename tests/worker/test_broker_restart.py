@@ -98,6 +98,8 @@ def test_tasks_running_when_redis_restarts_complete(
                     60,
                     "the broker to hold nothing of the tasks",
                 )
+        # The setting is False on purpose: Celery's warning about its 6.0 default is silenced.
+        assert not any("CPendingDeprecationWarning" in worker.output() for worker in workers)
     finally:
         for worker in workers:
             worker.stop()

@@ -4,15 +4,25 @@ stopping on it."""
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
-from celery.exceptions import InvalidTaskError
+from celery.exceptions import CPendingDeprecationWarning, InvalidTaskError
 from celery.worker.consumer import Consumer
 
 from celery_service.delivery import use_delivery
 
 log = logging.getLogger(__name__)
+
+# Celery warns at every broker connection loss that
+# worker_cancel_long_running_tasks_on_connection_loss will default to True in 6.0. The
+# factory sets it to False on purpose (see there), so the warning is only noise in the logs.
+warnings.filterwarnings(
+    "ignore",
+    message=r"\s*In Celery 5.1 we introduced an optional breaking change",
+    category=CPendingDeprecationWarning,
+)
 
 
 class SafeConsumer(Consumer):  # type: ignore[misc]

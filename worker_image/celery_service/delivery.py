@@ -14,7 +14,10 @@ stack's parameter group and the local redis-server set KEYSPACE_EVENTS) and pops
 message is pushed; without them it polls every `idle_poll_interval` seconds.
 
 Everything else is kombu's: queue keys and priorities, the `unacked` format that the
-restore sweep and the autoscaler read, acks, rejects and restores.
+restore sweep and the autoscaler read, acks, rejects and restores. The channel and poller
+below override kombu 5.7 internals (`_brpop_start`, `_brpop_read`, the poller's
+registration and read paths); a kombu upgrade must re-run tests/worker/test_delivery.py
+and `make chaos`.
 """
 
 from __future__ import annotations
