@@ -20,8 +20,10 @@ from kombu.connection import Connection
 from celery_service import names
 from celery_service.delivery import POP_AND_RECORD
 from celery_service.dlq import DeadLetterQueues
+from celery_service.factory import create_app
+from celery_service.settings import Settings
 from tests.conftest import RedisServer
-from tests.worker.harness import IMAGE_DIR, publisher, running, wait_for
+from tests.worker.harness import IMAGE_DIR, base_env, publisher, running, wait_for
 
 # A consumer whose main process dies the moment the message is in its hands: after the pop
 # reached it, before anything else (kombu's own `unacked` write included) could run.
@@ -128,13 +130,16 @@ def _eval_calls(client: redis.Redis) -> int:
     return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
 
+@pytest.mark.parametrize("db", ["0", "3"])
 def test_an_idle_worker_waits_for_a_push_instead_of_polling(
-    redis_server: Callable[..., RedisServer], tmp_path: Path
+    db: str, redis_server: Callable[..., RedisServer], tmp_path: Path
 ) -> None:
+    """Woken by the keyspace notification of its own database's queue keys."""
     server = redis_server()  # with keyspace events of lists, as the broker is configured
     client = server.client()
-    app = publisher(server.port)
-    with running(server.port, tmp_path, CELERY_IDLE_POLL_S="60") as worker:
+    settings = Settings.from_env({**base_env(server.port, tmp_path), "CELERY_BROKER_DB": db})
+    app = create_app(settings, main="test-publisher")
+    with running(server.port, tmp_path, CELERY_IDLE_POLL_S="60", CELERY_BROKER_DB=db) as worker:
         time.sleep(1)
         before = _eval_calls(client)
         time.sleep(3)
@@ -142,6 +147,22 @@ def test_an_idle_worker_waits_for_a_push_instead_of_polling(
         # Without the notification the next look would be a minute away.
         assert app.send_task("samples.square", args=[12]).get(timeout=15) == 144
         assert "keyspace" not in worker.output()
+    app.close()
+
+
+def test_a_flushed_script_cache_is_reloaded(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """A failover to a replica or a restart without the script: NOSCRIPT, load, pop."""
+    server = redis_server()
+    client = server.client()
+    app = publisher(server.port)
+    with running(server.port, tmp_path, CELERY_IDLE_POLL_S="0.2") as worker:
+        assert app.send_task("samples.square", args=[2]).get(timeout=15) == 4
+        client.script_flush()
+        assert app.send_task("samples.square", args=[6]).get(timeout=15) == 36
+        assert worker.proc.poll() is None
+    assert client.hlen("unacked") == 0
     app.close()
 
 
@@ -182,4 +203,24 @@ def test_entries_that_are_not_messages_reach_the_dlq_even_after_a_crash(
     )
     assert client.llen(names.malformed_key("default")) == 0
     assert client.hlen("unacked") == 0
+    app.close()
+
+
+def test_a_queue_key_that_holds_no_list_is_skipped_and_reported(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """kombu's BRPOP stops a running worker on such a key (WRONGTYPE); here the worker goes
+    on consuming the queue's other keys. (A worker starting then still refuses: kombu's queue
+    declaration counts the key's length.)"""
+    server = redis_server()
+    client = server.client()
+    app = publisher(server.port)
+    with running(server.port, tmp_path, CELERY_IDLE_POLL_S="0.2") as worker:
+        assert app.send_task("samples.square", args=[7]).get(timeout=15) == 49
+        client.set("default\x06\x169", "not a list")  # the key of priority `bulk`
+        assert app.send_task("samples.square", args=[8]).get(timeout=15) == 64
+        assert app.send_task("samples.square", args=[9], priority=0).get(timeout=15) == 81
+        time.sleep(1)  # several idle polls
+        assert worker.proc.poll() is None
+        assert worker.output().count("holds no list") == 1
     app.close()

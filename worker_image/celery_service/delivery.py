@@ -31,6 +31,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import NoScriptError
 
 from celery_service import names
 
@@ -48,12 +49,20 @@ IDLE_POLL_INTERVAL_S = 1.0
 # kombu's QoS uses), then per queue key its queue's name (the routing key when a message has
 # none). Returns false, or {key, item, tag}. An item that is not a message envelope with a
 # delivery tag is moved to the malformed list instead (tag ""), for the worker to put in
-# the DLQ. RPOP comes first: once a script has written, Redis lets it finish its writes
-# even on a full `noeviction` server, so a popped message is always recorded.
+# the DLQ. A key that holds no list is skipped, and named ({key}) if nothing was popped;
+# any other error of RPOP is the script's error. RPOP comes first: once a script has
+# written, Redis lets it finish its writes even on a full `noeviction` server, so a popped
+# message is always recorded.
 POP_AND_RECORD = """
+local skipped = nil
 for i = 3, #KEYS, 2 do
-  local item = redis.call('RPOP', KEYS[i])
-  if item then
+  local item = redis.pcall('RPOP', KEYS[i])
+  if type(item) == 'table' and item.err then
+    if string.sub(item.err, 1, 9) ~= 'WRONGTYPE' then
+      return redis.error_reply(item.err)
+    end
+    skipped = KEYS[i]
+  elseif item then
     local ok, message = pcall(cjson.decode, item)
     local tag, exchange, routing_key
     if ok and type(message) == 'table' and type(message.properties) == 'table' then
@@ -75,6 +84,9 @@ for i = 3, #KEYS, 2 do
       '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
     return {KEYS[i], item, tag}
   end
+end
+if skipped then
+  return {skipped}
 end
 return false
 """
@@ -116,6 +128,7 @@ class DeliveryChannel(kombu_redis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._recorded_tags: set[str] = set()
+        self._not_lists: set[str] = set()  # queue keys reported as holding no list
         self._wake_channels: set[str] = set()  # keyspace channels subscribed to
         self._wake_queues: tuple[str, ...] = ()  # the queues they are for
         super().__init__(*args, **kwargs)
@@ -163,13 +176,13 @@ class DeliveryChannel(kombu_redis.Channel):
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
-            except self.ResponseError as exc:
-                if str(exc).startswith("NOSCRIPT"):  # the server restarted or flushed
-                    self._script_sha = None
-                    self._woken = True
-                    raise Empty() from None
-                raise
-            if not reply:
+            except NoScriptError:  # a failover, a restart or a flush: load it again
+                self._script_sha = None
+                self._woken = True
+                raise Empty() from None
+            if not reply or len(reply) == 1:
+                if reply:
+                    self._report_not_a_list(bytes_to_str(reply[0]))
                 self._idle_since = monotonic()
                 raise Empty()
             self._idle_since = None
@@ -181,6 +194,11 @@ class DeliveryChannel(kombu_redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as kombu does
             self._flush_brpop_reauth()
+
+    def _report_not_a_list(self, key: str) -> None:
+        if key not in self._not_lists:
+            self._not_lists.add(key)
+            log.error("queue key %r holds no list: skipped until it does", key)
 
     def _deliver_popped(self, queue: str, item: bytes, tag: str) -> None:
         if not tag:  # the script moved it to the queue's malformed list
