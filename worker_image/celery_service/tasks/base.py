@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from celery import Task
+from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
 
 
 class TransientError(Exception):
@@ -34,3 +38,25 @@ class PlatformTask(Task):  # type: ignore[misc]
     # is validated against it.
     retry_jitter = True  # spread retries of a failed batch instead of stampeding
     max_retries = 5
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery rejects the message for good, into the DLQ, when it cannot publish the
+        retry because the broker is unreachable at that moment (seen in `make chaos` at the
+        Redis restart). Requeue it instead: put back at once, or, while Redis is away, left
+        in `unacked` until the visibility timeout restores it."""
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as exc:
+            if exc.requeue or not isinstance(exc.reason, _BROKER_UNREACHABLE):
+                raise
+            raise Reject(exc.reason, requeue=True) from exc
+
+
+# What publishing raises when the broker cannot be reached (kombu wraps connection errors).
+_BROKER_UNREACHABLE = (
+    OperationalError,
+    ConnectionError,
+    TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
