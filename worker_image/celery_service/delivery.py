@@ -374,10 +374,9 @@ def _record_malformed(queue: str, item: bytes, exc: Exception) -> bool:
 
 def use_delivery(connection: Any) -> None:
     """Make a kombu Redis connection deliver through DeliveryChannel (before it opens its
-    first channel and is registered with an event loop)."""
+    first channel and is registered with an event loop). Other transports, Sentinel's
+    included, are left as they are."""
     transport = connection.transport
-    if isinstance(transport, kombu_redis.Transport) and not isinstance(
-        transport.cycle, DeliveryPoller
-    ):
+    if type(transport) is kombu_redis.Transport and not isinstance(transport.cycle, DeliveryPoller):
         transport.Channel = DeliveryChannel
         transport.cycle = DeliveryPoller()  # type: ignore[assignment]
