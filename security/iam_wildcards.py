@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stacks.intrinsics import render_intrinsic
+
 # Actions granted on `Resource: "*"`, each with why no narrower resource is possible.
 STAR_ACTION_REASONS: dict[str, str] = {
     "ecr:GetAuthorizationToken": (
@@ -81,21 +83,16 @@ class Grant:
 
 
 def render(value: Any) -> str:
-    """An ARN with CloudFormation intrinsics shown as <Ref> and <Resource.Attribute>."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and len(value) == 1:
-        ((key, arg),) = value.items()
-        if key == "Ref":
-            return f"<{arg}>"
-        if key == "Fn::GetAtt":
-            return f"<{arg[0]}.{arg[1]}>" if isinstance(arg, list) else f"<{arg}>"
-        if key == "Fn::Join":
-            separator, parts = arg
-            return str(separator).join(render(part) for part in parts)
-        if key == "Fn::Sub":
-            text = arg if isinstance(arg, str) else arg[0]
-            return re.sub(r"\$\{([^}]+)\}", r"<\1>", str(text))
+    """An ARN with CloudFormation intrinsics shown as cdk-nag shows them (<Ref>,
+    <Resource.Attribute>), `Fn::Sub` variables as <Name>, anything else as JSON."""
+    return render_intrinsic(value, _render_other)
+
+
+def _render_other(value: Any) -> str:
+    if isinstance(value, dict) and set(value) == {"Fn::Sub"}:
+        arg = value["Fn::Sub"]
+        text = arg if isinstance(arg, str) else arg[0]
+        return re.sub(r"\$\{([^}]+)\}", r"<\1>", str(text))
     return json.dumps(value, sort_keys=True)
 
 

@@ -4,13 +4,12 @@ cdk-nag 3.x reports through CDK's policy validation: a finding fails `app.synth(
 `cdk synth`), and the report lands in `validation-report.json` in the cloud assembly.
 """
 
-from typing import Any
-
 from aws_cdk import Acknowledgment, App, Stack, Validations
 from cdk_nag import AwsSolutionsChecks
 from constructs import IConstruct
 
 from config import EnvironmentConfig
+from stacks.intrinsics import render_intrinsic
 
 # cfn-lint findings accepted on the synthesized templates (tests and `make security`): what
 # CDK generates itself, and what the config chooses on purpose.
@@ -45,21 +44,5 @@ def acknowledge(scope: IConstruct | None, rule: str, reason: str) -> None:
 def acknowledge_wildcard_resource(scope: IConstruct, resource: str, reason: str) -> None:
     """Accept AwsSolutions-IAM5 for one wildcard `resource` (an ARN, tokens allowed) on the
     policy or role `scope`. The finding id names the resource as cdk-nag renders it."""
-    rendered = _render(Stack.of(scope).resolve(resource))
+    rendered = render_intrinsic(Stack.of(scope).resolve(resource))
     acknowledge(scope, f"AwsSolutions-IAM5[Resource::{rendered}]", reason)
-
-
-def _render(value: Any) -> str:
-    """CloudFormation intrinsics the way cdk-nag prints them in finding ids."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and len(value) == 1:
-        ((key, arg),) = value.items()
-        if key == "Ref":
-            return f"<{arg}>"
-        if key == "Fn::GetAtt":
-            return f"<{arg[0]}.{arg[1]}>"
-        if key == "Fn::Join":
-            separator, parts = arg
-            return str(separator).join(_render(part) for part in parts)
-    raise ValueError(f"cannot render {value!r} as a cdk-nag finding id")
