@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,21 @@ def subprocess_env() -> dict[str, str]:
         ).stdout.strip()
         env["JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION"] = major
     return env
+
+
+def run_app(outdir: Path, context: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """app.py in a child process, as `cdk synth` runs it, with `context` and its output in
+    `outdir`."""
+    env = {**subprocess_env(), "CDK_CONTEXT_JSON": json.dumps(context), "CDK_OUTDIR": str(outdir)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "app.py")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def cdk_context() -> dict[str, Any]:

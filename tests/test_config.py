@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,9 +17,7 @@ from config import (
     parse_environment,
 )
 from config.model import VISIBILITY_MARGIN_S
-from tests.synth import subprocess_env
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.synth import run_app
 
 
 def catalog() -> dict[str, Any]:
@@ -297,19 +292,6 @@ def test_config_is_immutable_once_loaded() -> None:
     cfg = load_environment("dev")
     with pytest.raises(ValueError, match="frozen"):
         cfg.redis.replicas = 3  # type: ignore[misc]
-
-
-def run_app(tmp_path: Path, context: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = {**subprocess_env(), "CDK_CONTEXT_JSON": json.dumps(context), "CDK_OUTDIR": str(tmp_path)}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "app.py")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_app_reports_a_bad_config_without_a_traceback(tmp_path: Path) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +20,9 @@ from celery_service.settings import Settings as WorkerSettings
 from celery_service.settings import SettingsError
 from config import CONFIG_DIR, ConfigError, load_environment, parse_environment
 from tests.proofs.figures import EXHAUSTIVE, FIGURES
-from tests.synth import subprocess_env
+from tests.synth import run_app
 
 SECTION = "Bad input: configs"
-ROOT = Path(__file__).resolve().parents[2]
 # Values of every JSON/TOML type; each leaf gets those of another type than its own.
 SUBSTITUTES: list[Any] = ["text", "", 3, -1, 2.5, True, None, [], ["x"], {}, {"k": 1}]
 Path_ = tuple[str, ...]
@@ -192,20 +189,7 @@ def test_synth_reports_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
     (config_dir / "catalog.toml").write_bytes((CONFIG_DIR / "catalog.toml").read_bytes())
     for text in cases:
         (config_dir / "qa.toml").write_text(text)
-        env = {
-            **subprocess_env(),
-            "CDK_CONTEXT_JSON": json.dumps({"env": "qa", "config_dir": str(config_dir)}),
-            "CDK_OUTDIR": str(tmp_path / "out"),
-        }
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "app.py")],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = run_app(tmp_path / "out", {"env": "qa", "config_dir": str(config_dir)})
         assert result.returncode == 1
         assert "Traceback" not in result.stderr
         assert result.stderr.startswith("config error: qa: "), result.stderr
