@@ -60,6 +60,16 @@ def use_fake_aws_credentials(monkeypatch: pytest.MonkeyPatch, region: str = "us-
     monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
+@dataclass
+class FakeLambdaContext:
+    """What a Lambda handler reads of its context (Powertools' logger included)."""
+
+    function_name: str = "autoscaler"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:autoscaler"
+    aws_request_id: str = "req-test"
+
+
 # ---------------------------------------------------------------- real redis-server
 
 

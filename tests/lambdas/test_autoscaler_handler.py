@@ -15,7 +15,7 @@ from moto import mock_aws
 from lambdas.autoscaler import handler as scaler
 from lambdas.autoscaler.handler import BotoEcs, DryRunEcs, ServiceCounts, Settings, run_once
 from lambdas.autoscaler.observe import UNACKED_KEY, completed_key, dlq_index_key, read_all
-from tests.conftest import RedisServer, free_port, use_fake_aws_credentials
+from tests.conftest import FakeLambdaContext, RedisServer, free_port, use_fake_aws_credentials
 
 SEP = "\x06\x16"
 CONFIG: dict[str, Any] = {
@@ -192,14 +192,6 @@ def test_boto_ecs_describes_and_updates_only_named_services(aws: Any) -> None:
     assert service["desiredCount"] == 5
 
 
-@dataclass
-class FakeContext:
-    function_name: str = "autoscaler"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:autoscaler"
-    aws_request_id: str = "req-1"
-
-
 def test_handler_dry_run_reads_ecs_and_changes_nothing(
     seeded: RedisServer,
     aws: Any,
@@ -211,7 +203,7 @@ def test_handler_dry_run_reads_ecs_and_changes_nothing(
     monkeypatch.setenv("REDIS_HOST", "127.0.0.1")
     monkeypatch.setenv("REDIS_PORT", str(seeded.port))
     monkeypatch.setenv("REDIS_TLS", "false")
-    reply = scaler.handler({"dry_run": True}, FakeContext())
+    reply = scaler.handler({"dry_run": True}, FakeLambdaContext())
     (run,) = reply["runs"]
     assert {r["group"] for r in run} == {"general", "batch"}
     batch = next(r for r in run if r["group"] == "batch")
@@ -238,7 +230,7 @@ def test_malformed_events_get_a_clear_error(
     monkeypatch.setenv("AUTOSCALER_CONFIG", json.dumps(CONFIG))
     monkeypatch.setenv("REDIS_HOST", "127.0.0.1")
     with pytest.raises(ValueError, match=message):
-        scaler.handler(event, FakeContext())
+        scaler.handler(event, FakeLambdaContext())
 
 
 def test_malformed_settings_get_a_clear_error() -> None:

@@ -34,7 +34,7 @@ from lambdas.autoscaler.handler import (
     run_once,
 )
 from lambdas.autoscaler.observe import UNACKED_KEY, completed_key, queue_keys
-from tests.conftest import use_fake_aws_credentials
+from tests.conftest import FakeLambdaContext, use_fake_aws_credentials
 from tests.proofs.conftest import RestartableRedis
 from tests.proofs.faultproxy import FaultProxy
 from tests.proofs.figures import EXHAUSTIVE, FIGURES
@@ -478,14 +478,6 @@ def test_a_hung_redis_is_reported_well_inside_the_lambda_timeout(
     FIGURES.measure(SECTION, "hung Redis: worst s per pipeline (was about 56)", f"{worst_s:.1f}")
 
 
-@dataclass
-class FakeContext:
-    function_name: str = "autoscaler"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:autoscaler"
-    aws_request_id: str = "req-proof"
-
-
 @pytest.mark.parametrize("fault", ["redis connection reset", "redis stopped", "ECS throttled"])
 def test_the_lambda_entry_point_holds_reports_and_recovers(
     fault: str,
@@ -520,7 +512,7 @@ def test_the_lambda_entry_point_holds_reports_and_recovers(
     before = world.desired()
     capsys.readouterr()
     try:
-        reply = scaler.handler({}, FakeContext())
+        reply = scaler.handler({}, FakeLambdaContext())
     finally:
         cleanup()
     out = capsys.readouterr().out
@@ -531,7 +523,7 @@ def test_the_lambda_entry_point_holds_reports_and_recovers(
     assert '"Runs"' in out, "the run's own metrics are flushed too"
 
     throttled = False
-    again = scaler.handler({}, FakeContext())
+    again = scaler.handler({}, FakeLambdaContext())
     assert error_kinds(capsys.readouterr().out) == []
     assert all(r["desired"] is not None for r in again["runs"][0])
     assert any(world.desired()[s] > before[s] for s in before), "the next run scales out"

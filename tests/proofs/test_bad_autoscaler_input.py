@@ -25,7 +25,7 @@ from lambdas.autoscaler.observe import (
     queue_keys,
     state_key,
 )
-from tests.conftest import use_fake_aws_credentials
+from tests.conftest import FakeLambdaContext, use_fake_aws_credentials
 from tests.proofs.conftest import RestartableRedis
 from tests.proofs.figures import FIGURES
 from tests.proofs.test_autoscaler_faults import (
@@ -41,14 +41,6 @@ from tests.proofs.test_autoscaler_faults import (
 
 SECTION = "Bad input: autoscaler"
 START_COUNTS = {"general": 4, "batch": 2, "bulk": 0}
-
-
-@dataclass
-class FakeContext:
-    function_name: str = "autoscaler"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:autoscaler"
-    aws_request_id: str = "req-proof"
 
 
 def config_json(**overrides: Any) -> str:
@@ -154,10 +146,10 @@ def test_malformed_events_are_refused_in_one_line_and_change_nothing(
         with pytest.raises(
             ValueError, match=r"^(the event must be a JSON object|invalid input: )[^\n]*\Z"
         ):
-            scaler.handler(event, FakeContext())
+            scaler.handler(event, FakeLambdaContext())
         assert setup.desired() == before
     else:
-        reply = scaler.handler(event, FakeContext())
+        reply = scaler.handler(event, FakeLambdaContext())
         (run,) = reply["runs"]
         assert {r["group"] for r in run} == set(GROUPS)
         after = setup.desired()
@@ -233,7 +225,7 @@ def test_malformed_settings_are_refused_in_one_line(
     # One line that names the variable or the field: no multi-line validation dump.
     named = r"^(AUTOSCALER_CONFIG|invalid input: |REDIS_PORT|REDIS_TLS|REDIS_HOST)[^\n]*\Z"
     with pytest.raises(ValueError, match=named):
-        scaler.handler({"dry_run": False}, FakeContext())
+        scaler.handler({"dry_run": False}, FakeLambdaContext())
     assert setup.desired() == before
     assert setup.queued() == queued
     FIGURES.count(SECTION, "settings refused with one line")
