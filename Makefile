@@ -47,7 +47,7 @@ $(VENV)/.runtime-installed: requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $@
 
-$(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.runtime-installed
+$(VENV)/.dev-installed: requirements-dev.txt worker_image/requirements.txt lambdas/autoscaler/requirements.txt $(VENV)/.runtime-installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
@@ -79,6 +79,11 @@ simulate: $(VENV)/.dev-installed
 	$(BIN)/python bench/autoscaler_sim.py simulate \
 		$(if $(CSV),--csv $(CSV),--workload $(WORKLOAD)) --interval $(INTERVAL) \
 		$(if $(filter off,$(PROTECTION)),--no-protection) $(if $(PLOT),--plot $(PLOT)) $(ARGS)
+
+## How long a high-priority task waits behind rate-limited ones sharing its worker group.
+.PHONY: bench-rate-limits
+bench-rate-limits: $(VENV)/.dev-installed redis-server
+	$(BIN)/python bench/rate_limit_tiers.py
 
 ## Throughput and start latency of the shipped worker settings vs Celery's defaults.
 bench-worker: $(VENV)/.dev-installed redis-server

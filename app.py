@@ -26,6 +26,8 @@ def main() -> int:
         for line in str(exc).splitlines():
             print(f"config error: {line}", file=sys.stderr)
         return 1
+    for line in config.advisories():
+        print(f"config warning: {env_name}: {line}", file=sys.stderr)
     build_platform(app, config)
     if str(app.node.try_get_context("compliance")).lower() == "true":
         attach_compliance_checks(app)

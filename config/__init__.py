@@ -66,6 +66,7 @@ def load_environment(name: str, config_dir: Path = CONFIG_DIR) -> EnvironmentCon
         raise ConfigError(f"unknown environment {name!r}; known environments: {known}")
     catalog = _read_toml(name, config_dir / CATALOG_FILE)
     overrides = _read_toml(name, env_file)
+    _check_overrides(name, env_file.name, catalog, overrides)
     return parse_environment(name, _deep_merge(catalog, overrides))
 
 
@@ -77,6 +78,25 @@ def parse_environment(name: str, data: dict[str, Any]) -> EnvironmentConfig:
         return EnvironmentConfig.model_validate({**data, "name": name})
     except ValidationError as exc:
         raise ConfigError("\n".join(_describe(name, err) for err in exc.errors())) from None
+
+
+def _check_overrides(
+    env: str, file: str, catalog: dict[str, Any], overrides: dict[str, Any]
+) -> None:
+    """An environment file adjusts the catalog's worker groups; it cannot add one (a typo
+    such as [worker_groups.gneral] would otherwise be a new group missing its queues)."""
+    groups = catalog.get("worker_groups")
+    if not isinstance(groups, dict) or not isinstance(overrides.get("worker_groups"), dict):
+        return
+    stray = [group for group in overrides["worker_groups"] if group not in groups]
+    if stray:
+        raise ConfigError(
+            "\n".join(
+                f"{env}: {file}: worker_groups.{group}: not a catalog group; groups are: "
+                f"{', '.join(groups)}"
+                for group in stray
+            )
+        )
 
 
 def _read_toml(env: str, path: Path) -> dict[str, Any]:

@@ -356,18 +356,57 @@ class QueueConfig(Strict):
 # name maps to one of kombu's default priority steps 0, 3, 6, 9; "normal" is the default.
 PRIORITIES: dict[str, int] = {"high": 0, "normal": 3, "low": 6, "bulk": 9}
 RATE_LIMIT = r"^\d+(\.\d+)?/[smh]$"
+RATE_LIMIT_EXAMPLES = "a number of tasks per second, minute or hour, such as 10/s, 100/m or 0.5/h"
+
+# The time limits each pool enforces (the worker README): prefork both; gevent the hard one,
+# for tasks that yield to its hub; threads and solo neither.
+POOL_LIMITS: dict[str, tuple[str, ...]] = {
+    "prefork": ("soft_time_limit_s", "time_limit_s"),
+    "gevent": ("time_limit_s",),
+    "threads": (),
+    "solo": (),
+}
+# Limits a group gets when it sets none and its pool enforces them (seconds).
+DEFAULT_LIMITS = {"soft_time_limit_s": 240, "time_limit_s": 300}
+
+# Celery's cron fields (UTC) and their ranges; names as Celery accepts them.
+CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day-of-month", 1, 31, ()),
+    (
+        "month",
+        1,
+        12,
+        tuple(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]),
+    ),
+    ("day-of-week", 0, 6, tuple(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])),
+)
+
+
+def check_rate_limit(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(RATE_LIMIT, value):
+        raise ValueError(f"rate_limit {value!r} must be {RATE_LIMIT_EXAMPLES}")
+    return value
 
 
 class TaskConfig(Strict):
-    """Routing and limits of one task, keyed by its Celery name (e.g. "samples.send_email")."""
+    """What the catalog sets for one task, keyed by its Celery name ("billing.charge") or by
+    a pattern ("enrichment.*", shell-style; the longest matching pattern applies). A setting
+    left out keeps the task decorator's own value."""
 
     queue: QueueName
-    priority: Literal["high", "normal", "low", "bulk"] = "normal"
-    rate_limit: Annotated[str, StringConstraints(pattern=RATE_LIMIT)] | None = None  # per worker
-    max_retries: int = Field(default=5, ge=0, le=100)
+    priority: Literal["high", "normal", "low", "bulk"] | None = None  # unset: normal
+    rate_limit: str | None = None  # per worker process group
+    max_retries: int | None = Field(default=None, ge=0, le=100)
     # Override the worker group's limits for this task (seconds).
     soft_time_limit_s: int | None = Field(default=None, ge=1)
     time_limit_s: int | None = Field(default=None, ge=1)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        return check_rate_limit(value)
 
     @model_validator(mode="after")
     def _cross(self) -> TaskConfig:
@@ -395,9 +434,30 @@ class ScheduleConfig(Strict):
     def _cross(self) -> ScheduleConfig:
         if (self.every_s is None) == (self.cron is None):
             raise ValueError("set exactly one of every_s or cron")
-        if self.cron is not None and len(self.cron.split()) != 5:
-            raise ValueError(f"cron must have 5 fields (m h dom mon dow), got {self.cron!r}")
+        if self.cron is not None:
+            _check_cron(self.cron)
         return self
+
+
+def _check_cron(line: str) -> None:
+    """Each field as Celery's crontab parses it: `*`, numbers, names, ranges, steps, lists."""
+    fields = line.split()
+    if len(fields) != len(CRON_FIELDS):
+        raise ValueError(f"cron must have 5 fields (m h dom mon dow), got {line!r}")
+    for text, (field, low, high, names) in zip(fields, CRON_FIELDS, strict=True):
+        for part in text.split(","):
+            span, _, step = part.partition("/")
+            if step and not (step.isdigit() and int(step) >= 1):
+                raise ValueError(f"cron {line!r}: {field} step {step!r} must be a number >= 1")
+            if span == "*":
+                continue
+            for bound in span.split("-", 1):
+                value = names.index(bound.lower()) + low if bound.lower() in names else None
+                if value is None and bound.isdigit():
+                    value = int(bound)
+                if value is None or not low <= value <= high:
+                    allowed = f"{low}-{high}" + (f" or {names[0]}..{names[-1]}" if names else "")
+                    raise ValueError(f"cron {line!r}: {field} {bound!r} is not in {allowed}")
 
 
 class WorkerGroupConfig(Strict):
@@ -405,15 +465,36 @@ class WorkerGroupConfig(Strict):
 
     queues: list[QueueName] = Field(min_length=1)
     concurrency: int = Field(default=4, ge=1, le=256)  # task slots per ECS task
-    pool: Literal["prefork", "threads", "solo"] = "prefork"
+    # prefork for CPU work and for limits; gevent for I/O-bound tasks (hard limit only);
+    # threads or solo enforce no limit (POOL_LIMITS).
+    pool: Literal["prefork", "gevent", "threads", "solo"] = "prefork"
     cpu: int = 512  # Fargate CPU units
     memory_mib: int = 1024
     min_tasks: int = Field(default=1, ge=0, le=1000)
     max_tasks: int = Field(default=10, ge=1, le=1000)
     # Longest acceptable wait (seconds) between publishing a message and a worker starting it.
     target_wait_s: int = Field(default=60, ge=1, le=86400)
-    soft_time_limit_s: int = Field(default=240, ge=1)
-    time_limit_s: int = Field(default=300, ge=1)
+    # Seconds; default 240/300 where the pool enforces them (DEFAULT_LIMITS), else unset.
+    soft_time_limit_s: int | None = Field(default=None, ge=1)
+    time_limit_s: int | None = Field(default=None, ge=1)
+    # For a pool without a hard limit: the longest a task runs (seconds, not enforced), which
+    # broker.visibility_timeout_s must cover.
+    longest_task_s: int | None = Field(default=None, ge=1)
+    # Replace a pool process after this many tasks, or when it has grown past this resident
+    # size after a task (prefork): a leaking library cannot take the container down.
+    max_tasks_per_child: int | None = Field(default=None, ge=1)
+    max_memory_per_child_mib: int | None = Field(default=None, ge=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_limits(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        pool = data.get("pool", "prefork")
+        enforced = POOL_LIMITS.get(pool, ()) if isinstance(pool, str) else ()
+        if any(limit in data for limit in DEFAULT_LIMITS):
+            return data  # set by hand: checked below as written
+        return {**{k: v for k, v in DEFAULT_LIMITS.items() if k in enforced}, **data}
 
     @model_validator(mode="after")
     def _cross(self) -> WorkerGroupConfig:
@@ -421,10 +502,38 @@ class WorkerGroupConfig(Strict):
             raise ValueError(
                 f"min_tasks ({self.min_tasks}) must be <= max_tasks ({self.max_tasks})"
             )
-        if self.soft_time_limit_s >= self.time_limit_s:
+        enforced = POOL_LIMITS[self.pool]
+        for limit in DEFAULT_LIMITS:
+            if getattr(self, limit) is not None and limit not in enforced:
+                able = [p for p, limits in POOL_LIMITS.items() if limit in limits]
+                raise ValueError(
+                    f"pool {self.pool!r} does not enforce {limit}: remove it, or use pool "
+                    f"{' or '.join(repr(p) for p in able)}"
+                )
+        if (
+            self.soft_time_limit_s is not None
+            and self.time_limit_s is not None
+            and self.soft_time_limit_s >= self.time_limit_s
+        ):
             raise ValueError(
                 f"soft_time_limit_s ({self.soft_time_limit_s}) must be < time_limit_s "
                 f"({self.time_limit_s}) so the task can clean up before it is killed"
+            )
+        if self.time_limit_s is None and self.longest_task_s is None:
+            raise ValueError(
+                f"pool {self.pool!r} enforces no hard time limit: set longest_task_s, the "
+                "longest a task of this group runs, which broker.visibility_timeout_s must cover"
+            )
+        if self.pool != "prefork" and (self.max_tasks_per_child or self.max_memory_per_child_mib):
+            raise ValueError(
+                f"max_tasks_per_child and max_memory_per_child_mib need pool 'prefork' "
+                f"(pool {self.pool!r} has no child processes to replace)"
+            )
+        if (self.max_memory_per_child_mib or 0) * self.concurrency > self.memory_mib:
+            raise ValueError(
+                f"max_memory_per_child_mib ({self.max_memory_per_child_mib}) x concurrency "
+                f"({self.concurrency}) exceeds memory_mib ({self.memory_mib}): the container "
+                "would be killed before a pool process is replaced"
             )
         if len(set(self.queues)) != len(self.queues):
             raise ValueError("queues must not list a queue twice")
@@ -441,6 +550,35 @@ class WorkerGroupConfig(Strict):
             )
         return self
 
+    @property
+    def longest_s(self) -> int:
+        """How long a task of this group can run: its hard limit, else longest_task_s."""
+        return self.time_limit_s or self.longest_task_s or 0
+
+
+class CeleryConfig(Strict):
+    """Celery behaviour with a cost, chosen per catalog (measured in bench/results/)."""
+
+    # Task events: Flower's task pages and `celery events`; a publish per task state change.
+    task_events: bool = True
+    # The STARTED state: a poller sees that its task left the queue; one result write per task.
+    track_started: bool = True
+    # Redis database of results and progress, apart from the queues' database (0).
+    result_db: int = Field(default=1, ge=1, le=15)
+
+
+# What a worker needs of its group (the rest is infrastructure).
+RUNTIME_GROUP_FIELDS = {
+    "queues",
+    "concurrency",
+    "pool",
+    "soft_time_limit_s",
+    "time_limit_s",
+    "longest_task_s",
+    "max_tasks_per_child",
+    "max_memory_per_child_mib",
+}
+
 
 class EnvironmentConfig(Strict):
     """All settings of one environment (dev, staging, prod, ...)."""
@@ -453,6 +591,7 @@ class EnvironmentConfig(Strict):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    celery: CeleryConfig = Field(default_factory=CeleryConfig)
     queues: dict[QueueName, QueueConfig] = Field(min_length=1)
     worker_groups: dict[GroupName, WorkerGroupConfig] = Field(min_length=1)
     tasks: dict[str, TaskConfig] = Field(default_factory=dict)
@@ -519,17 +658,36 @@ class EnvironmentConfig(Strict):
                 raise ValueError(
                     f"queues.{queue} must be consumed by exactly one worker group (found: {found})"
                 )
+        for task, spec in self.tasks.items():
+            group_name = consumers[spec.queue][0]
+            pool = self.worker_groups[group_name].pool
+            for limit in DEFAULT_LIMITS:
+                if getattr(spec, limit) is not None and limit not in POOL_LIMITS[pool]:
+                    raise ValueError(
+                        f"tasks.{task}.{limit}: its queue {spec.queue!r} is consumed by "
+                        f"worker_groups.{group_name}, whose pool {pool!r} does not enforce it"
+                    )
 
     def _check_visibility_timeout(self) -> None:
-        limits = [(f"worker_groups.{n}", g.time_limit_s) for n, g in self.worker_groups.items()]
-        limits += [(f"tasks.{n}", t.time_limit_s) for n, t in self.tasks.items() if t.time_limit_s]
+        limits = [
+            (
+                f"worker_groups.{n}.{'time_limit_s' if g.time_limit_s else 'longest_task_s'}",
+                g.longest_s,
+            )
+            for n, g in self.worker_groups.items()
+        ]
+        limits += [
+            (f"tasks.{n}.time_limit_s", t.time_limit_s)
+            for n, t in self.tasks.items()
+            if t.time_limit_s
+        ]
         where, longest = max(limits, key=lambda item: item[1])
         backoff = self.broker.retry_backoff_max_s
         needed = longest + backoff + VISIBILITY_MARGIN_S
         if self.broker.visibility_timeout_s < needed:
             raise ValueError(
                 f"broker.visibility_timeout_s ({self.broker.visibility_timeout_s}) must be at "
-                f"least {needed}: the longest hard limit ({where}.time_limit_s = {longest}) "
+                f"least {needed}: the longest hard limit ({where} = {longest}) "
                 f"+ the longest retry wait (broker.retry_backoff_max_s = {backoff}) "
                 f"+ {VISIBILITY_MARGIN_S} s, or a task is delivered twice"
             )
@@ -595,16 +753,42 @@ class EnvironmentConfig(Strict):
             "default_queue": self.broker.default_queue,
             "result_expires_s": self.broker.result_expires_s,
             "retry_backoff_max_s": self.broker.retry_backoff_max_s,
+            **self.celery.model_dump(),
             "queues": sorted(self.queues),
             "worker_groups": {
-                name: group.model_dump(
-                    include={"queues", "concurrency", "pool", "soft_time_limit_s", "time_limit_s"}
-                )
+                name: group.model_dump(include=RUNTIME_GROUP_FIELDS, exclude_none=True)
                 for name, group in self.worker_groups.items()
             },
-            "tasks": {name: task.model_dump() for name, task in self.tasks.items()},
+            # Only what each entry sets: the rest stays the task decorator's.
+            "tasks": {
+                name: task.model_dump(exclude_none=True) for name, task in self.tasks.items()
+            },
             "schedules": {name: s.model_dump() for name, s in self.schedules.items()},
         }
+
+    def advisories(self) -> list[str]:
+        """Valid settings that are probably a mistake, one line each (printed at synth)."""
+        lines = []
+        for name, spec in self.tasks.items():
+            if spec.rate_limit is None:
+                continue
+            group = self.group_of(spec.queue)
+            level = PRIORITIES[spec.priority or "normal"]
+            above = sorted(
+                other
+                for other, o in self.tasks.items()
+                if self.group_of(o.queue) == group and PRIORITIES[o.priority or "normal"] < level
+            )
+            if self.broker.default_queue in self.worker_groups[group].queues and level > 3:
+                above.append("unlisted tasks")
+            if above:
+                lines.append(
+                    f"tasks.{name}: rate_limit {spec.rate_limit} shares worker_groups.{group} "
+                    f"with higher-priority work ({', '.join(above)}), which waits while held "
+                    "rate-limited messages fill the group's prefetch window; give rate-limited "
+                    "tasks a queue and worker group of their own"
+                )
+        return lines
 
     def group_of(self, queue: str) -> str:
         """The worker group that consumes `queue` (exactly one, by validation)."""

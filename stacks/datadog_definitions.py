@@ -140,12 +140,13 @@ def dashboard(config: EnvironmentConfig) -> dict[str, Any]:
                 ],
             ),
             _timeseries(
-                f"Queue {queue}: tasks succeeded, failed, retried, dead-lettered",
+                f"Queue {queue}: tasks succeeded, failed, retried, dead-lettered, deferred",
                 [
                     f"sum:{w.TASK_SUCCEEDED}{{{statsd_scope}}}.as_count()",
                     f"sum:{w.TASK_FAILED}{{{statsd_scope}}}.as_count()",
                     f"sum:{w.TASK_RETRIED}{{{statsd_scope}}}.as_count()",
                     f"sum:{w.DLQ_WRITTEN}{{{statsd_scope}}}.as_count()",
+                    f"sum:{w.TASK_ETA_DEFERRED}{{{statsd_scope}}}.as_count()",
                 ],
                 display="bars",
             ),

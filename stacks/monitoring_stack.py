@@ -187,10 +187,17 @@ class MonitoringStack(Stack):
         for queue in sorted(self.config.queues):
             self.dashboard.add_widgets(
                 cw.GraphWidget(
-                    title=f"Queue {queue}: tasks succeeded, failed, retried, dead-lettered",
+                    title=f"Queue {queue}: tasks succeeded, failed, retried, dead-lettered, "
+                    "deferred",
                     left=[
                         self._task_metric(name, "Sum", queue)
-                        for name in (w.TASK_SUCCEEDED, w.TASK_FAILED, w.TASK_RETRIED, w.DLQ_WRITTEN)
+                        for name in (
+                            w.TASK_SUCCEEDED,
+                            w.TASK_FAILED,
+                            w.TASK_RETRIED,
+                            w.DLQ_WRITTEN,
+                            w.TASK_ETA_DEFERRED,
+                        )
                     ],
                     width=8,
                 ),

@@ -26,13 +26,15 @@ def catalog() -> dict[str, Any]:
 
 
 def merged(**overrides: Any) -> dict[str, Any]:
-    """The catalog with top-level tables merged one level deep (enough for these cases)."""
+    """The catalog with top-level tables merged one level deep (enough for these cases); a
+    None inside a table removes that setting."""
     data = {"region": "eu-west-1", **catalog()}
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             for sub, subvalue in value.items():
                 if isinstance(subvalue, dict) and isinstance(data[key].get(sub), dict):
-                    data[key][sub] = {**data[key][sub], **subvalue}
+                    table = {**data[key][sub], **subvalue}
+                    data[key][sub] = {k: v for k, v in table.items() if v is not None}
                 else:
                     data[key][sub] = subvalue
         else:
@@ -81,7 +83,7 @@ def test_every_queue_has_exactly_one_consumer_in_every_environment() -> None:
 def test_visibility_timeout_exceeds_every_hard_limit_in_every_environment() -> None:
     for name in available_environments():
         cfg = load_environment(name)
-        longest = max(g.time_limit_s for g in cfg.worker_groups.values())
+        longest = max(g.longest_s for g in cfg.worker_groups.values())
         needed = longest + cfg.broker.retry_backoff_max_s + VISIBILITY_MARGIN_S
         assert cfg.broker.visibility_timeout_s >= needed
 
@@ -225,6 +227,70 @@ MALFORMED: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         {"monitoring": {"beat_heartbeat_max_age_s": 300}},
         ("monitoring.beat_heartbeat_max_age_s", "less than 300", "got 300"),
     ),
+    "threads pool with a time limit it cannot enforce": (
+        {"worker_groups": {"general": {"pool": "threads", "soft_time_limit_s": None}}},
+        (
+            "worker_groups.general",
+            "pool 'threads' does not enforce time_limit_s",
+            "'prefork' or 'gevent'",
+        ),
+    ),
+    "gevent pool with a soft limit": (
+        {"worker_groups": {"general": {"pool": "gevent", "soft_time_limit_s": 60}}},
+        ("worker_groups.general", "pool 'gevent' does not enforce soft_time_limit_s", "'prefork'"),
+    ),
+    "threads pool without the longest task": (
+        {
+            "worker_groups": {
+                "general": {"pool": "threads", "soft_time_limit_s": None, "time_limit_s": None}
+            }
+        },
+        ("worker_groups.general", "pool 'threads' enforces no hard time limit", "longest_task_s"),
+    ),
+    "task limit under a pool that cannot enforce it": (
+        {
+            "worker_groups": {
+                "batch": {
+                    "pool": "threads",
+                    "longest_task_s": 3600,
+                    "soft_time_limit_s": None,
+                    "time_limit_s": None,
+                }
+            },
+            "tasks": {"samples.build_report": {"queue": "reports", "time_limit_s": 1800}},
+        },
+        ("tasks.samples.build_report.soft_time_limit_s", "worker_groups.batch", "pool 'threads'"),
+    ),
+    "recycling a pool without child processes": (
+        {
+            "worker_groups": {
+                "general": {
+                    "pool": "solo",
+                    "longest_task_s": 60,
+                    "max_tasks_per_child": 100,
+                    "soft_time_limit_s": None,
+                    "time_limit_s": None,
+                }
+            }
+        },
+        ("worker_groups.general", "max_tasks_per_child", "need pool 'prefork'"),
+    ),
+    "memory bound the container cannot hold": (
+        {"worker_groups": {"general": {"max_memory_per_child_mib": 512}}},
+        ("worker_groups.general", "max_memory_per_child_mib (512) x concurrency (8)", "1024"),
+    ),
+    "cron minute out of range": (
+        {"schedules": {"nightly-report": {"task": "samples.build_report", "cron": "61 2 * * *"}}},
+        ("schedules.nightly-report", "minute '61' is not in 0-59"),
+    ),
+    "cron weekday that is not a day": (
+        {"schedules": {"nightly-report": {"task": "samples.build_report", "cron": "0 2 * * fun"}}},
+        ("schedules.nightly-report", "day-of-week 'fun'", "sun..sat"),
+    ),
+    "rate limit written wrong": (
+        {"tasks": {"samples.send_welcome_email": {"queue": "default", "rate_limit": "50 per s"}}},
+        ("tasks.samples.send_welcome_email.rate_limit", "10/s", "100/m", "'50 per s'"),
+    ),
     "pinned-at-max alarm shorter than a run": (
         {"autoscaler": {"schedule_minutes": 15}, "monitoring": {"max_tasks_alarm_minutes": 10}},
         ("monitoring.max_tasks_alarm_minutes (10)", "autoscaler.schedule_minutes (15)"),
@@ -267,6 +333,57 @@ def test_several_problems_give_one_line_each() -> None:
     assert len(lines) == 2
     assert any(line.startswith("dev: redis.engine:") for line in lines)
     assert any(line.startswith("dev: network.cidr:") for line in lines)
+
+
+def test_an_environment_file_cannot_invent_a_worker_group(tmp_path: Path) -> None:
+    shutil.copy(CONFIG_DIR / "catalog.toml", tmp_path / "catalog.toml")
+    (tmp_path / "qa.toml").write_text(
+        'region = "us-east-1"\n[worker_groups.gneral]\nmax_tasks = 5\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_environment("qa", config_dir=tmp_path)
+    assert str(raised.value) == (
+        "qa: qa.toml: worker_groups.gneral: not a catalog group; groups are: general, batch"
+    )
+
+
+def test_pools_get_the_limits_they_enforce_by_default() -> None:
+    data = merged(
+        worker_groups={
+            "general": {"pool": "gevent", "soft_time_limit_s": None, "time_limit_s": None},
+            "batch": {
+                "pool": "threads",
+                "longest_task_s": 3600,
+                "soft_time_limit_s": None,
+                "time_limit_s": None,
+            },
+        },
+        tasks={"samples.build_report": {"soft_time_limit_s": None, "time_limit_s": None}},
+    )
+    groups = parse_environment("staging", data).worker_groups
+    assert (groups["general"].soft_time_limit_s, groups["general"].time_limit_s) == (None, 300)
+    assert (groups["batch"].soft_time_limit_s, groups["batch"].time_limit_s) == (None, None)
+    assert groups["batch"].longest_s == 3600
+    prefork = load_environment("dev").worker_groups["general"]
+    assert (prefork.soft_time_limit_s, prefork.time_limit_s) == (240, 300)
+
+
+def test_the_runtime_catalog_carries_only_what_the_catalog_sets() -> None:
+    catalog = load_environment("dev").runtime_catalog()
+    assert catalog["tasks"]["samples.send_welcome_email"] == {"queue": "default"}
+    assert catalog["tasks"]["samples.build_report"]["rate_limit"] == "30/m"
+    assert {"task_events", "track_started", "result_db"} <= set(catalog)
+
+
+def test_a_rate_limited_task_beside_higher_priority_work_is_a_warning() -> None:
+    for name in available_environments():
+        assert load_environment(name).advisories() == []
+    data = merged(tasks={"samples.send_welcome_email": {"rate_limit": "50/s", "priority": "low"}})
+    [line] = parse_environment("staging", data).advisories()
+    assert line.startswith(
+        "tasks.samples.send_welcome_email: rate_limit 50/s shares worker_groups.general with "
+        "higher-priority work (samples.fetch_exchange_rates, unlisted tasks)"
+    )
 
 
 def test_unknown_environment_names_the_known_ones() -> None:

@@ -211,12 +211,22 @@ def test_check_validates_and_never_prints_the_auth_token() -> None:
 def test_healthcheck_reads_the_heartbeat_file(tmp_path: Path) -> None:
     heartbeat = tmp_path / "heartbeat"
     env = service_env(CELERY_HEARTBEAT_FILE=str(heartbeat))
-    assert run_service("healthcheck", env=env).returncode == 1, "missing file"
+    missing = run_service("healthcheck", env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        f"unhealthy: no heartbeat file {heartbeat}: the worker has not started or has stopped"
+    )
     heartbeat.touch()
     assert run_service("healthcheck", env=env).returncode == 0, "fresh file"
     stale = time.time() - 10 * 60
     os.utime(heartbeat, (stale, stale))
-    assert run_service("healthcheck", env=env).returncode == 1, "stale file"
+    old = run_service("healthcheck", "beat", env=env)
+    assert old.returncode == 1
+    assert re.fullmatch(
+        rf"unhealthy: heartbeat {heartbeat} is 6\d\d s old \(limit 60 s\): the beat's main "
+        r"process is stuck",
+        old.stderr.strip(),
+    )
 
 
 # ---------------------------------------------------------------- docker-compose.yml

@@ -22,7 +22,7 @@ import pytest
 from celery_service.dlq import DeadLetter, DeadLetterQueues
 from tests.proofs.conftest import RestartableRedis
 from tests.proofs.figures import EXHAUSTIVE, FIGURES
-from tests.worker.harness import Process, publisher, queue_keys, running
+from tests.worker.harness import Process, publisher, queue_keys, results_client, running
 
 SECTION = "Bad messages to a real worker"
 QUEUE = "default"
@@ -223,8 +223,9 @@ def fates(client: Any, batch: list[Case]) -> dict[str, set[str]]:
             name = next((n for i, n in by_id.items() if i in raw), None)
         if name in found:
             found[name].add(f"dlq:{entry.kind}")
+    results = results_client(client)
     for case in batch:
-        meta = client.get(f"celery-task-meta-{case.task_id}")
+        meta = results.get(f"celery-task-meta-{case.task_id}")
         if meta is not None:
             found[case.name].add(f"result:{json.loads(meta)['status']}")
     waiting = [raw for key in queue_keys(QUEUE) for raw in client.lrange(key, 0, -1)]

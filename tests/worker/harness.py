@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Celery
 
 from celery_service.factory import create_app
-from celery_service.settings import Settings
+from celery_service.settings import Catalog, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_DIR = ROOT / "worker_image"
@@ -56,11 +57,19 @@ TEST_CATALOG: dict[str, Any] = {
 }
 
 
-def base_env(port: int, tmp: Path, catalog: dict[str, Any] | None = None) -> dict[str, str]:
+def base_env(
+    port: int,
+    tmp: Path,
+    catalog: dict[str, Any] | None = None,
+    task_modules: tuple[str, ...] = (),
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DD_", "ECS_"))}
+    if task_modules:
+        env["CELERY_TASK_MODULES"] = ",".join(task_modules)
     env.update(
         {
-            "PYTHONPATH": str(IMAGE_DIR),
+            # The image's code, and the repository for test task modules (tests.worker...).
+            "PYTHONPATH": os.pathsep.join((str(IMAGE_DIR), str(ROOT))),
             "CELERY_BROKER_HOST": "127.0.0.1",
             "CELERY_BROKER_PORT": str(port),
             "CELERY_BROKER_TLS": "false",
@@ -71,9 +80,11 @@ def base_env(port: int, tmp: Path, catalog: dict[str, Any] | None = None) -> dic
     return env
 
 
-def publisher(port: int, catalog: dict[str, Any] | None = None) -> Celery:
+def publisher(
+    port: int, catalog: dict[str, Any] | None = None, task_modules: tuple[str, ...] = ()
+) -> Celery:
     """An app configured like the workers', for publishing and reading results."""
-    settings = Settings.from_env(base_env(port, Path("."), catalog))
+    settings = Settings.from_env(base_env(port, Path("."), catalog, task_modules))
     return create_app(settings, main="test-publisher")
 
 
@@ -153,10 +164,11 @@ def running(
     group: str = "general",
     name: str | None = None,
     catalog: dict[str, Any] | None = None,
+    task_modules: tuple[str, ...] = (),
     **extra_env: str,
 ) -> Iterator[Process]:
     """A worker of `group`, ready to consume, stopped with SIGTERM at the end."""
-    env = base_env(port, tmp, catalog)
+    env = base_env(port, tmp, catalog, task_modules)
     worker = start(
         ["worker"], name or f"worker-{group}", env, tmp, CELERY_WORKER_GROUP=group, **extra_env
     )
@@ -174,6 +186,13 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def results_client(client: Any) -> Any:
+    """A client of `client`'s server on the results' database (the catalog's default)."""
+    kwargs = client.connection_pool.connection_kwargs
+    db = Catalog.model_fields["result_db"].default
+    return redis.Redis(host=kwargs["host"], port=kwargs["port"], db=db, socket_timeout=5)
 
 
 def queue_keys(queue: str) -> list[str]:

@@ -12,7 +12,7 @@ from celery import chord, group
 
 from celery_service.tasks.samples import EMAILS_SENT_KEY
 from tests.conftest import RedisServer
-from tests.worker.harness import TEST_CATALOG, publisher, running, wait_for
+from tests.worker.harness import TEST_CATALOG, publisher, results_client, running, wait_for
 
 
 def test_idempotent_task_sends_once_however_often_it_runs(
@@ -45,7 +45,7 @@ def test_long_task_reports_progress_and_its_result_expires(
             time.sleep(0.05)
         assert result.get(timeout=5) == "report r-progress: 3 sections"
     assert set(seen) >= {1, 2}
-    ttl = client.ttl(f"celery-task-meta-{result.id}")
+    ttl = results_client(client).ttl(f"celery-task-meta-{result.id}")
     assert 0 < ttl <= TEST_CATALOG["result_expires_s"]
     app.close()
 

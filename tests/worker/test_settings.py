@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -10,10 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from celery_service.factory import PRIORITY_SEPARATOR, celery_config
+from celery_service.factory import (
+    PRIORITY_SEPARATOR,
+    celery_config,
+    create_app,
+    unregistered_catalog_entries,
+)
 from celery_service.settings import PRIORITY_STEPS, Settings, SettingsError
 from config import available_environments, load_environment
-from tests.worker.harness import IMAGE_DIR, TEST_CATALOG
+from tests.worker.harness import IMAGE_DIR, ROOT, TEST_CATALOG
 
 TOKEN = "s3cr3t-t0ken-value-0123456789abcdef"
 
@@ -67,6 +73,11 @@ def test_transport_options_match_kombu_defaults_every_publisher_uses() -> None:
     assert celery_config(Settings.from_env(env()))["worker_prefetch_multiplier"] == 1
 
 
+def with_group(**settings: object) -> dict[str, object]:
+    general = {**TEST_CATALOG["worker_groups"]["general"], **settings}
+    return {**TEST_CATALOG, "worker_groups": {**TEST_CATALOG["worker_groups"], "general": general}}
+
+
 BAD = {
     "missing host": ({"CELERY_BROKER_HOST": "<unset>"}, "CELERY_BROKER_HOST: required"),
     "catalog not JSON": ({"CELERY_CATALOG": "{nope"}, "CELERY_CATALOG: not valid JSON"),
@@ -75,6 +86,30 @@ BAD = {
     "budget above Fargate's stop timeout": (
         {"CELERY_SHUTDOWN_BUDGET_S": "150"},
         "CELERY_SHUTDOWN_BUDGET_S: Input should be less than 110",
+    ),
+    "threads group with limits it cannot enforce": (
+        {"CELERY_CATALOG": json.dumps(with_group(pool="threads"))},
+        "CELERY_CATALOG.worker_groups.general: pool 'threads' does not enforce soft_time_limit_s",
+    ),
+    "rate limit written wrong": (
+        {
+            "CELERY_CATALOG": json.dumps(
+                {**TEST_CATALOG, "tasks": {"x": {"queue": "default", "rate_limit": "ten/s"}}}
+            )
+        },
+        "rate_limit 'ten/s' must be a number of tasks per second, minute or hour, such as 10/s",
+    ),
+    "cron field out of range": (
+        {
+            "CELERY_CATALOG": json.dumps(
+                {**TEST_CATALOG, "schedules": {"n": {"task": "x", "cron": "0 24 * * *"}}}
+            )
+        },
+        "cron '0 24 * * *': Invalid end range: 24 > 23",
+    ),
+    "task module list that names nothing": (
+        {"CELERY_TASK_MODULES": "app.tasks,,not a module"},
+        "CELERY_TASK_MODULES.1: String should match pattern",
     ),
     "visibility timeout too short": (
         {"CELERY_CATALOG": json.dumps({**TEST_CATALOG, "visibility_timeout_s": 15})},
@@ -117,3 +152,120 @@ def test_worker_refuses_to_start_with_a_short_visibility_timeout(tmp_path: Path)
         "longest hard limit (worker_groups.general = 9 s) + retry_backoff_max_s (1 s) + 10 s, "
         "or Redis redelivers waiting and running tasks"
     )
+
+
+def run_image(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "celery_service", *args],
+        cwd=IMAGE_DIR,
+        env={
+            **env(**variables),
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": os.pathsep.join((str(IMAGE_DIR), str(ROOT))),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_task_module_that_does_not_import_is_one_line_naming_it() -> None:
+    result = run_image(
+        "worker",
+        CELERY_WORKER_GROUP="general",
+        CELERY_TASK_MODULES="celery_service.tasks.samples,team_app.tasks",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "settings error: CELERY_TASK_MODULES: team_app.tasks does not import: "
+        "ModuleNotFoundError: No module named 'team_app'"
+    )
+
+
+def test_dlq_of_an_unknown_queue_lists_the_queues() -> None:
+    result = run_image("dlq", "list", "reprots")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: 'reprots' is not a queue; queues: default, priority, reports"
+    )
+
+
+def test_check_fails_when_the_catalog_names_a_task_no_module_registers() -> None:
+    catalog = {
+        **TEST_CATALOG,
+        "tasks": {
+            **TEST_CATALOG["tasks"],
+            "samples.send_welcom_email": {"queue": "default"},
+            "reports.*": {"queue": "reports"},
+        },
+    }
+    result = run_image("check", CELERY_CATALOG=json.dumps(catalog))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "settings error: CELERY_CATALOG: tasks samples.send_welcom_email, reports.* match no "
+        "task of CELERY_TASK_MODULES (celery_service.tasks.samples)"
+    )
+    assert run_image("check").returncode == 0  # the test catalog's names all register
+
+
+@pytest.mark.parametrize("name", available_environments())
+def test_every_catalog_task_of_the_shipped_environments_is_registered(name: str) -> None:
+    settings = Settings.from_env(
+        env(CELERY_CATALOG=json.dumps(load_environment(name).runtime_catalog()))
+    )
+    assert unregistered_catalog_entries(create_app(settings, main="check")) == []
+
+
+def test_the_catalog_overrides_only_what_it_sets_and_patterns_apply_it_all() -> None:
+    catalog = {
+        **TEST_CATALOG,
+        "retry_backoff_max_s": 1,
+        "tasks": {
+            "semantics.decorated": {"queue": "default"},
+            "semantics.flaky": {"queue": "priority", "max_retries": 3},
+            "semantics.limits.*": {
+                "queue": "reports",
+                "priority": "low",
+                "rate_limit": "2/m",
+                "max_retries": 0,
+                "soft_time_limit_s": 4,
+                "time_limit_s": 5,
+            },
+            "semantics.limits.sleep": {"queue": "default"},  # the exact name wins
+        },
+    }
+    settings = Settings.from_env(
+        env(
+            CELERY_CATALOG=json.dumps(catalog),
+            CELERY_TASK_MODULES="tests.worker.semantics_tasks",
+        )
+    )
+    app = create_app(settings, main="precedence")
+    app.loader.import_default_modules()
+    decorated = app.tasks["semantics.decorated"]
+    # The entry sets only the queue: the decorator's retries and rate limit stand, and its
+    # backoff maximum is capped by the catalog's (what the visibility timeout allows).
+    assert (decorated.max_retries, decorated.rate_limit) == (7, "5/s")
+    assert decorated.retry_backoff_max == 1  # 30 in the decorator
+    assert app.tasks["semantics.flaky"].max_retries == 3
+    patterned = app.tasks["semantics.limits.sleep_through_soft"]
+    assert (patterned.queue, patterned.priority, patterned.rate_limit) == ("reports", 6, "2/m")
+    assert (patterned.max_retries, patterned.soft_time_limit, patterned.time_limit) == (0, 4, 5)
+    exact = app.tasks["semantics.limits.sleep"]
+    assert (exact.queue, exact.priority, exact.rate_limit) == ("default", None, None)
+    route = app.amqp.router.route({}, "semantics.limits.sleep_through_soft")
+    assert (route["queue"].name, route["priority"]) == ("reports", 6)
+    app.close()
+    roomier = Settings.from_env(
+        env(
+            CELERY_CATALOG=json.dumps(
+                {**catalog, "retry_backoff_max_s": 60, "visibility_timeout_s": 80}
+            ),
+            CELERY_TASK_MODULES="tests.worker.semantics_tasks",
+        )
+    )
+    app = create_app(roomier, main="precedence")
+    app.loader.import_default_modules()
+    assert app.tasks["semantics.decorated"].retry_backoff_max == 30  # below the cap: kept
+    app.close()

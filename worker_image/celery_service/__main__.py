@@ -35,6 +35,8 @@ def main(argv: list[str]) -> int:
         settings = Settings.from_env()
         if command == "worker":
             settings.group  # noqa: B018  (a worker needs its group)
+        if command in {"worker", "beat", "check"}:
+            settings.import_task_modules()
     except SettingsError as exc:
         for line in str(exc).splitlines():
             print(f"settings error: {line}", file=sys.stderr)
@@ -55,17 +57,35 @@ def main(argv: list[str]) -> int:
                 file=sys.stderr,
             )
             return 2
-        return exec_celery(["flower", *rest])
+        # Flower turns task events on in every worker it sees unless told not to.
+        events = [] if settings.catalog.task_events else ["--enable_events=False"]
+        return exec_celery(["flower", *events, *rest])
     if command == "dlq":
         from celery_service.dlq_cli import main as dlq_main
 
         return dlq_main(settings, rest)
     if command == "check":
-        print(settings.model_dump_json(indent=2, exclude={"broker_auth_token"}))
-        print(f"broker: {settings.redis_url(with_password=False)}")
-        return 0
+        return check(settings)
     print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
+
+
+def check(settings: Settings) -> int:
+    """Print the settings (secrets masked); fail if the catalog names a task that no task
+    module registers: its routing, priority and limits would never apply."""
+    from celery_service.factory import create_app, unregistered_catalog_entries
+
+    print(settings.model_dump_json(indent=2, exclude={"broker_auth_token"}))
+    print(f"broker: {settings.redis_url(with_password=False)}")
+    missing = unregistered_catalog_entries(create_app(settings, main="check"))
+    if missing:
+        print(
+            f"settings error: CELERY_CATALOG: tasks {', '.join(missing)} match no task of "
+            f"CELERY_TASK_MODULES ({', '.join(settings.task_modules)})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def worker_args(settings: Settings) -> list[str]:
@@ -99,17 +119,29 @@ def healthcheck(args: list[str]) -> int:
     role = args[0] if args else "worker"
     if role == "flower":
         port = os.environ.get("FLOWER_PORT", "5555")
+        url = f"http://127.0.0.1:{port}/healthcheck"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=3) as r:
-                return 0 if r.status == 200 else 1
-        except OSError:
-            return 1
+            with urllib.request.urlopen(url, timeout=3) as r:
+                return 0 if r.status == 200 else unhealthy(f"{url} answered {r.status}")
+        except OSError as exc:
+            return unhealthy(f"{url}: {exc}")
     path = Path(os.environ.get("CELERY_HEARTBEAT_FILE", "/tmp/celery-heartbeat"))
     try:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
-        return 1
-    return 0 if age < HEARTBEAT_MAX_AGE_S else 1
+        return unhealthy(f"no heartbeat file {path}: the {role} has not started or has stopped")
+    if age >= HEARTBEAT_MAX_AGE_S:
+        return unhealthy(
+            f"heartbeat {path} is {age:.0f} s old (limit {HEARTBEAT_MAX_AGE_S} s): "
+            f"the {role}'s main process is stuck"
+        )
+    return 0
+
+
+def unhealthy(reason: str) -> int:
+    # ECS keeps the health check's output with the task's health status.
+    print(f"unhealthy: {reason}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

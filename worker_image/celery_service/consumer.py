@@ -6,12 +6,17 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from celery.exceptions import CPendingDeprecationWarning, InvalidTaskError
 from celery.worker.consumer import Consumer
+from celery.worker.request import Request
 
+from celery_service import names
 from celery_service.delivery import use_delivery
+from celery_service.metrics import recorder
+from celery_service.settings import VISIBILITY_MARGIN_S, Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +39,23 @@ class SafeConsumer(Consumer):  # type: ignore[misc]
         return self.ensure_connected(connection)
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        """Celery logs and acks (deletes) such a message. Record it in the DLQ first; if the
-        DLQ cannot be written, leave the message unacked so Redis restores it later."""
-        from celery_service.signals import dead_letter_from_message, record_dead_letter
-
-        if record_dead_letter(dead_letter_from_message(message, "undecodable", exc)):
+        """Celery logs and acks (deletes) such a message."""
+        if _kept(message, "undecodable", exc):
             super().on_decode_error(message, exc)
-        else:
-            log.error("undecodable message left unacked: the DLQ is unreachable")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        """A task name this worker does not register: Celery rejects the message first and
+        signals after, so a DLQ that cannot be written would lose it."""
+        if _kept(message, "unknown_task", exc):
+            super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        if _kept(message, "rejected", exc):
+            super().on_invalid_task(body, message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        if _kept(message, "rejected", None):
+            super().on_unknown_message(body, message)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
         """Celery turns only some malformed messages into an invalid-task rejection; any other
@@ -57,9 +71,13 @@ class SafeConsumer(Consumer):  # type: ignore[misc]
             e for e in (*self.connection_errors, *self.channel_errors) if e is not KeyError
         )
 
+        hold_limit_s = eta_hold_limit_s(self.app.platform_settings)
+
         def on_task_received(message: Any) -> Any:
             try:
                 check_headers(message.headers)
+                if self._defer_far_eta(message, hold_limit_s):
+                    return None
                 return handle(message)
             except broker_errors:
                 raise  # the connection, not the message: Celery reconnects and redelivers
@@ -68,6 +86,102 @@ class SafeConsumer(Consumer):  # type: ignore[misc]
                 return self.on_invalid_task(None, message, exc)
 
         return on_task_received
+
+    def _defer_far_eta(self, message: Any, hold_limit_s: float) -> bool:
+        """A worker holds a countdown/ETA message unacknowledged until it is due. Held past
+        the visibility timeout, Redis hands it to a second worker and it runs twice. So a
+        message due later than the hold limit is held only that long, then published again
+        unchanged (same id, ETA, priority) and acknowledged: the next worker holds it for
+        another window, until it is due within one."""
+        eta = _eta_of(message.headers)
+        if eta is None:
+            return False
+        due_in_s = (eta - datetime.now(UTC)).total_seconds()
+        if due_in_s <= hold_limit_s:
+            return False
+        headers = message.headers
+        log.warning(
+            "task %s[%s] is due in %.0f s, beyond what a worker may hold it (%.0f s, the "
+            "visibility timeout less the longest run): it goes back to its queue then",
+            headers.get("task"),
+            headers.get("id"),
+            due_in_s,
+            hold_limit_s,
+        )
+        queue = str((message.delivery_info or {}).get("routing_key") or "")
+        recorder(self.app.platform_settings).count(
+            names.TASK_ETA_DEFERRED, queue, str(headers.get("task"))
+        )
+        # Like Celery's own ETA handling: a held message does not use up the prefetch window.
+        self.qos.increment_eventually()
+        self.timer.call_after(max(hold_limit_s, 0.0), self._republish, (message,))
+        return True
+
+    def _republish(self, message: Any) -> None:
+        try:
+            delivery = message.delivery_info or {}
+            properties = message.properties or {}
+            with self.app.producer_or_acquire() as producer:
+                producer.publish(
+                    message.body,
+                    exchange=delivery.get("exchange") or "",
+                    routing_key=delivery.get("routing_key"),
+                    headers=message.headers,
+                    content_type=message.content_type,
+                    content_encoding=message.content_encoding,
+                    priority=delivery.get("priority", properties.get("priority")),
+                    correlation_id=properties.get("correlation_id"),
+                    reply_to=properties.get("reply_to"),
+                    retry=True,
+                )
+            message.ack()
+        except Exception:
+            # Left unacknowledged: the restore sweep puts it back after the timeout.
+            log.exception("deferred message %s not published again", message.headers.get("id"))
+        finally:
+            self.qos.decrement_eventually()
+
+
+def _kept(message: Any, kind: str, exc: BaseException | None) -> bool:
+    """Record the message in the DLQ before Celery acks it; if the DLQ cannot be written,
+    leave the message unacked so Redis restores it later. Returns whether it was kept."""
+    from celery_service.signals import dead_letter_from_message, record_dead_letter
+
+    if record_dead_letter(dead_letter_from_message(message, kind, exc)) is False:
+        log.error("%s message left unacked: the DLQ is unreachable", kind)
+        return False
+    return True
+
+
+class PlatformRequest(Request):  # type: ignore[misc]
+    """Celery's hard-limit handler reports the failure without the request on the task's
+    stack, so its task_failure cannot tell the message's queue or attempt; push it, as the
+    pool's own failure path does, and both reports name the same delivery."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        self.task.request_stack.push(self._context)
+        try:
+            super().on_timeout(soft, timeout)
+        finally:
+            self.task.request_stack.pop()
+
+
+def eta_hold_limit_s(settings: Settings) -> float:
+    """How long a worker may hold a message before it is due: the visibility timeout less
+    the longest run of the worker's group and the margin, so hold + run stays inside it."""
+    longest = settings.group.longest_s if settings.worker_group else 0
+    return float(settings.catalog.visibility_timeout_s - longest - VISIBILITY_MARGIN_S)
+
+
+def _eta_of(headers: Any) -> datetime | None:
+    eta = headers.get("eta") if isinstance(headers, dict) else None
+    if not isinstance(eta, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(eta)
+    except ValueError:
+        return None  # Celery's own ETA parsing rejects it into the DLQ
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _seconds(value: object) -> bool:

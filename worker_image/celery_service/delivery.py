@@ -366,7 +366,7 @@ def _record_malformed(queue: str, item: bytes, exc: Exception) -> bool:
         exception=f"{type(exc).__name__}: {exc}",
         raw=encode_raw(item),
     )
-    if record_dead_letter(entry):
+    if record_dead_letter(entry) is not False:
         return True
     log.error("malformed queue entry not moved to the DLQ: it is unreachable")
     return False

@@ -22,6 +22,14 @@ from celery_service import names
 MAX_TRACEBACK_CHARS = 16_000
 MAX_RAW_BYTES = 256 * 1024  # an oversized poison message is kept truncated, not dropped
 REPLAY_NAMESPACE = uuid.UUID("8d9e6c52-2b37-4d43-9a59-8a8f6cb3f0a1")
+ENTRY_NAMESPACE = uuid.UUID("3f1c8a4e-6d0b-4e55-9c1a-2b7f0e9d4c21")
+
+
+def entry_id_for(kind: str, task_id: str, attempt: int | None) -> str:
+    """One id per failure of one delivery: Celery reports a hard time limit twice (the
+    pool's result and the request's timeout handler), and a message redelivered after its
+    failure was recorded fails again under the same id, so either leaves one entry."""
+    return uuid.uuid5(ENTRY_NAMESPACE, f"{kind}:{task_id}:{attempt}").hex
 
 
 @dataclass
@@ -75,12 +83,14 @@ class DeadLetterQueues:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
-    def record(self, entry: DeadLetter) -> str:
+    def record(self, entry: DeadLetter) -> bool:
+        """Store the entry; False when an entry with its id is already there (the same
+        failure reported again), which is left as it was."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(names.dlq_entries_key(entry.queue), entry.id, entry.to_json())
-        pipe.zadd(names.dlq_index_key(entry.queue), {entry.id: entry.failed_at})
-        pipe.execute()
-        return entry.id
+        pipe.hsetnx(names.dlq_entries_key(entry.queue), entry.id, entry.to_json())
+        pipe.zadd(names.dlq_index_key(entry.queue), {entry.id: entry.failed_at}, nx=True)
+        added, _ = pipe.execute()
+        return bool(added)
 
     def queues(self) -> list[str]:
         prefix, suffix = names.dlq_index_key("\0").split("\0")

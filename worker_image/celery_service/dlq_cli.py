@@ -42,6 +42,10 @@ def main(settings: Settings, argv: list[str]) -> int:
     which.add_argument("--all", action="store_true")
     which.add_argument("ids", nargs="*", metavar="ID", default=[])
     args = parser.parse_args(argv)
+    known = settings.catalog.queues
+    if args.queue is not None and args.queue not in known:
+        print(f"error: {args.queue!r} is not a queue; queues: {', '.join(known)}", file=sys.stderr)
+        return 2
 
     dlq = DeadLetterQueues(client_for(settings))
     if args.action == "list":

@@ -8,19 +8,16 @@ RedBeat with a short lock, and a soft shutdown that hands unfinished work back a
 
 from __future__ import annotations
 
+import fnmatch
 import ssl
 from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from celery.schedules import crontab
 from kombu.entity import Exchange, Queue
 
 from celery_service import names
-from celery_service.settings import DEFAULT_PRIORITY, PRIORITIES, PRIORITY_STEPS, Settings
-
-# Modules whose tasks every process registers. Teams add theirs to celery_service/tasks/.
-TASK_MODULES = ["celery_service.tasks.samples"]
+from celery_service.settings import PRIORITIES, PRIORITY_STEPS, Catalog, Settings
 
 # kombu's separator between a queue name and its priority suffix: queue `q` lives in the
 # keys q, q\x06\x163, q\x06\x166, q\x06\x169. Shared with the autoscaler's depth reader.
@@ -33,12 +30,23 @@ BEAT_LOCK_TIMEOUT_S = 5 * BEAT_MAX_LOOP_INTERVAL_S
 
 
 def create_app(settings: Settings, *, main: str = "celery_service") -> Celery:
-    app = Celery(main, include=TASK_MODULES)
+    app = Celery(main, include=settings.task_modules, task_cls="celery_service.tasks.base:BaseTask")
     app.conf.update(celery_config(settings))
     app.platform_settings = settings
     from celery_service import signals  # noqa: F401  (connects the handlers, once)
 
     return app
+
+
+def unregistered_catalog_entries(app: Celery) -> list[str]:
+    """Catalog task names (and patterns) that match no task the app registers."""
+    app.loader.import_default_modules()  # the task modules (imported once)
+    registered = [name for name in app.tasks if not name.startswith("celery.")]
+    return [
+        entry
+        for entry in app.platform_settings.catalog.tasks
+        if not any(fnmatch.fnmatchcase(name, entry) for name in registered)
+    ]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -53,7 +61,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": catalog.visibility_timeout_s,
             "priority_steps": PRIORITY_STEPS,
             "sep": PRIORITY_SEPARATOR,
-            "queue_order_strategy": "priority",
+            # kombu's default "round_robin": a worker rotates between its queues, so a
+            # backlog in one does not starve the others; priority levels still go first
+            # across all of them (every queue's priority-0 key is read before any 3-key).
             "socket_connect_timeout": 5,
             "socket_timeout": 30,  # a hung server fails the command instead of the worker
             "socket_keepalive": True,
@@ -65,7 +75,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # celery_service.delivery: what an idle worker does without a notification.
             "idle_poll_interval": settings.idle_poll_s,
         },
-        "result_backend": url,
+        "result_backend": settings.redis_url(db=catalog.result_db),
         "redis_backend_use_ssl": tls,
         "redis_socket_connect_timeout": 5,
         "redis_socket_timeout": 30,
@@ -93,20 +103,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # test_broker_restart.py, bench/chaos.py).
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_default_queue": catalog.default_queue,
-        "task_default_priority": DEFAULT_PRIORITY,
+        # No task_default_priority: Celery copies it onto every task as its own `priority`,
+        # and a task's options beat its route, so every delay(), canvas hop and beat run
+        # would publish at that priority instead of the catalog's. The router gives unlisted
+        # tasks "normal".
         "task_queues": [
             Queue(name, Exchange(name, type="direct"), routing_key=name) for name in catalog.queues
         ],
         "task_create_missing_queues": False,
-        "task_routes": _routes(settings),
-        "task_annotations": _annotations(settings),
-        # Task events cost the worker's main process a publish per state change (measured:
-        # about a third of its throughput). Off, as in Celery's defaults; Flower switches
-        # them on while it runs (its enable_events option), `celery control enable_events`
-        # does it by hand. STARTED is not written either: progress comes from update_state.
-        "task_track_started": False,
+        "task_routes": [CatalogRouter(catalog)],
+        "task_annotations": [CatalogAnnotations(catalog)],
+        # Catalog settings (worker README, "Throughput"): task events feed Flower's task
+        # pages; STARTED tells a poller that its task left the queue.
+        "task_track_started": catalog.track_started,
+        "worker_send_task_events": catalog.task_events,
+        # A task-sent event would cost every publisher a second publish per task.
         "task_send_sent_event": False,
-        "worker_send_task_events": False,
         "worker_hijack_root_logger": False,
         # SIGTERM starts a warm shutdown, bounded by signals._bound_warm_shutdown. Celery's own
         # soft shutdown is off: it sleeps its whole timeout inside the signal handler, with
@@ -127,57 +139,70 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     if settings.worker_group is not None:
         group = settings.group
+        # None where the group's pool cannot enforce the limit (settings.POOL_LIMITS).
         config["task_soft_time_limit"] = group.soft_time_limit_s
         config["task_time_limit"] = group.time_limit_s
+        config["worker_max_tasks_per_child"] = group.max_tasks_per_child
+        if group.max_memory_per_child_mib is not None:
+            config["worker_max_memory_per_child"] = group.max_memory_per_child_mib * 1024  # KiB
     return config
 
 
-def _annotations(settings: Settings) -> dict[str, dict[str, Any]]:
-    # "*" applies to every task, on top of its own entry.
-    annotations: dict[str, dict[str, Any]] = {
-        "*": {"retry_backoff_max": settings.catalog.retry_backoff_max_s}
-    }
-    for name, spec in settings.catalog.tasks.items():
-        options: dict[str, Any] = {"max_retries": spec.max_retries}
-        if spec.rate_limit:
-            options["rate_limit"] = spec.rate_limit
-        if spec.soft_time_limit_s:
-            options["soft_time_limit"] = spec.soft_time_limit_s
-        if spec.time_limit_s:
-            options["time_limit"] = spec.time_limit_s
-        annotations[name] = options
-    return annotations
+class CatalogRouter:
+    """Queue and priority of each task from the catalog (its name, else the longest
+    matching pattern); unlisted tasks go to the default queue at normal priority. An explicit
+    queue= or priority= on a call still wins (Celery merges the route under the options)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def __call__(self, name: str, *_: Any, **__: Any) -> dict[str, Any]:
+        return {"queue": self.catalog.queue_of(name), "priority": self.catalog.priority_of(name)}
 
 
-def _routes(settings: Settings) -> list[Any]:
-    """Queue and priority of each task from the catalog; anything else goes to the default
-    queue at normal priority. A caller's explicit queue= or priority= still wins."""
-    catalog = settings.catalog
-    by_name = {
-        name: {"queue": spec.queue, "priority": PRIORITIES[spec.priority]}
-        for name, spec in catalog.tasks.items()
-    }
-    fallback = {"queue": catalog.default_queue, "priority": DEFAULT_PRIORITY}
+class CatalogAnnotations:
+    """What the catalog sets for a task, applied to the task class when it registers (a
+    Celery annotation object): only the fields an entry sets, so a decorator's other options
+    stand. Queue and priority too, so a decorator's own `queue=`/`priority=` cannot override
+    the catalog on the paths that use task attributes (delay, apply_async, canvas, beat)."""
 
-    def default_route(*_: Any, **__: Any) -> dict[str, Any]:
-        return dict(fallback)
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
 
-    return [by_name, default_route]
+    def annotate(self, task: Any) -> dict[str, Any]:
+        # The catalog's backoff maximum caps every task's (the visibility timeout is checked
+        # against it); a decorator's lower one stands. Celery's own default is 600 s.
+        cap = self.catalog.retry_backoff_max_s
+        own = getattr(task, "retry_backoff_max", None)
+        options: dict[str, Any] = {
+            "retry_backoff_max": min(own, cap) if isinstance(own, int) else cap
+        }
+        spec = self.catalog.task_spec(task.name)
+        if spec is None:
+            return options
+        options["queue"] = spec.queue
+        if spec.priority is not None:
+            options["priority"] = PRIORITIES[spec.priority]
+        for field, attribute in (
+            ("max_retries", "max_retries"),
+            ("rate_limit", "rate_limit"),
+            ("soft_time_limit_s", "soft_time_limit"),
+            ("time_limit_s", "time_limit"),
+        ):
+            value = getattr(spec, field)
+            if value is not None:
+                options[attribute] = value
+        return options
+
+    def annotate_any(self) -> None:
+        return None
 
 
 def _beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     schedule: dict[str, dict[str, Any]] = {}
     for name, spec in settings.catalog.schedules.items():
-        when: Any
-        if spec.every_s is not None:
-            when = timedelta(seconds=spec.every_s)
-        else:
-            minute, hour, day_of_month, month, day_of_week = (spec.cron or "").split()
-            when = crontab(minute, hour, day_of_week, day_of_month, month)
-        schedule[name] = {
-            "task": spec.task,
-            "schedule": when,
-            "args": tuple(spec.args),
-            "options": {"queue": settings.catalog.queue_of(spec.task)},
-        }
+        when = timedelta(seconds=spec.every_s) if spec.every_s is not None else spec.crontab()
+        # No queue or priority here: beat publishes through the app's router like any
+        # caller, so a pattern entry routes a scheduled task as it routes a delay().
+        schedule[name] = {"task": spec.task, "schedule": when, "args": tuple(spec.args)}
     return schedule

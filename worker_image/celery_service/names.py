@@ -10,6 +10,9 @@ TASK_SUCCEEDED = "celery.task.succeeded"  # count
 TASK_FAILED = "celery.task.failed"  # count, terminal failures only
 TASK_RETRIED = "celery.task.retried"  # count
 DLQ_WRITTEN = "celery.dlq.written"  # count (tags: queue, kind)
+# count: a message whose countdown/ETA outlasts the visibility timeout, handed back to its
+# queue instead of being held past it (celery_service.consumer)
+TASK_ETA_DEFERRED = "celery.task.eta_deferred"
 BEAT_HEARTBEAT = "celery.beat.heartbeat"  # count, once per beat tick while holding the lock
 
 # Every metric above, with its CloudWatch unit. Without Datadog the same names reach CloudWatch
@@ -21,6 +24,7 @@ UNITS = {
     TASK_FAILED: "Count",
     TASK_RETRIED: "Count",
     DLQ_WRITTEN: "Count",
+    TASK_ETA_DEFERRED: "Count",
     BEAT_HEARTBEAT: "Count",
 }
 DISTRIBUTIONS = frozenset({TASK_RUNTIME_MS, TASK_QUEUE_WAIT_MS})

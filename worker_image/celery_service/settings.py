@@ -7,8 +7,11 @@ Anything invalid stops the process at start with one line per problem.
 
 from __future__ import annotations
 
+import fnmatch
+import importlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -20,6 +23,7 @@ from pydantic import (
     SecretStr,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -36,6 +40,10 @@ VISIBILITY_MARGIN_S = 10
 FARGATE_MAX_STOP_TIMEOUT_S = 120
 
 QueueName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")]
+
+
+MODULE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+DEFAULT_TASK_MODULES = ("celery_service.tasks.samples",)
 
 
 class SettingsError(Exception):
@@ -55,23 +63,74 @@ class _Catalog(_Model):
 # Celery's rate limit syntax, as config/model.py accepts it: a number per second, minute
 # or hour. Celery parses it only when a task is received, where a bad one fails every message.
 RATE_LIMIT = r"^\d+(\.\d+)?/[smh]$"
+RATE_LIMIT_EXAMPLES = "a number of tasks per second, minute or hour, such as 10/s, 100/m or 0.5/h"
+
+# The time limits each pool enforces (Celery's worker guide; celery#1958, #5786). prefork
+# runs tasks in child processes it can signal and kill; gevent cancels a greenlet at its
+# hard limit, but only when the task yields to the hub (a CPU-bound loop is never stopped)
+# and has no soft limit; threads and solo enforce neither.
+POOL_LIMITS: dict[str, tuple[str, ...]] = {
+    "prefork": ("soft_time_limit_s", "time_limit_s"),
+    "gevent": ("time_limit_s",),
+    "threads": (),
+    "solo": (),
+}
+Pool = Literal["prefork", "gevent", "threads", "solo"]
 
 
 class GroupSpec(_Catalog):
     queues: list[QueueName] = Field(min_length=1)
     concurrency: int = Field(ge=1, le=256)
-    pool: Literal["prefork", "threads", "solo"] = "prefork"
-    soft_time_limit_s: int = Field(ge=1)
-    time_limit_s: int = Field(ge=1)
+    pool: Pool = "prefork"
+    # Enforced by the pool (see POOL_LIMITS); None where the pool cannot enforce them.
+    soft_time_limit_s: int | None = Field(default=None, ge=1)
+    time_limit_s: int | None = Field(default=None, ge=1)
+    # The longest a task of a group without a hard limit runs (not enforced): what the
+    # visibility timeout must cover for it.
+    longest_task_s: int | None = Field(default=None, ge=1)
+    # Replace a pool process after this many tasks, or once its resident memory exceeds
+    # this size after a task (prefork only): a leaking task library cannot grow for ever.
+    max_tasks_per_child: int | None = Field(default=None, ge=1)
+    max_memory_per_child_mib: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _limits(self) -> GroupSpec:
+        for limit in ("soft_time_limit_s", "time_limit_s"):
+            if getattr(self, limit) is not None and limit not in POOL_LIMITS[self.pool]:
+                raise ValueError(f"pool {self.pool!r} does not enforce {limit}")
+        if self.time_limit_s is None and self.longest_task_s is None:
+            raise ValueError("set time_limit_s or, for a pool without one, longest_task_s")
+        if self.pool != "prefork" and (self.max_tasks_per_child or self.max_memory_per_child_mib):
+            raise ValueError(f"pool {self.pool!r} has no child processes to recycle")
+        return self
+
+    @property
+    def longest_s(self) -> int:
+        """How long a task of this group can hold its message: its hard limit, or for pools
+        without one, the declared longest task."""
+        return self.time_limit_s or self.longest_task_s or 0
 
 
 class TaskSpec(_Catalog):
+    """What the catalog sets for a task name or a pattern (`app.enrichment.*`): each field
+    left out (None) keeps the task's own decorator value."""
+
     queue: QueueName
-    priority: Literal["high", "normal", "low", "bulk"] = "normal"
-    rate_limit: Annotated[str, StringConstraints(pattern=RATE_LIMIT)] | None = None
-    max_retries: int = Field(default=5, ge=0)
+    priority: Literal["high", "normal", "low", "bulk"] | None = None
+    rate_limit: str | None = None
+    max_retries: int | None = Field(default=None, ge=0)
     soft_time_limit_s: int | None = Field(default=None, ge=1)
     time_limit_s: int | None = Field(default=None, ge=1)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(RATE_LIMIT, value):
+            raise ValueError(f"rate_limit {value!r} must be {RATE_LIMIT_EXAMPLES}")
+        return value
+
+
+CRON_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
 
 
 class ScheduleSpec(_Catalog):
@@ -84,7 +143,25 @@ class ScheduleSpec(_Catalog):
     def _one_timing(self) -> ScheduleSpec:
         if (self.every_s is None) == (self.cron is None):
             raise ValueError("set exactly one of every_s or cron")
+        if self.cron is not None:
+            self.crontab()  # beat would fail on every start with a bad field
         return self
+
+    def crontab(self) -> Any:
+        """The cron line as Celery's crontab (UTC); ValueError naming the bad field."""
+        from celery.schedules import ParseException, crontab
+
+        fields = (self.cron or "").split()
+        if len(fields) != len(CRON_FIELDS):
+            raise ValueError(
+                f"cron must have 5 fields ({' '.join(CRON_FIELDS)}), got {self.cron!r}"
+            )
+        minute, hour, day_of_month, month, day_of_week = fields
+        try:
+            schedule = crontab(minute, hour, day_of_week, day_of_month, month)
+        except (ValueError, ParseException) as exc:
+            raise ValueError(f"cron {self.cron!r}: {exc}") from None
+        return schedule
 
 
 class Catalog(_Catalog):
@@ -94,6 +171,12 @@ class Catalog(_Catalog):
     default_queue: QueueName
     result_expires_s: int = Field(default=86400, ge=60)
     retry_backoff_max_s: int = Field(default=300, ge=1)
+    # Results (states, progress, return values) live in their own Redis database, apart
+    # from the queues: a results flush or scan never touches queued work.
+    result_db: int = Field(default=1, ge=0, le=15)
+    # Task events (Flower's task pages) and the STARTED state: see the worker README.
+    task_events: bool = True
+    track_started: bool = True
     queues: list[QueueName] = Field(min_length=1)
     worker_groups: dict[str, GroupSpec] = Field(min_length=1)
     tasks: dict[str, TaskSpec] = Field(default_factory=dict)
@@ -101,7 +184,7 @@ class Catalog(_Catalog):
 
     @model_validator(mode="after")
     def _cross(self) -> Catalog:
-        limits = [(f"worker_groups.{n}", g.time_limit_s) for n, g in self.worker_groups.items()]
+        limits = [(f"worker_groups.{n}", g.longest_s) for n, g in self.worker_groups.items()]
         limits += [(f"tasks.{n}", t.time_limit_s) for n, t in self.tasks.items() if t.time_limit_s]
         where, longest = max(limits, key=lambda item: item[1])
         needed = longest + self.retry_backoff_max_s + VISIBILITY_MARGIN_S
@@ -124,9 +207,29 @@ class Catalog(_Catalog):
             raise ValueError(f"default_queue {self.default_queue!r} is not declared")
         return self
 
-    def queue_of(self, task_name: str) -> str:
+    def task_spec(self, task_name: str) -> TaskSpec | None:
+        """The catalog entry of a task: its exact name, else the longest pattern matching
+        it (`*` and `?` as in shell globs), else None."""
         spec = self.tasks.get(task_name)
+        if spec is not None:
+            return spec
+        matching = [p for p in self.tasks if is_pattern(p) and fnmatch.fnmatchcase(task_name, p)]
+        return self.tasks[max(matching, key=len)] if matching else None
+
+    def queue_of(self, task_name: str) -> str:
+        spec = self.task_spec(task_name)
         return spec.queue if spec else self.default_queue
+
+    def priority_of(self, task_name: str) -> int:
+        spec = self.task_spec(task_name)
+        return PRIORITIES[spec.priority] if spec and spec.priority else DEFAULT_PRIORITY
+
+    def group_of(self, queue: str) -> str | None:
+        return next((n for n, g in self.worker_groups.items() if queue in g.queues), None)
+
+
+def is_pattern(task_name: str) -> bool:
+    return any(c in task_name for c in "*?[")
 
 
 class Settings(_Model):
@@ -140,6 +243,10 @@ class Settings(_Model):
     catalog: Catalog
     # The worker group this process serves (workers only).
     worker_group: str | None = None
+    # Modules whose tasks every process registers (CELERY_TASK_MODULES, comma-separated).
+    task_modules: list[Annotated[str, StringConstraints(pattern=MODULE_NAME)]] = Field(
+        default_factory=lambda: list(DEFAULT_TASK_MODULES), min_length=1
+    )
     # SIGTERM budget (seconds): running tasks get this long to finish, the rest is requeued.
     shutdown_budget_s: float = Field(default=90.0, gt=0, lt=FARGATE_MAX_STOP_TIMEOUT_S - 10)
     # How often an idle worker looks for a message when no keyspace notification woke it
@@ -174,14 +281,26 @@ class Settings(_Model):
             raise SettingsError("CELERY_WORKER_GROUP: required for a worker")
         return self.catalog.worker_groups[self.worker_group]
 
-    def redis_url(self, *, with_password: bool = True) -> str:
+    def import_task_modules(self) -> None:
+        """Import every task module; SettingsError naming the first that does not import."""
+        for module in self.task_modules:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:
+                raise SettingsError(
+                    f"CELERY_TASK_MODULES: {module} does not import: {type(exc).__name__}: {exc}"
+                ) from None
+
+    def redis_url(self, *, with_password: bool = True, db: int | None = None) -> str:
+        """The broker's URL, or with `db` another database of the same server."""
         scheme = "rediss" if self.broker_tls else "redis"
         auth = ""
         if self.broker_auth_token is not None:
             secret = self.broker_auth_token.get_secret_value()
             auth = f":{quote(secret, safe='')}@" if with_password else ":***@"
         query = "?ssl_cert_reqs=required" if self.broker_tls else ""
-        return f"{scheme}://{auth}{self.broker_host}:{self.broker_port}/{self.broker_db}{query}"
+        database = self.broker_db if db is None else db
+        return f"{scheme}://{auth}{self.broker_host}:{self.broker_port}/{database}{query}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -195,6 +314,10 @@ class Settings(_Model):
                 raw["catalog"] = json.loads(raw["catalog"])
             if "service_tags" in raw:
                 raw["service_tags"] = json.loads(raw["service_tags"])
+            if "task_modules" in raw:
+                raw["task_modules"] = [
+                    m.strip() for m in raw["task_modules"].split(",") if m.strip()
+                ]
         except json.JSONDecodeError as exc:
             raise SettingsError(f"{_var_of(raw, exc)}: not valid JSON ({exc.msg})") from None
         # Datadog's unified service tags, as the agent sidecar and the dashboards use them.
@@ -217,6 +340,7 @@ ENV_VARS: dict[str, str] = {
     "broker_db": "CELERY_BROKER_DB",
     "catalog": "CELERY_CATALOG",
     "worker_group": "CELERY_WORKER_GROUP",
+    "task_modules": "CELERY_TASK_MODULES",
     "shutdown_budget_s": "CELERY_SHUTDOWN_BUDGET_S",
     "idle_poll_s": "CELERY_IDLE_POLL_S",
     "statsd_host": "DD_AGENT_HOST",

@@ -18,7 +18,7 @@ from celery import current_app, signals
 from celery.worker import state as worker_state
 
 from celery_service import logs, names
-from celery_service.dlq import DeadLetter, DeadLetterQueues, encode_raw
+from celery_service.dlq import DeadLetter, DeadLetterQueues, encode_raw, entry_id_for
 from celery_service.metrics import recorder
 from celery_service.protection import TaskMonitor
 from celery_service.redis_client import client_for
@@ -97,15 +97,19 @@ def _task_failed(
     einfo: Any = None,
     **_: Any,
 ) -> None:
-    """A terminal failure (retries exhausted, a non-retryable error, a hard time limit)."""
+    """A terminal failure: retries exhausted, a non-retryable error, an unhandled soft limit
+    or a hard limit. Celery reports a hard limit twice in the main process (the pool's
+    result, then the request's timeout handler, both with the request on the task's stack:
+    consumer.PlatformRequest); both map to one entry id, so one entry is kept."""
     if sender is None:
         return
     request = sender.request
     trace = str(einfo) if einfo else None
     if trace is None and exception is not None:
         trace = "".join(tb.format_exception(exception))
-    in_task = getattr(request, "id", None) == task_id  # False for hard limits (main process)
+    in_task = getattr(request, "id", None) == task_id  # False for a task without the request
     queue = _queue_of(sender) if in_task else _settings().catalog.queue_of(sender.name)
+    attempt = (request.retries or 0) + 1 if in_task else None
     entry = DeadLetter(
         queue=queue,
         kind="failed",
@@ -115,11 +119,13 @@ def _task_failed(
         kwargs=dict(kwargs or {}),
         exception=f"{type(exception).__name__}: {exception}" if exception else None,
         traceback=trace,
-        attempts=(request.retries or 0) + 1 if in_task else None,
+        attempts=attempt,
         published_at=getattr(request, names.PUBLISHED_AT_HEADER, None) if in_task else None,
     )
-    record_dead_letter(entry)
-    recorder(_settings()).count(names.TASK_FAILED, queue, sender.name)
+    if task_id:
+        entry.id = entry_id_for("failed", task_id, attempt)
+    if record_dead_letter(entry) is not None:  # not a repeat of a recorded failure
+        recorder(_settings()).count(names.TASK_FAILED, queue, sender.name)
 
 
 @signals.task_internal_error.connect
@@ -154,13 +160,17 @@ def _internal_error(
     )
 
 
-def record_dead_letter(entry: DeadLetter) -> bool:
+def record_dead_letter(entry: DeadLetter) -> bool | None:
+    """Store the entry: True, None when the same failure was already recorded, False when
+    the DLQ cannot be written (the caller keeps the message then, where it can)."""
     settings = _settings()
     try:
-        DeadLetterQueues(client_for(settings)).record(entry)
+        added = DeadLetterQueues(client_for(settings)).record(entry)
     except Exception:
         log.exception("dead letter NOT recorded for %s %s", entry.task_name, entry.task_id)
         return False
+    if not added:
+        return None
     log.error(
         "dead letter recorded",
         extra={
@@ -181,7 +191,7 @@ def dead_letter_from_message(message: Any, kind: str, exc: BaseException | None)
     headers = dict(getattr(message, "headers", None) or {})
     delivery = getattr(message, "delivery_info", None) or {}
     queue = str(delivery.get("routing_key") or _settings().catalog.default_queue)
-    return DeadLetter(
+    entry = DeadLetter(
         queue=queue,
         kind=kind,
         task_name=headers.get("task"),
@@ -191,18 +201,10 @@ def dead_letter_from_message(message: Any, kind: str, exc: BaseException | None)
         headers={k: v for k, v in headers.items() if isinstance(v, str | int | float | None)},
         published_at=headers.get(names.PUBLISHED_AT_HEADER),
     )
-
-
-@signals.task_unknown.connect
-def _unknown_task(message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
-    if message is not None:
-        record_dead_letter(dead_letter_from_message(message, "unknown_task", exc))
-
-
-@signals.task_rejected.connect
-def _rejected(message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
-    if message is not None:
-        record_dead_letter(dead_letter_from_message(message, "rejected", exc))
+    task_id, retries = headers.get("id"), headers.get("retries")
+    if isinstance(task_id, str) and task_id:
+        entry.id = entry_id_for(kind, task_id, retries if isinstance(retries, int) else None)
+    return entry
 
 
 @signals.worker_shutting_down.connect
@@ -218,6 +220,20 @@ def _bound_warm_shutdown(how: str | None = None, **_: Any) -> None:
     timer = threading.Timer(budget, os.kill, args=(os.getpid(), signal.SIGQUIT))
     timer.daemon = True
     timer.start()
+
+
+@signals.worker_ready.connect
+def _warn_unregistered(**_: Any) -> None:
+    from celery_service.factory import unregistered_catalog_entries
+
+    missing = unregistered_catalog_entries(current_app)
+    if missing:
+        log.warning(
+            "the catalog names tasks no task module registers (their routing, priority and "
+            "limits apply to nothing): %s; CELERY_TASK_MODULES: %s",
+            ", ".join(missing),
+            ", ".join(_settings().task_modules),
+        )
 
 
 @signals.worker_ready.connect

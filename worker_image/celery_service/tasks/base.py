@@ -18,7 +18,14 @@ class PermanentError(Exception):
     """Raise this when retrying cannot help (bad input, 4xx): the task goes to the DLQ now."""
 
 
-class PlatformTask(Task):  # type: ignore[misc]
+class BaseTask(Task):  # type: ignore[misc]
+    """The app's default task class (`shared_task` and `app.task` without a `base`): Celery's
+    Task with the platform's request, so each failure leaves one dead letter."""
+
+    Request = "celery_service.consumer:PlatformRequest"
+
+
+class PlatformTask(BaseTask):
     """Retries transient errors with exponential backoff (2, 4, 8 ... s, capped, randomized)
     up to `max_retries` (from the catalog); then, or on any other error, the failure is
     recorded in the queue's dead-letter queue by the `task_failure` handler."""
