@@ -6,7 +6,7 @@ in the prefetch window: with late acks and prefetch x1, `concurrency` such messa
 window and the worker fetches nothing else, however urgent, while its pool sits idle.
 
 Two layouts, each with one worker (prefork, 2 processes) and the same work: 20 rate-limited
-low-priority tasks (`2/s`) are queued, then a high-priority task is published 1 s after the
+low-priority tasks (`10/m`) are queued, then a high-priority task is published 1 s after the
 worker is ready. Measured: publish to completion of the high-priority task.
 
 1. shared: both tasks in one queue of one group (what the config now warns about);
@@ -41,7 +41,8 @@ from tools.local_redis import free_port, redis_server_binary, server_args, wait_
 THROTTLED = "samples.send_welcome_email"
 URGENT = "samples.square"
 BACKLOG = 20
-ROUNDS = 3
+RATE = "10/m"  # a token every 6 s
+ROUNDS = 5
 
 
 def catalog(split: bool) -> dict[str, Any]:
@@ -59,7 +60,7 @@ def catalog(split: bool) -> dict[str, Any]:
             THROTTLED: {
                 "queue": "throttled" if split else "urgent",
                 "priority": "low",
-                "rate_limit": "2/s",
+                "rate_limit": RATE,
             },
             URGENT: {"queue": "urgent", "priority": "high"},
         },
@@ -135,7 +136,7 @@ def main() -> int:
     lines = [
         "# Rate-limited tasks and higher priorities in one worker group",
         "",
-        f"{BACKLOG} rate-limited (2/s, low) tasks queued, then one high-priority task; "
+        f"{BACKLOG} rate-limited ({RATE}, low) tasks queued, then one high-priority task; "
         f"one worker per group, prefork 2 processes, late acks, prefetch x1; {ROUNDS} rounds.",
         "",
         "| layout | high-priority task, publish to done (s): median | max |",

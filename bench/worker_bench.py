@@ -126,13 +126,12 @@ VARIANTS = _variants(
         *UNTUNED_TWEAKS,
     ),
     _shipped("results_off", "shipped + task_ignore_result", {"task_ignore_result": True}),
-    # The catalog's [celery] settings, each off (the trade-off of their defaults).
-    _shipped("events_off", "shipped, task_events off", {"worker_send_task_events": False}),
-    _shipped("started_off", "shipped, track_started off", {"task_track_started": False}),
+    # The catalog's [celery] settings turned on (the trade-off of their defaults, off).
+    _shipped("task_events", "shipped + catalog task_events", {"worker_send_task_events": True}),
     _shipped(
-        "lean",
-        "shipped, task_events and track_started off",
-        {"worker_send_task_events": False, "task_track_started": False},
+        "events_and_started",
+        "shipped + catalog task_events and track_started",
+        {"worker_send_task_events": True, "task_track_started": True},
     ),
     _shipped("proposal", "shipped + results off + no socket timeouts", PROPOSAL_CONF),
     # Diagnostics: one change each, to show where the time goes.
@@ -173,7 +172,7 @@ VARIANTS = _variants(
     ),
     _shipped("statsd", "shipped, metrics sent (DogStatsD sink)", None, "statsd"),
 )
-DEFAULT_VARIANTS = ["defaults", "shipped", "events_off", "started_off", "lean"]
+DEFAULT_VARIANTS = ["defaults", "shipped", "task_events", "track_started", "events_and_started"]
 
 
 # ---------------------------------------------------------------- processes and /proc

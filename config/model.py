@@ -559,10 +559,12 @@ class WorkerGroupConfig(Strict):
 class CeleryConfig(Strict):
     """Celery behaviour with a cost, chosen per catalog (measured in bench/results/)."""
 
+    # Off by default, as in Celery: measured, task events cost 30 % of a worker's throughput
+    # and STARTED 10 % (bench/results/worker_bench.md).
     # Task events: Flower's task pages and `celery events`; a publish per task state change.
-    task_events: bool = True
+    task_events: bool = False
     # The STARTED state: a poller sees that its task left the queue; one result write per task.
-    track_started: bool = True
+    track_started: bool = False
     # Redis database of results and progress, apart from the queues' database (0).
     result_db: int = Field(default=1, ge=1, le=15)
 

@@ -269,3 +269,15 @@ def test_the_catalog_overrides_only_what_it_sets_and_patterns_apply_it_all() -> 
     app.loader.import_default_modules()
     assert app.tasks["semantics.decorated"].retry_backoff_max == 30  # below the cap: kept
     app.close()
+
+
+def test_events_started_and_the_results_database_follow_the_catalog() -> None:
+    shipped = celery_config(Settings.from_env(env()))
+    assert (shipped["worker_send_task_events"], shipped["task_track_started"]) == (False, False)
+    assert shipped["result_backend"].startswith("rediss://")
+    assert "/1?" in shipped["result_backend"]  # results apart from the queues (database 0)
+    assert "/0?" in shipped["broker_url"]
+    chosen = {**TEST_CATALOG, "task_events": True, "track_started": True, "result_db": 5}
+    config = celery_config(Settings.from_env(env(CELERY_CATALOG=json.dumps(chosen))))
+    assert (config["worker_send_task_events"], config["task_track_started"]) == (True, True)
+    assert "/5?" in config["result_backend"]

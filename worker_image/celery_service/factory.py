@@ -113,8 +113,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": False,
         "task_routes": [CatalogRouter(catalog)],
         "task_annotations": [CatalogAnnotations(catalog)],
-        # Catalog settings (worker README, "Throughput"): task events feed Flower's task
-        # pages; STARTED tells a poller that its task left the queue.
+        # Catalog settings (worker README, "Task events, STARTED, results"): task events
+        # feed Flower's task pages; STARTED tells a poller that its task left the queue.
         "task_track_started": catalog.track_started,
         "worker_send_task_events": catalog.task_events,
         # A task-sent event would cost every publisher a second publish per task.

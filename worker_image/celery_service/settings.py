@@ -175,8 +175,8 @@ class Catalog(_Catalog):
     # from the queues: a results flush or scan never touches queued work.
     result_db: int = Field(default=1, ge=0, le=15)
     # Task events (Flower's task pages) and the STARTED state: see the worker README.
-    task_events: bool = True
-    track_started: bool = True
+    task_events: bool = False
+    track_started: bool = False
     queues: list[QueueName] = Field(min_length=1)
     worker_groups: dict[str, GroupSpec] = Field(min_length=1)
     tasks: dict[str, TaskSpec] = Field(default_factory=dict)
