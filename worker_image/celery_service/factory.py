@@ -155,9 +155,16 @@ class CatalogRouter:
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        # Task name -> route: it runs on every publish, and a name's patterns never change.
+        self._routes: dict[str, dict[str, Any]] = {}
 
     def __call__(self, name: str, *_: Any, **__: Any) -> dict[str, Any]:
-        return {"queue": self.catalog.queue_of(name), "priority": self.catalog.priority_of(name)}
+        route = self._routes.get(name)
+        if route is None:
+            catalog = self.catalog
+            route = {"queue": catalog.queue_of(name), "priority": catalog.priority_of(name)}
+            self._routes[name] = route
+        return dict(route)  # Celery's router pops keys from what it is given
 
 
 class CatalogAnnotations:

@@ -224,9 +224,6 @@ class Catalog(_Catalog):
         spec = self.task_spec(task_name)
         return PRIORITIES[spec.priority] if spec and spec.priority else DEFAULT_PRIORITY
 
-    def group_of(self, queue: str) -> str | None:
-        return next((n for n, g in self.worker_groups.items() if queue in g.queues), None)
-
 
 def is_pattern(task_name: str) -> bool:
     return any(c in task_name for c in "*?[")
