@@ -40,7 +40,7 @@ typecheck: $(VENV)/.dev-installed
 pytest: $(VENV)/.dev-installed $(CDK) redis-server chromium
 	$(BIN)/pytest
 
-$(VENV)/.runtime-installed: requirements.txt
+$(VENV)/.runtime-installed: requirements.txt worker_image/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "Python 3.11 or newer is needed (found: $$($(PYTHON) --version))"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,45 +58,45 @@ $(CDK): package.json package-lock.json
 
 ## Run the platform on this machine: redis-server, a worker per group, beat, Flower.
 local: $(VENV)/.dev-installed redis-server
-	$(BIN)/python tools/run_local.py --env $(ENV)
+	$(BIN)/python -m tools.run_local --env $(ENV)
 
 ## Run the autoscaler once against a local Redis (sample backlog) with a dry-run ECS.
 autoscale-once: $(VENV)/.dev-installed redis-server
-	$(BIN)/python tools/autoscale_once.py --env $(ENV)
+	$(BIN)/python -m tools.autoscale_once --env $(ENV)
 
 ## The scaling policy against published policies: every workload shape, decisions every 300 s
 ## and 60 s, scale-in protection on and off; tables and plots in bench/results/.
 bench-autoscaler: $(VENV)/.dev-installed
-	$(BIN)/python bench/autoscaler_sim.py bench
+	$(BIN)/python -m bench.autoscaler_sim bench
 
 ## One workload through the policy and the anchors, with a plot: WORKLOAD=steady|diurnal|batch|
 ## spike|long|mixed or CSV=jobs.csv (arrival_s,service_s); INTERVAL=300 (s), PROTECTION=off,
-## PLOT=path.png, ARGS= for more (see `python bench/autoscaler_sim.py simulate --help`).
+## PLOT=path.png, ARGS= for more (see `python -m bench.autoscaler_sim simulate --help`).
 .PHONY: simulate
 WORKLOAD ?= batch
 INTERVAL ?= 300
 simulate: $(VENV)/.dev-installed
-	$(BIN)/python bench/autoscaler_sim.py simulate \
+	$(BIN)/python -m bench.autoscaler_sim simulate \
 		$(if $(CSV),--csv $(CSV),--workload $(WORKLOAD)) --interval $(INTERVAL) \
 		$(if $(filter off,$(PROTECTION)),--no-protection) $(if $(PLOT),--plot $(PLOT)) $(ARGS)
 
 ## How long a high-priority task waits behind rate-limited ones sharing its worker group.
 .PHONY: bench-rate-limits
 bench-rate-limits: $(VENV)/.dev-installed redis-server
-	$(BIN)/python bench/rate_limit_tiers.py
+	$(BIN)/python -m bench.rate_limit_tiers
 
 ## Throughput and start latency of the shipped worker settings vs Celery's defaults.
 bench-worker: $(VENV)/.dev-installed redis-server
-	$(BIN)/python bench/worker_bench.py
+	$(BIN)/python -m bench.worker_bench
 
 ## The environment's CloudWatch and Datadog dashboards as a local HTML page (cdk.out/).
 preview-dashboards: $(VENV)/.dev-installed
-	$(BIN)/python tools/preview_dashboards.py --env $(ENV)
+	$(BIN)/python -m tools.preview_dashboards --env $(ENV)
 
 ## Create or update the environment's Datadog dashboard and monitors through the API
 ## (keys: DD_API_KEY/DD_APP_KEY or Secrets Manager). ARGS="--dry-run" prints them instead.
 datadog-push: $(VENV)/.dev-installed
-	$(BIN)/python tools/datadog_push.py --env $(ENV) $(ARGS)
+	$(BIN)/python -m tools.datadog_push --env $(ENV) $(ARGS)
 
 ## The dashboards preview test opens the page in headless Chromium; install it if missing.
 chromium:
@@ -132,7 +132,7 @@ test-image: $(VENV)/.dev-installed redis-server
 
 ## Chaos soak: 10,000 tasks while workers are killed and Redis restarts; nothing may be lost.
 chaos: $(VENV)/.dev-installed redis-server
-	$(BIN)/python bench/chaos.py
+	$(BIN)/python -m bench.chaos
 
 ## Faults and bad input, every seed and variant (CI runs a sample); figures to bench/results/.
 proofs: $(VENV)/.dev-installed $(CDK) redis-server

@@ -1,10 +1,10 @@
 """Replay a workload through the autoscaler's policy and the published anchors on a model of
 ECS Fargate; report waits, cost and killed jobs, and plot one run.
 
-    python bench/autoscaler_sim.py simulate --workload batch    # one day, every policy, a PNG
-    python bench/autoscaler_sim.py simulate --csv jobs.csv --interval 60 --no-protection
-    python bench/autoscaler_sim.py bench                        # the full benchmark table
-    python bench/autoscaler_sim.py csv --workload long out.csv  # write a generated workload
+    python -m bench.autoscaler_sim simulate --workload batch    # one day, every policy, a PNG
+    python -m bench.autoscaler_sim simulate --csv jobs.csv --interval 60 --no-protection
+    python -m bench.autoscaler_sim bench                        # the full benchmark table
+    python -m bench.autoscaler_sim csv --workload long out.csv  # write a generated workload
 
 The model (event-driven, exact times):
 
@@ -44,7 +44,6 @@ import math
 import platform
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections import deque
@@ -55,13 +54,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench.workloads import DAY_S, SHAPES, Job, generate, read_csv, write_csv
+from lambdas.autoscaler.policy import Observation, PolicyConfig, decide
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script: the policy lives in the repository root
 
-from bench.workloads import DAY_S, SHAPES, Job, generate, read_csv, write_csv  # noqa: E402
-from lambdas.autoscaler.policy import Observation, PolicyConfig, decide  # noqa: E402
 
 OURS = "policy.py"
 ANCHORS = ("step 5..50", "AWS backlog/task", "KEDA redis list", "Copilot worker")

@@ -1,4 +1,4 @@
-"""Celery apps for the benchmark's workers: `python -m celery --app bench_app worker ...`.
+"""Celery apps for the benchmark's workers: `python -m celery --app bench.bench_app worker ...`.
 
 BENCH_APP=defaults  a plain `Celery(broker=BENCH_BROKER_URL)`: Celery's default settings.
 BENCH_APP=shipped   the project's app exactly as `celery_service.main` builds it from the

@@ -1,6 +1,6 @@
 """The benchmark's no-op task and the worker-side hooks that report its timings.
 
-Loaded by every benchmark worker (`--include bench_tasks`). Each finished task sends one
+Loaded by every benchmark worker (`--include bench.bench_tasks`). Each finished task sends one
 datagram over a Unix socket to the benchmark: fire-and-forget, no broker round trip, so
 counting completions costs the worker a few microseconds, not a Redis command. Unix datagram
 sockets block instead of dropping when the reader falls behind, so no report is lost.

@@ -50,26 +50,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH_DIR = ROOT / "bench"
-WORKER_IMAGE = ROOT / "worker_image"
-RESULTS_DIR = BENCH_DIR / "results"
-sys.path[:0] = [str(ROOT), str(WORKER_IMAGE)]
+import redis
+from celery import Celery
 
-import redis  # noqa: E402
-from celery import Celery  # noqa: E402
-
-from bench.chaos_tasks import LEDGER_DIR_ENV, TASKS, WORKER_NAME_ENV  # noqa: E402
-from celery_service.dlq import DeadLetterQueues  # noqa: E402
-from celery_service.factory import create_app  # noqa: E402
-from celery_service.settings import Settings  # noqa: E402
-from tools.local_redis import (  # noqa: E402
+from bench.chaos_tasks import LEDGER_DIR_ENV, TASKS, WORKER_NAME_ENV
+from celery_service import contract
+from celery_service.dlq import DeadLetterQueues
+from celery_service.factory import create_app
+from celery_service.settings import Settings
+from tools.local_redis import (
     RedisServerMissingError,
     free_port,
     redis_server_binary,
     server_args,
     wait_until_ready,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "bench"
+RESULTS_DIR = BENCH_DIR / "results"
+
 
 # Short limits so a crashed worker's messages come back within the run. The visibility
 # timeout obeys the platform's rule: hard limit 5 + retry backoff max 1 + margin 10 <= 20.
@@ -421,8 +421,15 @@ class Fleet:
         }
         with (self.logs / f"{name}.log").open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "celery_service", "worker", "--include", "chaos_tasks"],
-                cwd=WORKER_IMAGE,
+                [
+                    sys.executable,
+                    "-m",
+                    "celery_service",
+                    "worker",
+                    "--include",
+                    "bench.chaos_tasks",
+                ],
+                cwd=ROOT,
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -454,7 +461,7 @@ def chaos_env(broker_port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DD_", "ECS_"))}
     env.update(
         {
-            "PYTHONPATH": os.pathsep.join([str(WORKER_IMAGE), str(BENCH_DIR)]),
+            "PYTHONPATH": str(ROOT),
             "CELERY_BROKER_HOST": "127.0.0.1",
             "CELERY_BROKER_PORT": str(broker_port),
             "CELERY_BROKER_TLS": "false",
@@ -542,7 +549,7 @@ def dead_letters(client: redis.Redis) -> dict[str, str]:
 def _broker_left(client: redis.Redis) -> dict[str, int]:
     left = {"unacked": int(client.hlen("unacked"))}
     for queue in CATALOG["queues"]:
-        keys = [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
+        keys = contract.queue_keys(queue)
         left[queue] = sum(int(client.llen(k)) for k in keys)
     return left
 

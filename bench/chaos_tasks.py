@@ -1,4 +1,4 @@
-"""The chaos soak's tasks and their ledger, loaded by its workers (`--include chaos_tasks`).
+"""The chaos soak's tasks and their ledger, loaded by its workers (`--include bench.chaos_tasks`).
 
 The ledger is independent of Celery and of the broker: every execution appends JSON lines to
 a file of its own process (`$CHAOS_LEDGER_DIR/<worker>-<pid>.jsonl`), one `write()` per

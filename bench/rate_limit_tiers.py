@@ -27,16 +27,15 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+import redis
+
+from celery_service.factory import create_app
+from celery_service.settings import Settings
+from tools.local_redis import free_port, redis_server_binary, server_args, wait_until_ready
+
 ROOT = Path(__file__).resolve().parent.parent
-WORKER_IMAGE = ROOT / "worker_image"
 RESULTS = ROOT / "bench" / "results" / "rate_limit_tiers.md"
-sys.path[:0] = [str(ROOT), str(WORKER_IMAGE)]
 
-import redis  # noqa: E402
-
-from celery_service.factory import create_app  # noqa: E402
-from celery_service.settings import Settings  # noqa: E402
-from tools.local_redis import free_port, redis_server_binary, server_args, wait_until_ready  # noqa: E402
 
 THROTTLED = "samples.send_welcome_email"
 URGENT = "samples.square"
@@ -70,7 +69,7 @@ def catalog(split: bool) -> dict[str, Any]:
 def environment(port: int, spec: dict[str, Any]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DD_", "ECS_"))}
     return env | {
-        "PYTHONPATH": str(WORKER_IMAGE),
+        "PYTHONPATH": str(ROOT),
         "CELERY_BROKER_HOST": "127.0.0.1",
         "CELERY_BROKER_PORT": str(port),
         "CELERY_BROKER_TLS": "false",
@@ -91,7 +90,7 @@ def one_round(port: int, split: bool, workdir: Path) -> float:
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "celery_service", "worker"],
-            cwd=WORKER_IMAGE,
+            cwd=ROOT,
             env=env
             | {"CELERY_WORKER_GROUP": group, "CELERY_HEARTBEAT_FILE": f"{heartbeat}.{group}"},
             stdout=subprocess.DEVNULL,

@@ -47,28 +47,27 @@ from pathlib import Path
 from statistics import median
 from typing import Any, Literal
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH_DIR = ROOT / "bench"
-WORKER_IMAGE = ROOT / "worker_image"
-RESULTS_DIR = BENCH_DIR / "results"
-# The project's config package and the worker's package, as the worker image sees them.
-sys.path[:0] = [str(ROOT), str(WORKER_IMAGE), str(BENCH_DIR)]
+import redis
+from celery import Celery
 
-import bench_tasks  # noqa: E402
-import redis  # noqa: E402
-from celery import Celery  # noqa: E402
-
-from celery_service.__main__ import worker_args  # noqa: E402
-from celery_service.factory import create_app  # noqa: E402
-from celery_service.settings import Settings  # noqa: E402
-from config import load_environment  # noqa: E402
-from tools.local_redis import (  # noqa: E402
+from bench import bench_tasks
+from celery_service.__main__ import worker_args
+from celery_service.factory import create_app
+from celery_service.settings import Settings
+from config import load_environment
+from tools.local_redis import (
     RedisServerMissingError,
     free_port,
     redis_server_binary,
     server_args,
     wait_until_ready,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "bench"
+RESULTS_DIR = BENCH_DIR / "results"
+# The project's config package and the worker's package, as the worker image sees them.
+
 
 CONCURRENCY = 2  # pool processes: one per core of the 2-core reference machine
 BENCH_GROUP = "bench"  # worker group added to the catalog: queue `default`, prefork, 2
@@ -416,7 +415,7 @@ class Bench:
 
     def worker_command(self, variant: Variant) -> list[str]:
         python = sys.executable
-        include = ["--include", "bench_tasks"]
+        include = ["--include", "bench.bench_tasks"]
         if variant.image_entry:
             return [python, "-m", "celery_service", "worker", *include]
         if variant.app == "defaults":
@@ -434,7 +433,7 @@ class Bench:
             ]
         else:
             args = worker_args(Settings.from_env(self.settings_env()))
-        return [python, "-m", "celery", "--app", "bench_app", *args, *include]
+        return [python, "-m", "celery", "--app", "bench.bench_app", *args, *include]
 
     def worker_env(self, variant: Variant) -> dict[str, str]:
         skip = ("CELERY_", "DD_", "BENCH_", "ECS_", "FLOWER_")
@@ -442,7 +441,7 @@ class Bench:
         env.update(self.settings_env())
         env.update(
             {
-                "PYTHONPATH": os.pathsep.join([str(WORKER_IMAGE), str(BENCH_DIR)]),
+                "PYTHONPATH": str(ROOT),
                 "BENCH_APP": variant.app,
                 "BENCH_BROKER_URL": self.broker_url,
                 "BENCH_CONF": json.dumps(variant.conf),
@@ -468,7 +467,7 @@ class Bench:
         with log_path.open("wb") as log:
             worker = subprocess.Popen(
                 self.worker_command(variant),
-                cwd=WORKER_IMAGE,
+                cwd=ROOT,
                 env=self.worker_env(variant),
                 stdout=log,
                 stderr=subprocess.STDOUT,

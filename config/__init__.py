@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from celery_service.catalog import QUEUE_NAME
 from config import model
 from config.model import EnvironmentConfig, WorkerGroupConfig
 
@@ -36,7 +37,7 @@ CATALOG_FILE = "catalog.toml"
 
 # What each name pattern of the model means, in words.
 PATTERN_HINTS = {
-    model.QUEUE_NAME: "lowercase letters, digits, '_', '.' or '-', starting with a letter, "
+    QUEUE_NAME: "lowercase letters, digits, '_', '.' or '-', starting with a letter, "
     "at most 63 characters",
     model.GROUP_NAME: "lowercase letters, digits or '-', starting with a letter, "
     "at most 24 characters",
@@ -67,7 +68,7 @@ def load_environment(name: str, config_dir: Path = CONFIG_DIR) -> EnvironmentCon
     catalog = _read_toml(name, config_dir / CATALOG_FILE)
     overrides = _read_toml(name, env_file)
     _check_overrides(name, env_file.name, catalog, overrides)
-    return parse_environment(name, _deep_merge(catalog, overrides))
+    return parse_environment(name, _resolve_paths(_deep_merge(catalog, overrides), config_dir))
 
 
 def parse_environment(name: str, data: dict[str, Any]) -> EnvironmentConfig:
@@ -97,6 +98,16 @@ def _check_overrides(
                 for group in stray
             )
         )
+
+
+def _resolve_paths(data: dict[str, Any], config_dir: Path) -> dict[str, Any]:
+    """A relative `app.image.build_dir` is relative to the config directory, wherever the
+    CDK app runs from."""
+    image = data.get("app", {}).get("image") if isinstance(data.get("app"), dict) else None
+    if isinstance(image, dict) and isinstance(image.get("build_dir"), str):
+        build_dir = config_dir / image["build_dir"]
+        data = {**data, "app": {**data["app"], "image": {**image, "build_dir": str(build_dir)}}}
+    return data
 
 
 def _read_toml(env: str, path: Path) -> dict[str, Any]:

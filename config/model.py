@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,6 +20,23 @@ from pydantic import (
     StringConstraints,
     field_validator,
     model_validator,
+)
+
+from celery_service.catalog import (
+    POOL_LIMITS,
+    TIME_LIMITS,
+    Catalog,
+    GroupSpec,
+    QueueName,
+    ScheduleSpec,
+    TaskSpec,
+    needed_visibility_timeout,
+)
+from celery_service.contract import (
+    BEAT_HEARTBEAT_TTL_S,
+    DEFAULT_TASK_MODULES,
+    MODULE_NAME,
+    PRIORITIES,
 )
 
 # CloudWatch Logs accepts only these retention periods (days).
@@ -44,15 +62,8 @@ FARGATE_SIZES: dict[int, range] = {
     16384: range(32768, 122880 + 1, 8192),
 }
 
-# Redis redelivers a message left unacknowledged for the visibility timeout. A message is
-# unacknowledged while its retry countdown runs (the worker holds it) and while the task
-# runs (until its hard time limit), so the timeout must exceed both together plus this
-# margin (seconds) for the ack to land, or one task runs on two workers at once.
-VISIBILITY_MARGIN_S = 10
-
-# Queue names end up in Redis keys and environment variables, group names in ECS service
-# and CloudFormation names: keep both to a safe alphabet.
-QUEUE_NAME = r"^[a-z][a-z0-9_.-]{0,62}$"
+# Group names end up in ECS service and CloudFormation names: a safe alphabet (queue names:
+# celery_service.catalog).
 GROUP_NAME = r"^[a-z][a-z0-9-]{0,23}$"
 ENV_NAME = r"^[a-z][a-z0-9-]{1,15}$"
 PROJECT_NAME = r"^[a-z][a-z0-9-]{1,23}$"
@@ -62,7 +73,6 @@ VPC_ID = r"^vpc-[0-9a-f]{8,17}$"
 NODE_TYPE = r"^cache\.[a-z0-9]+\.[a-z0-9]+$"
 EMAIL = r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$"
 
-QueueName = Annotated[str, StringConstraints(pattern=QUEUE_NAME)]
 GroupName = Annotated[str, StringConstraints(pattern=GROUP_NAME)]
 
 
@@ -314,11 +324,6 @@ class AutoscalerConfig(Strict):
         return (self.decisions_per_run - 1) * self.decision_interval_s + 60
 
 
-# Beat's heartbeat key expires this long after its last tick (worker_image beat.HEARTBEAT_TTL_S):
-# an age threshold at or above it could never be reached, the key would be gone first.
-BEAT_HEARTBEAT_TTL_S = 300
-
-
 class SlackConfig(Strict):
     """A Slack channel for alarms, through AWS Chatbot. Authorize the workspace in the
     Chatbot console once per account; its ID starts with T, the channel's with C or G."""
@@ -352,138 +357,164 @@ class QueueConfig(Strict):
     description: str = ""
 
 
-# Priorities are named in the catalog and in code. Redis (kombu) consumes 0 first, so each
-# name maps to one of kombu's default priority steps 0, 3, 6, 9; "normal" is the default.
-PRIORITIES: dict[str, int] = {"high": 0, "normal": 3, "low": 6, "bulk": 9}
-RATE_LIMIT = r"^\d+(\.\d+)?/[smh]$"
-RATE_LIMIT_EXAMPLES = "a number of tasks per second, minute or hour, such as 10/s, 100/m or 0.5/h"
+# What a team's worker groups and beat may add to their containers and task roles.
+ENV_VAR = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# The platform's own variables (celery_service.contract.Env, the Datadog and ECS agents,
+# the AWS SDK's): a team value would silently change how the platform runs.
+RESERVED_ENV_PREFIXES = ("CELERY_", "FLOWER_", "DD_", "ECS_", "AWS_")
+EnvVarName = Annotated[str, StringConstraints(pattern=ENV_VAR)]
+# Secrets Manager: a name (letters, digits, /_+=.@-) or a secret's ARN; SSM: a parameter name.
+SECRET_NAME = r"^[A-Za-z0-9/_+=.@-]{1,512}$"
+SECRET_ARN = r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$"
+SSM_PARAMETER = r"^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
+S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+IAM_ACTION = r"^[a-z0-9-]+:[A-Za-z0-9*]+$"
 
-# The time limits each pool enforces (the worker README): prefork both; gevent the hard one,
-# for tasks that yield to its hub; threads and solo neither.
-POOL_LIMITS: dict[str, tuple[str, ...]] = {
-    "prefork": ("soft_time_limit_s", "time_limit_s"),
-    "gevent": ("time_limit_s",),
-    "threads": (),
-    "solo": (),
-}
+
+class SecretRef(Strict):
+    """One secret, read by ECS when the task starts and given to the container as one
+    variable (never written into the task definition): `{ secretsmanager = "billing/stripe" }`,
+    `{ secretsmanager = "prod/db", field = "password" }` (a JSON key), `{ ssm = "/app/token" }`."""
+
+    secretsmanager: str | None = None  # a secret's name or ARN
+    field: str | None = Field(default=None, min_length=1)
+    ssm: str | None = None  # a SecureString or String parameter's name
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.secretsmanager is None) == (self.ssm is None):
+            raise ValueError("set exactly one of secretsmanager (a name or ARN) or ssm (a name)")
+        if self.secretsmanager is not None:
+            name = self.secretsmanager
+            if name.startswith("arn:"):
+                if not re.fullmatch(SECRET_ARN, name):
+                    raise ValueError(
+                        f"secretsmanager {name!r} is not a secret ARN "
+                        "(arn:aws:secretsmanager:<region>:<account>:secret:<name>)"
+                    )
+            elif not re.fullmatch(SECRET_NAME, name):
+                raise ValueError(
+                    f"secretsmanager {name!r} is not a secret name (1-512 of letters, digits "
+                    "and /_+=.@-) or ARN"
+                )
+        if self.ssm is not None:
+            if self.field is not None:
+                raise ValueError("field selects a JSON key of a Secrets Manager secret, not ssm")
+            if not re.fullmatch(SSM_PARAMETER, self.ssm):
+                raise ValueError(
+                    f"ssm {self.ssm!r} is not a parameter name such as /team/api-token "
+                    "(letters, digits, _.- and / between parts)"
+                )
+        return self
+
+
+class S3Grant(Strict):
+    """Access to one S3 bucket (and the KMS key it uses, if any, is the team's to grant)."""
+
+    s3_bucket: Annotated[str, StringConstraints(pattern=S3_BUCKET)]
+    access: Literal["read", "write", "read_write"] = "read"
+    # Only keys under this prefix ("exports/"); all keys when unset.
+    prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9!_.*'()/-]+$")] | None = None
+
+
+class PolicyStatementConfig(Strict):
+    """An IAM statement added to the task role as written (Allow only)."""
+
+    actions: list[Annotated[str, StringConstraints(pattern=IAM_ACTION)]] = Field(min_length=1)
+    resources: list[Annotated[str, StringConstraints(min_length=1)]] = Field(min_length=1)
+
+
+class TaskAccess(Strict):
+    """What a team's code needs in its containers: plain variables, secrets and IAM grants."""
+
+    environment: dict[EnvVarName, str] = Field(default_factory=dict)
+    secrets: dict[EnvVarName, SecretRef] = Field(default_factory=dict)
+    grants: list[S3Grant] = Field(default_factory=list)
+    policy_statements: list[PolicyStatementConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names(self) -> TaskAccess:
+        for kind, names in (("environment", self.environment), ("secrets", self.secrets)):
+            for name in names:
+                if name.startswith(RESERVED_ENV_PREFIXES):
+                    raise ValueError(
+                        f"{kind}.{name}: names starting with "
+                        f"{', '.join(RESERVED_ENV_PREFIXES)} are the platform's"
+                    )
+        both = sorted(set(self.environment) & set(self.secrets))
+        if both:
+            raise ValueError(f"{', '.join(both)}: set as both environment and secrets")
+        return self
+
+
+# Fields of TaskAccess: infrastructure, never part of the runtime catalog.
+ACCESS_FIELDS = frozenset(TaskAccess.model_fields)
+
+
+class BeatConfig(TaskAccess):
+    """The one beat service: what the team's schedules need to import their task modules."""
+
+
+IMAGE_DIGEST = r"^sha256:[0-9a-f]{64}$"
+ECR_REPOSITORY = r"^(arn:aws[a-z-]*:ecr:[a-z0-9-]+:\d{12}:repository/)?[a-z0-9][a-z0-9._/-]{1,255}$"
+
+
+class ImageConfig(Strict):
+    """Where the image of workers, beat and Flower comes from: built by CDK at deploy from
+    a directory whose Dockerfile starts FROM the platform's base image (worker_image/, the
+    default, is that base with the sample tasks), or a prebuilt image by ECR repository and
+    digest, so CI builds once and promotes the same image through every environment."""
+
+    build_dir: str | None = None  # relative to the config directory
+    build_args: dict[str, str] = Field(default_factory=dict)
+    repository: Annotated[str, StringConstraints(pattern=ECR_REPOSITORY)] | None = None
+    digest: Annotated[str, StringConstraints(pattern=IMAGE_DIGEST)] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImageConfig:
+        prebuilt = self.repository is not None or self.digest is not None
+        if prebuilt and self.build_dir is not None:
+            raise ValueError("set build_dir or repository and digest, not both")
+        if prebuilt and (self.repository is None or self.digest is None):
+            raise ValueError(
+                "a prebuilt image needs both repository (an ECR repository's name or ARN) and "
+                "digest (sha256:...): a tag could change under a deployed service"
+            )
+        if self.build_args and self.build_dir is None:
+            raise ValueError("build_args need build_dir")
+        if self.build_dir is not None:
+            dockerfile = Path(self.build_dir) / "Dockerfile"
+            if not dockerfile.is_file():
+                raise ValueError(f"build_dir {self.build_dir!r} has no Dockerfile")
+        return self
+
+
+class AppConfig(Strict):
+    """The team's Celery code: the modules every worker, beat and Flower imports, and the
+    image they are in."""
+
+    task_modules: list[Annotated[str, StringConstraints(pattern=MODULE_NAME)]] = Field(
+        default_factory=lambda: list(DEFAULT_TASK_MODULES), min_length=1
+    )
+    image: ImageConfig = Field(default_factory=ImageConfig)
+
+
 # Limits a group gets when it sets none and its pool enforces them (seconds).
 DEFAULT_LIMITS = {"soft_time_limit_s": 240, "time_limit_s": 300}
 
-# Celery's cron fields (UTC) and their ranges; names as Celery accepts them.
-CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
-    ("minute", 0, 59, ()),
-    ("hour", 0, 23, ()),
-    ("day-of-month", 1, 31, ()),
-    (
-        "month",
-        1,
-        12,
-        tuple(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]),
-    ),
-    ("day-of-week", 0, 6, tuple(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])),
-)
 
+class WorkerGroupConfig(GroupSpec, TaskAccess):
+    """One ECS worker service and the queues it alone consumes: the catalog's worker group
+    (celery_service.catalog.GroupSpec) plus its Fargate size, scaling bounds and what the
+    team's tasks need (TaskAccess)."""
 
-def check_rate_limit(value: str | None) -> str | None:
-    if value is not None and not re.fullmatch(RATE_LIMIT, value):
-        raise ValueError(f"rate_limit {value!r} must be {RATE_LIMIT_EXAMPLES}")
-    return value
-
-
-class TaskConfig(Strict):
-    """What the catalog sets for one task, keyed by its Celery name ("billing.charge") or by
-    a pattern ("enrichment.*", shell-style; the longest matching pattern applies). A setting
-    left out keeps the task decorator's own value."""
-
-    queue: QueueName
-    priority: Literal["high", "normal", "low", "bulk"] | None = None  # unset: normal
-    rate_limit: str | None = None  # per worker process group
-    max_retries: int | None = Field(default=None, ge=0, le=100)
-    # Override the worker group's limits for this task (seconds).
-    soft_time_limit_s: int | None = Field(default=None, ge=1)
-    time_limit_s: int | None = Field(default=None, ge=1)
-
-    @field_validator("rate_limit")
-    @classmethod
-    def _rate_limit(cls, value: str | None) -> str | None:
-        return check_rate_limit(value)
-
-    @model_validator(mode="after")
-    def _cross(self) -> TaskConfig:
-        if (
-            self.soft_time_limit_s is not None
-            and self.time_limit_s is not None
-            and self.soft_time_limit_s >= self.time_limit_s
-        ):
-            raise ValueError(
-                f"soft_time_limit_s ({self.soft_time_limit_s}) must be < time_limit_s "
-                f"({self.time_limit_s})"
-            )
-        return self
-
-
-class ScheduleConfig(Strict):
-    """A periodic task run by beat (RedBeat): every `every_s` seconds or on a cron line."""
-
-    task: str = Field(min_length=1)
-    every_s: int | None = Field(default=None, ge=1)
-    cron: str | None = None  # "minute hour day-of-month month day-of-week", UTC
-    args: list[Any] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _cross(self) -> ScheduleConfig:
-        if (self.every_s is None) == (self.cron is None):
-            raise ValueError("set exactly one of every_s or cron")
-        if self.cron is not None:
-            _check_cron(self.cron)
-        return self
-
-
-def _check_cron(line: str) -> None:
-    """Each field as Celery's crontab parses it: `*`, numbers, names, ranges, steps, lists."""
-    fields = line.split()
-    if len(fields) != len(CRON_FIELDS):
-        raise ValueError(f"cron must have 5 fields (m h dom mon dow), got {line!r}")
-    for text, (field, low, high, names) in zip(fields, CRON_FIELDS, strict=True):
-        for part in text.split(","):
-            span, _, step = part.partition("/")
-            if step and not (step.isdigit() and int(step) >= 1):
-                raise ValueError(f"cron {line!r}: {field} step {step!r} must be a number >= 1")
-            if span == "*":
-                continue
-            for bound in span.split("-", 1):
-                value = names.index(bound.lower()) + low if bound.lower() in names else None
-                if value is None and bound.isdigit():
-                    value = int(bound)
-                if value is None or not low <= value <= high:
-                    allowed = f"{low}-{high}" + (f" or {names[0]}..{names[-1]}" if names else "")
-                    raise ValueError(f"cron {line!r}: {field} {bound!r} is not in {allowed}")
-
-
-class WorkerGroupConfig(Strict):
-    """One ECS worker service and the queues it alone consumes."""
-
-    queues: list[QueueName] = Field(min_length=1)
     concurrency: int = Field(default=4, ge=1, le=256)  # task slots per ECS task
-    # prefork for CPU work and for limits; gevent for I/O-bound tasks (hard limit only);
-    # threads or solo enforce no limit (POOL_LIMITS).
-    pool: Literal["prefork", "gevent", "threads", "solo"] = "prefork"
     cpu: int = 512  # Fargate CPU units
     memory_mib: int = 1024
     min_tasks: int = Field(default=1, ge=0, le=1000)
     max_tasks: int = Field(default=10, ge=1, le=1000)
     # Longest acceptable wait (seconds) between publishing a message and a worker starting it.
     target_wait_s: int = Field(default=60, ge=1, le=86400)
-    # Seconds; default 240/300 where the pool enforces them (DEFAULT_LIMITS), else unset.
-    soft_time_limit_s: int | None = Field(default=None, ge=1)
-    time_limit_s: int | None = Field(default=None, ge=1)
-    # For a pool without a hard limit: the longest a task runs (seconds, not enforced), which
-    # broker.visibility_timeout_s must cover.
-    longest_task_s: int | None = Field(default=None, ge=1)
-    # Replace a pool process after this many tasks, or when it has grown past this resident
-    # size after a task (prefork): a leaking library cannot take the container down.
-    max_tasks_per_child: int | None = Field(default=None, ge=1)
-    max_memory_per_child_mib: int | None = Field(default=None, ge=16)
 
     @model_validator(mode="before")
     @classmethod
@@ -493,41 +524,14 @@ class WorkerGroupConfig(Strict):
         pool = data.get("pool", "prefork")
         enforced = POOL_LIMITS.get(pool, ()) if isinstance(pool, str) else ()
         if any(limit in data for limit in DEFAULT_LIMITS):
-            return data  # set by hand: checked below as written
+            return data  # set by hand: checked as written
         return {**{k: v for k, v in DEFAULT_LIMITS.items() if k in enforced}, **data}
 
     @model_validator(mode="after")
-    def _cross(self) -> WorkerGroupConfig:
+    def _fargate(self) -> WorkerGroupConfig:
         if self.min_tasks > self.max_tasks:
             raise ValueError(
                 f"min_tasks ({self.min_tasks}) must be <= max_tasks ({self.max_tasks})"
-            )
-        enforced = POOL_LIMITS[self.pool]
-        for limit in DEFAULT_LIMITS:
-            if getattr(self, limit) is not None and limit not in enforced:
-                able = [p for p, limits in POOL_LIMITS.items() if limit in limits]
-                raise ValueError(
-                    f"pool {self.pool!r} does not enforce {limit}: remove it, or use pool "
-                    f"{' or '.join(repr(p) for p in able)}"
-                )
-        if (
-            self.soft_time_limit_s is not None
-            and self.time_limit_s is not None
-            and self.soft_time_limit_s >= self.time_limit_s
-        ):
-            raise ValueError(
-                f"soft_time_limit_s ({self.soft_time_limit_s}) must be < time_limit_s "
-                f"({self.time_limit_s}) so the task can clean up before it is killed"
-            )
-        if self.time_limit_s is None and self.longest_task_s is None:
-            raise ValueError(
-                f"pool {self.pool!r} enforces no hard time limit: set longest_task_s, the "
-                "longest a task of this group runs, which broker.visibility_timeout_s must cover"
-            )
-        if self.pool != "prefork" and (self.max_tasks_per_child or self.max_memory_per_child_mib):
-            raise ValueError(
-                f"max_tasks_per_child and max_memory_per_child_mib need pool 'prefork' "
-                f"(pool {self.pool!r} has no child processes to replace)"
             )
         if (self.max_memory_per_child_mib or 0) * self.concurrency > self.memory_mib:
             raise ValueError(
@@ -535,8 +539,6 @@ class WorkerGroupConfig(Strict):
                 f"({self.concurrency}) exceeds memory_mib ({self.memory_mib}): the container "
                 "would be killed before a pool process is replaced"
             )
-        if len(set(self.queues)) != len(self.queues):
-            raise ValueError("queues must not list a queue twice")
         memory = FARGATE_SIZES.get(self.cpu)
         if memory is None:
             raise ValueError(
@@ -549,11 +551,6 @@ class WorkerGroupConfig(Strict):
                 f"{memory.start}-{memory.stop - 1} in steps of {memory.step}"
             )
         return self
-
-    @property
-    def longest_s(self) -> int:
-        """How long a task of this group can run: its hard limit, else longest_task_s."""
-        return self.time_limit_s or self.longest_task_s or 0
 
 
 class CeleryConfig(Strict):
@@ -569,19 +566,6 @@ class CeleryConfig(Strict):
     result_db: int = Field(default=1, ge=1, le=15)
 
 
-# What a worker needs of its group (the rest is infrastructure).
-RUNTIME_GROUP_FIELDS = {
-    "queues",
-    "concurrency",
-    "pool",
-    "soft_time_limit_s",
-    "time_limit_s",
-    "longest_task_s",
-    "max_tasks_per_child",
-    "max_memory_per_child_mib",
-}
-
-
 class EnvironmentConfig(Strict):
     """All settings of one environment (dev, staging, prod, ...)."""
 
@@ -594,10 +578,12 @@ class EnvironmentConfig(Strict):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     celery: CeleryConfig = Field(default_factory=CeleryConfig)
+    app: AppConfig = Field(default_factory=AppConfig)
+    beat: BeatConfig = Field(default_factory=BeatConfig)
     queues: dict[QueueName, QueueConfig] = Field(min_length=1)
     worker_groups: dict[GroupName, WorkerGroupConfig] = Field(min_length=1)
-    tasks: dict[str, TaskConfig] = Field(default_factory=dict)
-    schedules: dict[GroupName, ScheduleConfig] = Field(default_factory=dict)
+    tasks: dict[str, TaskSpec] = Field(default_factory=dict)
+    schedules: dict[GroupName, ScheduleSpec] = Field(default_factory=dict)
     services: ServicesConfig = Field(default_factory=ServicesConfig)
     flower: FlowerConfig = Field(default_factory=FlowerConfig)
     datadog: DatadogConfig = Field(default_factory=DatadogConfig)
@@ -663,7 +649,7 @@ class EnvironmentConfig(Strict):
         for task, spec in self.tasks.items():
             group_name = consumers[spec.queue][0]
             pool = self.worker_groups[group_name].pool
-            for limit in DEFAULT_LIMITS:
+            for limit in TIME_LIMITS:
                 if getattr(spec, limit) is not None and limit not in POOL_LIMITS[pool]:
                     raise ValueError(
                         f"tasks.{task}.{limit}: its queue {spec.queue!r} is consumed by "
@@ -683,15 +669,14 @@ class EnvironmentConfig(Strict):
             for n, t in self.tasks.items()
             if t.time_limit_s
         ]
-        where, longest = max(limits, key=lambda item: item[1])
         backoff = self.broker.retry_backoff_max_s
-        needed = longest + backoff + VISIBILITY_MARGIN_S
+        where, longest, needed = needed_visibility_timeout(limits, backoff)
         if self.broker.visibility_timeout_s < needed:
             raise ValueError(
                 f"broker.visibility_timeout_s ({self.broker.visibility_timeout_s}) must be at "
                 f"least {needed}: the longest hard limit ({where} = {longest}) "
                 f"+ the longest retry wait (broker.retry_backoff_max_s = {backoff}) "
-                f"+ {VISIBILITY_MARGIN_S} s, or a task is delivered twice"
+                f"+ {needed - longest - backoff} s, or a task is delivered twice"
             )
 
     def _check_placement(self) -> None:
@@ -748,29 +733,37 @@ class EnvironmentConfig(Strict):
         }
 
     def runtime_catalog(self) -> dict[str, Any]:
-        """What containers and the autoscaler receive (as JSON in CELERY_CATALOG): the queue
-        catalog and broker settings, nothing about infrastructure and no secret."""
-        return {
-            "visibility_timeout_s": self.broker.visibility_timeout_s,
-            "default_queue": self.broker.default_queue,
-            "result_expires_s": self.broker.result_expires_s,
-            "retry_backoff_max_s": self.broker.retry_backoff_max_s,
+        """What containers, producers and the autoscaler receive (as JSON in CELERY_CATALOG):
+        the queue catalog and broker settings, nothing about infrastructure and no secret."""
+        catalog = Catalog(
+            visibility_timeout_s=self.broker.visibility_timeout_s,
+            default_queue=self.broker.default_queue,
+            result_expires_s=self.broker.result_expires_s,
+            retry_backoff_max_s=self.broker.retry_backoff_max_s,
             **self.celery.model_dump(),
-            "queues": sorted(self.queues),
-            "worker_groups": {
-                name: group.model_dump(include=RUNTIME_GROUP_FIELDS, exclude_none=True)
+            queues=sorted(self.queues),
+            worker_groups={
+                name: GroupSpec(**group.model_dump(include=set(GroupSpec.model_fields)))
                 for name, group in self.worker_groups.items()
             },
-            # Only what each entry sets: the rest stays the task decorator's.
-            "tasks": {
-                name: task.model_dump(exclude_none=True) for name, task in self.tasks.items()
-            },
-            "schedules": {name: s.model_dump() for name, s in self.schedules.items()},
-        }
+            tasks=self.tasks,
+            schedules=self.schedules,
+        )
+        # Only what each entry sets: the rest stays the task decorator's.
+        return catalog.model_dump(mode="json", exclude_none=True)
 
     def advisories(self) -> list[str]:
         """Valid settings that are probably a mistake, one line each (printed at synth)."""
         lines = []
+        owners = [(f"worker_groups.{n}", g) for n, g in self.worker_groups.items()]
+        for where, access in [*owners, ("beat", self.beat)]:
+            for i, statement in enumerate(access.policy_statements):
+                wild = [x for x in statement.actions + statement.resources if "*" in x]
+                if wild:
+                    lines.append(
+                        f"{where}.policy_statements.{i}: {', '.join(wild)} grants more than one "
+                        "action or resource; name them if you can"
+                    )
         for name, spec in self.tasks.items():
             if spec.rate_limit is None:
                 continue

@@ -16,16 +16,18 @@ from aws_cdk import aws_logs as logs
 from aws_cdk.aws_ecr_assets import Platform
 from constructs import Construct
 
+from celery_service import contract
 from config import EnvironmentConfig
-from stacks import metric_names
+from stacks.celery_containers import IMAGE_DIR, runtime_fingerprint
 from stacks.checks import acknowledge
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
 from stacks.retention import log_retention
 from stacks.services_stack import ServicesStack
 
-CODE_DIR = Path(__file__).resolve().parent.parent / "lambdas" / "autoscaler"
-METRICS_NAMESPACE = metric_names.NAMESPACE
+ROOT = Path(__file__).resolve().parent.parent
+CODE_DIR = ROOT / "lambdas" / "autoscaler"
+METRICS_NAMESPACE = contract.AUTOSCALER_NAMESPACE
 
 
 class AutoscalerStack(Stack):
@@ -54,7 +56,12 @@ class AutoscalerStack(Stack):
             self,
             "Function",
             code=lambda_.DockerImageCode.from_image_asset(
-                str(CODE_DIR), platform=Platform.LINUX_ARM64 if arm else Platform.LINUX_AMD64
+                str(CODE_DIR),
+                platform=Platform.LINUX_ARM64 if arm else Platform.LINUX_AMD64,
+                # The runtime package, for its wire contract. Only the primary directory is
+                # fingerprinted by CDK: the runtime's own digest makes its changes rebuild too.
+                build_contexts={"runtime": str(IMAGE_DIR)},
+                extra_hash=runtime_fingerprint(),
             ),
             architecture=lambda_.Architecture.ARM_64 if arm else lambda_.Architecture.X86_64,
             description="Sets each Celery worker service's desired count from queue depth",
@@ -76,7 +83,7 @@ class AutoscalerStack(Stack):
                 "REDIS_PORT": str(data.broker.port),
                 "REDIS_TLS": "true",
                 "REDIS_AUTH_SECRET_ARN": data.broker.auth_secret.secret_arn,
-                "POWERTOOLS_SERVICE_NAME": metric_names.SERVICE,
+                "POWERTOOLS_SERVICE_NAME": contract.AUTOSCALER_SERVICE,
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             },
             log_group=logs.LogGroup(

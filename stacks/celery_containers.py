@@ -1,21 +1,30 @@
-"""What every Celery task definition shares: the image, broker settings, the AUTH token as
-an ECS secret, logs, and the optional Datadog agent sidecar."""
+"""What every Celery task definition shares: the image (the team's app, built or prebuilt),
+broker settings, the AUTH token as an ECS secret, logs, the optional Datadog agent sidecar,
+and what the team's code needs (its environment, secrets and IAM grants)."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from aws_cdk import Duration
+from aws_cdk import Duration, FileSystem, IgnoreMode, Stack
+from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_ssm as ssm
 from aws_cdk.aws_ecr_assets import Platform
 from constructs import Construct
 
+from celery_service.contract import Env
 from config import EnvironmentConfig
+from config.model import ImageConfig, SecretRef, TaskAccess
+from stacks.checks import acknowledge, acknowledge_wildcard_resource
 from stacks.redis_broker import RedisBroker
 from stacks.retention import log_retention
 
@@ -27,15 +36,19 @@ DOGSTATSD_PORT = 8125
 SHUTDOWN_MARGIN_S = 15
 
 
-def image_version() -> str:
-    """A version for Datadog's unified tags: a digest of the image's build context, so it
-    changes exactly when the image does (computed from files, no git call at synth)."""
-    digest = hashlib.sha256()
-    for path in sorted(IMAGE_DIR.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            digest.update(str(path.relative_to(IMAGE_DIR)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
+def runtime_fingerprint() -> str:
+    """A digest of the runtime package's build context (worker_image/ minus what its
+    .dockerignore leaves out): it changes exactly when the image built from it does."""
+    ignore = (IMAGE_DIR / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]
+    return FileSystem.fingerprint(str(IMAGE_DIR), exclude=patterns, ignore_mode=IgnoreMode.DOCKER)
+
+
+# The base image a team's Dockerfile starts FROM (`ARG CELERY_PLATFORM_IMAGE`): this tag,
+# built from worker_image/ on the deploying machine (`make base-image`), or an image the team
+# pushed to its registry, named in app.image.build_args.
+BASE_IMAGE_ARG = "CELERY_PLATFORM_IMAGE"
+BASE_IMAGE_TAG = f"celery-platform-runtime:{importlib.metadata.version('celery-platform-runtime')}"
 
 
 @dataclass(frozen=True)
@@ -52,10 +65,6 @@ class Runtime:
 
 def build_runtime(scope: Construct, config: EnvironmentConfig, broker: RedisBroker) -> Runtime:
     arm = config.services.architecture == "arm64"
-    image = ecs.ContainerImage.from_asset(
-        str(IMAGE_DIR),
-        platform=Platform.LINUX_ARM64 if arm else Platform.LINUX_AMD64,
-    )
     platform = ecs.RuntimePlatform(
         cpu_architecture=ecs.CpuArchitecture.ARM64 if arm else ecs.CpuArchitecture.X86_64,
         operating_system_family=ecs.OperatingSystemFamily.LINUX,
@@ -66,14 +75,109 @@ def build_runtime(scope: Construct, config: EnvironmentConfig, broker: RedisBrok
         api_key = secretsmanager.Secret.from_secret_name_v2(
             scope, "DatadogApiKey", config.datadog.api_key_secret_name
         )
+    image, version = _app_image(
+        scope, config.app.image, Platform.LINUX_ARM64 if arm else Platform.LINUX_AMD64
+    )
     return Runtime(
         config=config,
         broker=broker,
         image=image,
         platform=platform,
         datadog_api_key=api_key,
-        version=image_version(),
+        version=version,
     )
+
+
+def _app_image(
+    scope: Construct, source: ImageConfig, platform: Platform
+) -> tuple[ecs.ContainerImage, str]:
+    """The image and its version for Datadog's unified tags (from files or the digest, so it
+    changes exactly when the image does; no git call at synth)."""
+    image: ecs.ContainerImage
+    if source.repository is not None and source.digest is not None:
+        if source.repository.startswith("arn:"):
+            repository = ecr.Repository.from_repository_arn(
+                scope, "AppRepository", source.repository
+            )
+        else:
+            repository = ecr.Repository.from_repository_name(
+                scope, "AppRepository", source.repository
+            )
+        image = ecs.ContainerImage.from_ecr_repository(repository, tag=source.digest)
+        return image, source.digest.removeprefix("sha256:")[:12]
+    if source.build_dir is None:
+        image = ecs.ContainerImage.from_asset(str(IMAGE_DIR), platform=platform)
+        return image, runtime_fingerprint()[:12]
+    build_args = {BASE_IMAGE_ARG: BASE_IMAGE_TAG, **source.build_args}
+    image = ecs.ContainerImage.from_asset(
+        source.build_dir, platform=platform, build_args=build_args
+    )
+    # The team's files and the base they build on.
+    digest = FileSystem.fingerprint(source.build_dir, ignore_mode=IgnoreMode.DOCKER)
+    return image, hashlib.sha256(f"{digest}{runtime_fingerprint()}".encode()).hexdigest()[:12]
+
+
+def container_secret(scope: Construct, variable: str, ref: SecretRef) -> ecs.Secret:
+    """A team secret as an ECS secret: ECS reads it at task start with the execution role
+    (which CDK grants read on exactly this secret or parameter)."""
+    if ref.ssm is not None:
+        parameter = ssm.StringParameter.from_secure_string_parameter_attributes(
+            scope, f"Parameter-{variable}", parameter_name=ref.ssm
+        )
+        return ecs.Secret.from_ssm_parameter(parameter)
+    name = ref.secretsmanager
+    assert name is not None
+    if not name.startswith("arn:"):
+        secret = secretsmanager.Secret.from_secret_name_v2(scope, f"Secret-{variable}", name)
+    elif re.search(r"-[A-Za-z0-9]{6}$", name):  # Secrets Manager's random suffix: complete
+        secret = secretsmanager.Secret.from_secret_complete_arn(scope, f"Secret-{variable}", name)
+    else:
+        secret = secretsmanager.Secret.from_secret_partial_arn(scope, f"Secret-{variable}", name)
+    return ecs.Secret.from_secrets_manager(secret, field=ref.field)
+
+
+def grant_team_access(
+    task_definition: ecs.FargateTaskDefinition, access: TaskAccess, where: str
+) -> None:
+    """The IAM grants a worker group or beat declares, on its task role only."""
+    role = task_definition.task_role
+    stack = Stack.of(task_definition)
+    for grant in access.grants:
+        bucket = stack.format_arn(service="s3", region="", account="", resource=grant.s3_bucket)
+        objects = f"{bucket}/{grant.prefix or ''}*"
+        if grant.access in ("read", "read_write"):
+            listing = iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket])
+            if grant.prefix:
+                listing.add_condition("StringLike", {"s3:prefix": [f"{grant.prefix}*"]})
+            role.add_to_principal_policy(listing)
+            role.add_to_principal_policy(
+                iam.PolicyStatement(actions=["s3:GetObject"], resources=[objects])
+            )
+        if grant.access in ("write", "read_write"):
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    actions=["s3:PutObject", "s3:AbortMultipartUpload"], resources=[objects]
+                )
+            )
+        acknowledge_wildcard_resource(
+            role,
+            objects,
+            f"{where}.grants: the objects of the bucket (under the prefix) the team grants "
+            "its tasks in the environment config",
+        )
+    for statement in access.policy_statements:
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=statement.actions, resources=statement.resources)
+        )
+    if access.policy_statements:
+        # Written by the team as it wants them; `config warning:` lines name the wildcards.
+        for rule in ("AwsSolutions-IAM5",):
+            acknowledge(
+                role,
+                rule,
+                f"{where}.policy_statements: statements the team declares in the environment "
+                "config for its own tasks",
+            )
 
 
 def add_celery_container(
@@ -87,32 +191,42 @@ def add_celery_container(
     secrets: dict[str, ecs.Secret] | None = None,
     port: int | None = None,
     health_check: list[str] | None = None,
+    access: TaskAccess | None = None,
 ) -> ecs.ContainerDefinition:
     """The app container of a worker, beat or Flower task, and the agent sidecar if enabled."""
     config = runtime.config
     env = {
-        "CELERY_BROKER_HOST": runtime.broker.endpoint_address,
-        "CELERY_BROKER_PORT": str(runtime.broker.port),
-        "CELERY_BROKER_TLS": "true",
-        "CELERY_CATALOG": json.dumps(config.runtime_catalog(), sort_keys=True),
-        "CELERY_SHUTDOWN_BUDGET_S": str(config.services.stop_timeout_s - SHUTDOWN_MARGIN_S),
+        Env.BROKER_HOST: runtime.broker.endpoint_address,
+        Env.BROKER_PORT: str(runtime.broker.port),
+        Env.BROKER_TLS: "true",
+        Env.CATALOG: json.dumps(config.runtime_catalog(), sort_keys=True),
+        Env.TASK_MODULES: ",".join(config.app.task_modules),
+        Env.SHUTDOWN_BUDGET_S: str(config.services.stop_timeout_s - SHUTDOWN_MARGIN_S),
         "DD_ENV": config.name,
         "DD_SERVICE": service,
         "DD_VERSION": runtime.version,
         **(environment or {}),
     }
     if config.task_metrics_in_cloudwatch:
-        env["CELERY_METRICS_EMF"] = "true"  # the log driver ships the EMF lines to CloudWatch
+        env[Env.METRICS_EMF] = "true"  # the log driver ships the EMF lines to CloudWatch
     if config.datadog.enabled:
-        env["DD_AGENT_HOST"] = "127.0.0.1"  # the sidecar shares the task's network namespace
-        env["DD_DOGSTATSD_PORT"] = str(DOGSTATSD_PORT)
+        env[Env.STATSD_HOST] = "127.0.0.1"  # the sidecar shares the task's network namespace
+        env[Env.STATSD_PORT] = str(DOGSTATSD_PORT)
+    team_secrets = {}
+    if access is not None:
+        env = {**access.environment, **env}  # the platform's names are refused in config
+        team_secrets = {
+            variable: container_secret(task_definition, variable, ref)
+            for variable, ref in access.secrets.items()
+        }
     container = task_definition.add_container(
         APP_CONTAINER,
         image=runtime.image,
         command=command,
         environment=env,
         secrets={
-            "CELERY_BROKER_AUTH_TOKEN": ecs.Secret.from_secrets_manager(runtime.broker.auth_secret),
+            **team_secrets,
+            Env.BROKER_AUTH_TOKEN: ecs.Secret.from_secrets_manager(runtime.broker.auth_secret),
             **(secrets or {}),
         },
         logging=ecs.LogDrivers.aws_logs(stream_prefix=service, log_group=log_group),

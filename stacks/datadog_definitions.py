@@ -4,7 +4,7 @@ Pure data (no CDK, no network): the monitoring stack turns it into the
 `Datadog::Dashboards::Dashboard` / `Datadog::Monitors::Monitor` registry resources, and
 `tools/datadog_push.py` sends the same definitions through Datadog's API.
 
-Metric sources, named once in stacks/metric_names.py:
+Metric sources, named once in the wire contract (celery_service/contract.py):
 
 * the workers' and beat's DogStatsD metrics (`celery.task.*`, tagged `env`, `service`,
   `queue`, `task` by the image);
@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from celery_service import contract as m
 from config import EnvironmentConfig
-from stacks import metric_names as m
 
 MANAGED_BY_TAG = "managed-by:celery-platform"
 
@@ -125,7 +125,7 @@ def _group(title: str, widgets: list[dict[str, Any]]) -> dict[str, Any]:
 def dashboard(config: EnvironmentConfig) -> dict[str, Any]:
     """The dashboard body of Datadog's dashboards API (and of the registry type)."""
     f = _Filters(config)
-    w = m.worker
+    w = m
     queues: list[dict[str, Any]] = []
     for queue in sorted(config.queues):
         statsd_scope = f"{f.statsd},queue:{queue}"
@@ -374,8 +374,7 @@ def monitors(config: EnvironmentConfig) -> list[Monitor]:
     add(
         "beat-heartbeat",
         "Beat heartbeat missing",
-        f"sum(last_{heartbeat_minutes}m):sum:{m.worker.BEAT_HEARTBEAT}{{{f.statsd}}}"
-        ".as_count() < 1",
+        f"sum(last_{heartbeat_minutes}m):sum:{m.BEAT_HEARTBEAT}{{{f.statsd}}}.as_count() < 1",
         f"Celery beat has not ticked for more than {settings.beat_heartbeat_max_age_s} s: "
         "schedules are skipped.",
         1,

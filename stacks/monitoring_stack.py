@@ -23,9 +23,9 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
+from celery_service import contract as m
 from config import EnvironmentConfig
 from stacks import datadog_definitions as dd
-from stacks import metric_names as m
 from stacks.autoscaler_stack import AutoscalerStack
 from stacks.data_stack import DataStack
 from stacks.services_stack import ServicesStack
@@ -121,9 +121,13 @@ class MonitoringStack(Stack):
 
     def _metric(self, name: str, statistic: str = "Maximum", **dims: str) -> cw.Metric:
         return cw.Metric(
-            namespace=m.NAMESPACE,
+            namespace=m.AUTOSCALER_NAMESPACE,
             metric_name=name,
-            dimensions_map={"environment": self.config.name, "service": m.SERVICE, **dims},
+            dimensions_map={
+                "environment": self.config.name,
+                "service": m.AUTOSCALER_SERVICE,
+                **dims,
+            },
             statistic=statistic,
             period=self.interval,
         )
@@ -183,7 +187,7 @@ class MonitoringStack(Stack):
 
     def _tasks(self) -> None:
         self._header("Tasks (from the workers' EMF lines)")
-        w = m.worker
+        w = m
         for queue in sorted(self.config.queues):
             self.dashboard.add_widgets(
                 cw.GraphWidget(

@@ -17,15 +17,13 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from celery_service.contract import KEYSPACE_EVENTS
 from config.model import RedisConfig
 from stacks.checks import acknowledge
 from stacks.retention import log_retention
 
 # Never evict: every key may be a queue, an unacked message or the beat lock.
 MAXMEMORY_POLICY = "noeviction"
-# Keyspace events (K) of list commands (l): a push to a queue wakes its idle workers. The
-# worker's delivery.KEYSPACE_EVENTS; a test checks that they agree.
-NOTIFY_KEYSPACE_EVENTS = "Kl"
 AUTH_TOKEN_LENGTH = 64  # ElastiCache accepts 16-128 printable characters
 
 _REMOVAL = {
@@ -100,7 +98,8 @@ class RedisBroker(Construct):
             description="Celery broker: never evict queue data, notify queue pushes",
             properties={
                 "maxmemory-policy": MAXMEMORY_POLICY,
-                "notify-keyspace-events": NOTIFY_KEYSPACE_EVENTS,
+                # A push to a queue wakes its idle workers.
+                "notify-keyspace-events": KEYSPACE_EVENTS,
             },
         )
 

@@ -13,11 +13,14 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from celery_service.contract import Env
 from config import EnvironmentConfig, WorkerGroupConfig
+from config.model import ACCESS_FIELDS
 from stacks.celery_containers import (
     Runtime,
     add_celery_container,
     build_runtime,
+    grant_team_access,
     service_log_group,
 )
 from stacks.checks import acknowledge, acknowledge_wildcard_resource
@@ -151,8 +154,10 @@ class WorkerService(Construct):
             service=f"worker-{group_name}",
             command=["worker"],
             log_group=service_log_group(self, "Logs", config),
-            environment={"CELERY_WORKER_GROUP": group_name},
+            environment={Env.WORKER_GROUP: group_name},
+            access=group,
         )
+        grant_team_access(self.task_definition, group, f"worker_groups.{group_name}")
         _task_protection_policy(self.task_definition, cluster)
         capacity = "FARGATE_SPOT" if config.services.fargate_spot else "FARGATE"
         self.service = ecs.FargateService(
@@ -184,7 +189,7 @@ class WorkerService(Construct):
             initial=group.min_tasks,
             task_definition_arn=self.task_definition.task_definition_arn,
             service_settings={
-                "group": group.model_dump(),
+                "group": group.model_dump(exclude=set(ACCESS_FIELDS)),
                 "services": config.services.model_dump(),
             },
         )
@@ -221,7 +226,9 @@ class BeatService(Construct):
             service="beat",
             command=["beat"],
             log_group=service_log_group(self, "Logs", runtime.config),
+            access=runtime.config.beat,
         )
+        grant_team_access(self.task_definition, runtime.config.beat, "beat")
         self.service = ecs.FargateService(
             self,
             "Service",

@@ -13,7 +13,8 @@ def test_autoscale_once_prints_a_decision_per_worker_group() -> None:
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "tools" / "autoscale_once.py"),
+            "-m",
+            "tools.autoscale_once",
             "--env",
             "dev",
             "--backlog",
@@ -23,6 +24,7 @@ def test_autoscale_once_prints_a_decision_per_worker_group() -> None:
         text=True,
         timeout=60,
         check=False,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()

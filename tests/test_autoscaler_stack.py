@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from stacks.celery_containers import IMAGE_DIR
 from tests.synth import Synth
 
 
@@ -85,3 +86,15 @@ def test_alarms_on_errors_and_on_missed_runs(env_synth: Synth) -> None:
     expression = json.dumps(errors["Metrics"])
     assert "AutoscalerErrors" in expression
     assert "Errors" in expression
+
+
+def test_the_image_installs_the_runtime_for_its_wire_contract(env_synth: Synth) -> None:
+    """The Lambda reads Redis keys and emits metric names from celery_service.contract: its
+    build gets the runtime package as a second build context."""
+    stack = env_synth.platform.autoscaler
+    manifest = json.loads((env_synth.outdir / f"{stack.artifact_id}.assets.json").read_text())
+    (asset,) = [a["source"] for a in manifest["dockerImages"].values()]
+    assert asset["dockerBuildContexts"] == {"runtime": str(IMAGE_DIR)}
+    staged = env_synth.outdir / asset["directory"]
+    dockerfile = (staged / "Dockerfile").read_text()
+    assert "COPY --from=runtime celery_service/" in dockerfile

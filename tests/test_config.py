@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from celery_service.catalog import VISIBILITY_MARGIN_S
 from config import (
     CONFIG_DIR,
     ConfigError,
@@ -16,7 +17,6 @@ from config import (
     load_environment,
     parse_environment,
 )
-from config.model import VISIBILITY_MARGIN_S
 from tests.synth import run_app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,12 @@ from aws_cdk import App, Environment, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Match
 
-from celery_service import delivery
+from celery_service.contract import KEYSPACE_EVENTS
 from config import load_environment
 from stacks.platform import Platform
-from stacks.redis_broker import MAXMEMORY_POLICY, NOTIFY_KEYSPACE_EVENTS
+from stacks.redis_broker import MAXMEMORY_POLICY
+from tests.conftest import RedisServer
 from tests.synth import Synth, synthesize
-from tools import local_redis
 
 
 def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
@@ -75,18 +76,19 @@ def test_engine_and_eviction_policy(env_synth: Synth) -> None:
     )
     assert params["Properties"]["Properties"] == {
         "maxmemory-policy": "noeviction",
-        "notify-keyspace-events": "Kl",
+        "notify-keyspace-events": KEYSPACE_EVENTS,
     }
     assert params["Properties"]["CacheParameterGroupFamily"] == cfg.parameter_group_family
     assert MAXMEMORY_POLICY == "noeviction"
 
 
-def test_broker_notifies_what_idle_workers_wait_on() -> None:
-    """The parameter group, the local redis-server and docker compose publish the keyspace
-    events the worker's delivery waits on."""
-    compose = (Path(__file__).parent.parent / "docker-compose.yml").read_text()
-    assert NOTIFY_KEYSPACE_EVENTS == delivery.KEYSPACE_EVENTS == local_redis.KEYSPACE_EVENTS
-    assert f'"--notify-keyspace-events", "{delivery.KEYSPACE_EVENTS}"' in compose
+def test_the_local_redis_server_notifies_as_the_broker_does(
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    """Tests and `make local` see the keyspace events idle workers wait on, as in AWS."""
+    config: dict[str, str] = redis_server().client().config_get("notify-keyspace-events")  # type: ignore[assignment]
+    flags = config["notify-keyspace-events"]
+    assert set(flags) == set(KEYSPACE_EVENTS) == {"K", "l"}, flags
 
 
 def test_security_group_has_no_ingress_and_no_egress_by_default(env_synth: Synth) -> None:

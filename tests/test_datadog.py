@@ -18,9 +18,9 @@ import jsonschema
 import pytest
 from moto import mock_aws
 
+from celery_service import contract as m
 from config import ConfigError, EnvironmentConfig, load_environment, parse_environment
 from stacks import datadog_definitions as dd
-from stacks import metric_names as m
 from tests.synth import Synth, synthesize
 from tools import datadog_push
 
@@ -139,7 +139,7 @@ def test_one_vocabulary_for_datadog(env: str) -> None:
     config = load_environment(env)
     board = queries(dd.dashboard(config))
     alerts = [monitor.query for monitor in dd.monitors(config)]
-    platform_names = {m.datadog_name(name) for name in m.ALL}
+    platform_names = {m.datadog_name(name) for name in m.AUTOSCALER_METRICS}
     on_board = {name for q in board for name in metric_names_in(q, "celery")}
     in_alerts = {name for q in alerts for name in metric_names_in(q, "celery")}
     known = set(m.TASK_METRICS) | platform_names

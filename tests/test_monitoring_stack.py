@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from celery_service import contract as m
 from config import EnvironmentConfig, load_environment
-from stacks import metric_names as m
 from stacks.monitoring_stack import redis_node_ids
 from tests.synth import Synth, synthesize
 
@@ -67,9 +67,9 @@ def dims(props: dict[str, Any]) -> dict[str, Any]:
 def test_every_queue_and_group_has_its_widgets(env_synth: Synth) -> None:
     config = env_synth.config
     lines = charted(dashboard(monitoring(env_synth)))
-    ours = [(metric, d) for ns, metric, d in lines if ns == m.NAMESPACE]
+    ours = [(metric, d) for ns, metric, d in lines if ns == m.AUTOSCALER_NAMESPACE]
     for _, d in ours:
-        assert (d["environment"], d["service"]) == (config.name, m.SERVICE)
+        assert (d["environment"], d["service"]) == (config.name, m.AUTOSCALER_SERVICE)
     for queue in config.queues:
         shown = {metric for metric, d in ours if d.get("queue") == queue}
         assert shown == set(m.QUEUE_METRICS), queue

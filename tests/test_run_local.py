@@ -4,7 +4,6 @@ Flower behind its password, and leaves nothing running once it stops."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
@@ -15,28 +14,14 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from config import load_environment
+from tools import run_local
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "tools" / "run_local.py"
 BANNER_END = "Stop with Ctrl-C."
-
-
-def load_tool() -> ModuleType:
-    """tools/ is a folder of scripts, not a package: load the script as a module."""
-    if "run_local" in sys.modules:
-        return sys.modules["run_local"]
-    spec = importlib.util.spec_from_file_location("run_local", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_local"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 class Output:
@@ -94,7 +79,7 @@ def group_alive(pgid: int) -> bool:
 
 def test_local_platform_serves_a_task_and_stops_cleanly(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--env", "dev", "--duration", "25"],
+        [sys.executable, "-m", "tools.run_local", "--env", "dev", "--duration", "25"],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -151,7 +136,7 @@ def test_local_platform_serves_a_task_and_stops_cleanly(tmp_path: Path) -> None:
 
 def test_a_process_that_dies_at_start_fails_the_start(tmp_path: Path) -> None:
     """A worker group missing from the catalog makes its worker exit with code 2 at once."""
-    tool = load_tool()
+    tool = run_local
     platform = tool.LocalPlatform("dev", tmp_path, tmp_path)
     platform.groups.append("missing")
     try:
@@ -170,14 +155,14 @@ def test_a_process_that_dies_at_start_fails_the_start(tmp_path: Path) -> None:
 def test_a_missing_redis_server_is_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tool = load_tool()
+    tool = run_local
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(tool.StartError, match="redis-server is missing"):
         tool.LocalPlatform("dev", tmp_path, tmp_path).start_redis()
 
 
 def test_print_env_writes_a_compose_env_file(capsys: pytest.CaptureFixture[str]) -> None:
-    tool = load_tool()
+    tool = run_local
     values: list[dict[str, str]] = []
     for _ in range(2):
         assert tool.main(["--env", "dev", "--print-env"]) == 0

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from config import CONFIG_DIR, load_environment, parse_environment
-from stacks.celery_containers import APP_CONTAINER, image_version
+from stacks.celery_containers import APP_CONTAINER, runtime_fingerprint
 from tests.synth import Synth, synthesize
 
 
@@ -336,7 +336,7 @@ def test_datadog_sidecar_when_enabled(tmp_path: Path) -> None:
         assert app_env["DD_AGENT_HOST"] == "127.0.0.1"
         assert {app_env["DD_ENV"], agent_env["DD_ENV"]} == {"qa"}
         assert app_env["DD_SERVICE"] == agent_env["DD_SERVICE"]
-        assert app_env["DD_VERSION"] == agent_env["DD_VERSION"] == image_version()
+        assert app_env["DD_VERSION"] == agent_env["DD_VERSION"] == runtime_fingerprint()[:12]
         labels = app_container(task)["DockerLabels"]
         assert labels["com.datadoghq.tags.service"] == app_env["DD_SERVICE"]
 

@@ -90,16 +90,17 @@ def test_base_image_is_one_overridable_argument(dockerfile: list[tuple[str, str]
     assert froms[0].endswith("AS builder")
 
 
-def test_builder_installs_the_pinned_requirements_into_a_venv(
+def test_builder_installs_the_pinned_requirements_then_the_runtime_into_a_venv(
     dockerfile: list[tuple[str, str]],
 ) -> None:
     builder = stages(dockerfile)[0]
     runs = [args for keyword, args in builder if keyword == "RUN"]
     assert any("venv /opt/venv" in run for run in runs)
     installs = [run for run in runs if "pip install" in run]
-    assert len(installs) == 1
-    assert "--no-cache-dir" in installs[0]
+    assert len(installs) == 2, "the pinned requirements, then the package without resolving"
+    assert all("--no-cache-dir" in run for run in installs)
     assert "-r /tmp/requirements.txt" in installs[0]
+    assert installs[1].endswith("--no-deps /tmp/runtime")
 
 
 def test_runtime_stage_is_minimal_and_unprivileged(dockerfile: list[tuple[str, str]]) -> None:
@@ -115,9 +116,9 @@ def test_runtime_stage_is_minimal_and_unprivileged(dockerfile: list[tuple[str, s
     assert user.isdigit(), "a fixed uid, not a name resolved at run time"
     assert int(user) >= 10000, "outside the range of system and default users"
 
-    # Only the venv and the application: no compilers, no build tools, no source tree.
+    # Only the venv, which holds the runtime package: no compilers, build tools or sources.
     copies = by_keyword.get("COPY", [])
-    assert copies == ["--from=builder /opt/venv /opt/venv", "celery_service/ /app/celery_service/"]
+    assert copies == ["--from=builder /opt/venv /opt/venv"]
     for run in by_keyword.get("RUN", []):
         assert not BUILD_TOOLS.search(run), run
 

@@ -18,14 +18,12 @@ from pathlib import Path
 
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 # Locally the decisions are printed as a table, not as per-decision JSON logs.
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
-from config import ConfigError, load_environment  # noqa: E402
-from lambdas.autoscaler.handler import DryRunEcs, Settings, run_once  # noqa: E402
-from tools.local_redis import (  # noqa: E402
+from config import ConfigError, load_environment
+from lambdas.autoscaler.handler import DryRunEcs, Settings, run_once
+from tools.local_redis import (
     RedisServerMissingError,
     free_port,
     redis_server_binary,

@@ -19,14 +19,10 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from config import ConfigError, EnvironmentConfig, load_environment  # noqa: E402
-from stacks import datadog_definitions as dd  # noqa: E402
+from config import ConfigError, EnvironmentConfig, load_environment
+from stacks import datadog_definitions as dd
 
 
 class PushError(Exception):

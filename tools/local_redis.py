@@ -11,9 +11,7 @@ from pathlib import Path
 
 import redis
 
-# What the worker's delivery needs (celery_service.delivery.KEYSPACE_EVENTS; a test checks
-# that the two agree, and that the data stack sets the same).
-KEYSPACE_EVENTS = "Kl"
+from celery_service.contract import KEYSPACE_EVENTS
 
 MISSING = "redis-server is missing: `make redis-server` installs it (apt-get install redis-server)"
 
@@ -46,7 +44,7 @@ def server_args(binary: str, port: int, workdir: Path, **options: str) -> list[s
         "appendonly": "no",
         "dir": str(workdir),
         # As the data stack's parameter group: idle workers wake on these.
-        "notify-keyspace-events": KEYSPACE_EVENTS,
+        "notify-keyspace-events": KEYSPACE_EVENTS,  # what idle workers wait on
     }
     settings |= {key.replace("_", "-"): value for key, value in options.items()}
     args = [binary, "--port", str(port)]

@@ -17,11 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from config import ConfigError, EnvironmentConfig, load_environment
+from stacks import datadog_definitions as dd
 
-from config import ConfigError, EnvironmentConfig, load_environment  # noqa: E402
-from stacks import datadog_definitions as dd  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def resolve(value: Any) -> Any:

@@ -31,18 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-ROOT = Path(__file__).resolve().parent.parent
-IMAGE_DIR = ROOT / "worker_image"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # config/ is a top-level package of the repository
-
-from config import ConfigError, available_environments, load_environment  # noqa: E402
-from tools.local_redis import (  # noqa: E402
+from config import ConfigError, available_environments, load_environment
+from tools.local_redis import (
     RedisServerMissingError,
     free_port,
     redis_server_binary,
     server_args,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE_DIR = ROOT / "worker_image"
+
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0  # SIGTERM, then SIGKILL after this long

@@ -19,15 +19,16 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .observe import Reading, read_all, state_key
+from celery_service import contract
+from celery_service.contract import autoscaler_state_key
+
+from .observe import Reading, read_all
 from .policy import Decision, Observation, PolicyConfig, decide
 
-NAMESPACE = "CeleryPlatform"
-SERVICE = "celery-autoscaler"
-logger = Logger(service=SERVICE)
+logger = Logger(service=contract.AUTOSCALER_SERVICE)
 # Every metric carries environment and service dimensions (plus queue or worker_group):
 # alarms match dimensions exactly, so they must not depend on POWERTOOLS_SERVICE_NAME.
-metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+metrics = Metrics(namespace=contract.AUTOSCALER_NAMESPACE, service=contract.AUTOSCALER_SERVICE)
 
 
 class Target(BaseModel):
@@ -165,7 +166,7 @@ def run_once(
     if reading.beat_heartbeat is not None:
         # Absent key: no metric, and the alarm treats the gap as breaching.
         age = max(0.0, now - reading.beat_heartbeat)
-        _metric(settings, "BeatHeartbeatAgeSeconds", age, MetricUnit.Seconds)
+        _metric(settings, contract.BEAT_HEARTBEAT_AGE_S, age, MetricUnit.Seconds)
     names = [settings.targets[g].service for g in groups]
     described = True
     try:
@@ -223,7 +224,7 @@ def run_once(
         try:
             pipe = redis_client.pipeline(transaction=False)
             for group, state in new_states.items():
-                pipe.set(state_key(group), state, ex=7 * 86400)
+                pipe.set(autoscaler_state_key(group), state, ex=7 * 86400)
             pipe.execute()
         except Exception as exc:
             logger.error("policy state not saved", extra={"error": str(exc)})
@@ -310,9 +311,11 @@ def _decide(
 
 
 def _metric(settings: Settings, name: str, value: float, unit: MetricUnit, **dims: str) -> None:
-    with single_metric(name=name, unit=unit, value=value, namespace=NAMESPACE) as metric:
+    with single_metric(
+        name=name, unit=unit, value=value, namespace=contract.AUTOSCALER_NAMESPACE
+    ) as metric:
         metric.add_dimension(name="environment", value=settings.environment)
-        metric.add_dimension(name="service", value=SERVICE)
+        metric.add_dimension(name="service", value=contract.AUTOSCALER_SERVICE)
         for key, dim in dims.items():
             metric.add_dimension(name=key, value=dim)
 
@@ -321,16 +324,16 @@ def _error_metric(settings: Settings, kind: str, group: str | None = None) -> No
     dims = {"kind": kind}
     if group is not None:
         dims["worker_group"] = group
-    _metric(settings, "AutoscalerErrors", 1, MetricUnit.Count, **dims)
+    _metric(settings, contract.AUTOSCALER_ERRORS, 1, MetricUnit.Count, **dims)
     # The environment's total, which the errors alarm watches (alarms cannot sum dimensions).
-    _metric(settings, "AutoscalerErrors", 1, MetricUnit.Count)
+    _metric(settings, contract.AUTOSCALER_ERRORS, 1, MetricUnit.Count)
 
 
 def _queue_metrics(settings: Settings, reading: Reading) -> None:
     for queue, values in reading.queues.items():
-        _metric(settings, "QueueWaiting", values.waiting, MetricUnit.Count, queue=queue)
-        _metric(settings, "QueueInFlight", values.in_flight, MetricUnit.Count, queue=queue)
-        _metric(settings, "DlqDepth", values.dlq_depth, MetricUnit.Count, queue=queue)
+        _metric(settings, contract.QUEUE_WAITING, values.waiting, MetricUnit.Count, queue=queue)
+        _metric(settings, contract.QUEUE_IN_FLIGHT, values.in_flight, MetricUnit.Count, queue=queue)
+        _metric(settings, contract.DLQ_DEPTH, values.dlq_depth, MetricUnit.Count, queue=queue)
 
 
 def _group_metrics(
@@ -342,19 +345,21 @@ def _group_metrics(
 ) -> None:
     unit = MetricUnit.Count
     values = {
-        "GroupWaiting": observation.waiting,
-        "GroupInFlight": observation.in_flight,
-        "RunningTasks": observation.running_tasks,
-        "PendingTasks": observation.pending_tasks,
+        contract.GROUP_WAITING: observation.waiting,
+        contract.GROUP_IN_FLIGHT: observation.in_flight,
+        contract.RUNNING_TASKS: observation.running_tasks,
+        contract.PENDING_TASKS: observation.pending_tasks,
     }
     for name, value in values.items():
         _metric(settings, name, float(value or 0), unit, worker_group=group)
-    _metric(settings, "DesiredTasks", float(result.desired or 0), unit, worker_group=group)
-    _metric(settings, "ScalingChanges", 1 if result.changed else 0, unit, worker_group=group)
+    _metric(settings, contract.DESIRED_TASKS, float(result.desired or 0), unit, worker_group=group)
+    _metric(
+        settings, contract.SCALING_CHANGES, 1 if result.changed else 0, unit, worker_group=group
+    )
     if estimated_wait_s is not None:
         _metric(
             settings,
-            "GroupEstimatedWaitSeconds",
+            contract.GROUP_ESTIMATED_WAIT_S,
             estimated_wait_s,
             MetricUnit.Seconds,
             worker_group=group,
@@ -513,7 +518,9 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
             time.sleep(settings.decision_interval_s)
         runs.append([r.__dict__ for r in run_once(settings, client, ecs)])
     metrics.add_metric(
-        name="RunDuration", unit=MetricUnit.Milliseconds, value=(time.monotonic() - started) * 1000
+        name=contract.RUN_DURATION,
+        unit=MetricUnit.Milliseconds,
+        value=(time.monotonic() - started) * 1000,
     )
-    metrics.add_metric(name="Runs", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name=contract.RUNS, unit=MetricUnit.Count, value=1)
     return {"runs": runs}

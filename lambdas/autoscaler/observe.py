@@ -1,6 +1,6 @@
 """Everything the autoscaler reads from Redis, in one pipelined round trip.
 
-Key layout (shared with worker_image/celery_service/names.py and kombu's Redis transport):
+Key layout (the wire contract, celery_service.contract, and kombu's Redis transport):
 a queue `q` holds its messages in `q`, `q\\x06\\x163`, `q\\x06\\x166`, `q\\x06\\x169` (one list
 per priority step); reserved and running messages sit in the `unacked` hash as JSON
 `[message, exchange, routing_key]`; workers count finished attempts in
@@ -14,27 +14,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-PRIORITY_SEPARATOR = "\x06\x16"
-PRIORITY_STEPS = (0, 3, 6, 9)
-UNACKED_KEY = "unacked"
-KEY_PREFIX = "celery"
-BEAT_HEARTBEAT_KEY = f"{KEY_PREFIX}:beat:heartbeat"
-
-
-def queue_keys(queue: str) -> list[str]:
-    return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
-
-
-def completed_key(queue: str) -> str:
-    return f"{KEY_PREFIX}:completed:{queue}"
-
-
-def dlq_index_key(queue: str) -> str:
-    return f"{KEY_PREFIX}:dlq:{queue}:index"
-
-
-def state_key(group: str) -> str:
-    return f"{KEY_PREFIX}:autoscaler:state:{group}"
+from celery_service.contract import (
+    BEAT_HEARTBEAT_KEY,
+    PRIORITY_STEPS,
+    UNACKED_KEY,
+    autoscaler_state_key,
+    completed_key,
+    dlq_index_key,
+    queue_keys,
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +53,7 @@ def read_all(client: Any, queues: list[str], groups: list[str]) -> Reading:
         pipe.get(completed_key(queue))
         pipe.zcard(dlq_index_key(queue))
     for group in groups:
-        pipe.get(state_key(group))
+        pipe.get(autoscaler_state_key(group))
     pipe.get(BEAT_HEARTBEAT_KEY)
     results = iter(pipe.execute())
 

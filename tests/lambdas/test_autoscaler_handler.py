@@ -12,12 +12,13 @@ import pytest
 import redis
 from moto import mock_aws
 
+from celery_service.contract import PRIORITY_SEPARATOR as SEP
+from celery_service.contract import UNACKED_KEY, completed_key, dlq_index_key
 from lambdas.autoscaler import handler as scaler
 from lambdas.autoscaler.handler import BotoEcs, DryRunEcs, ServiceCounts, Settings, run_once
-from lambdas.autoscaler.observe import UNACKED_KEY, completed_key, dlq_index_key, read_all
+from lambdas.autoscaler.observe import read_all
 from tests.conftest import FakeLambdaContext, RedisServer, free_port, use_fake_aws_credentials
 
-SEP = "\x06\x16"
 CONFIG: dict[str, Any] = {
     "environment": "test",
     "cluster": "celery-test",
@@ -261,10 +262,10 @@ def emitted_metrics(out: str) -> list[dict[str, Any]]:
 def test_beat_heartbeat_is_read_in_the_same_round_trip_and_its_age_published(
     seeded: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from celery_service import names
+    from celery_service import contract
 
     client = seeded.client()
-    client.set(names.BEAT_HEARTBEAT_KEY, 900.5)
+    client.set(contract.BEAT_HEARTBEAT_KEY, 900.5)
     counting = CountingClient(client)
     reading = read_all(counting, ["default"], ["general"])
     assert counting.round_trips == 1
@@ -278,7 +279,7 @@ def test_beat_heartbeat_is_read_in_the_same_round_trip_and_its_age_published(
     ]
     assert age["value"] == [99.5]
     assert age["dimensions"] == {"environment", "service"}
-    client.delete(names.BEAT_HEARTBEAT_KEY)
+    client.delete(contract.BEAT_HEARTBEAT_KEY)
     run_once(settings_for(seeded.port), client, ecs, now=1300.0)
     emitted = emitted_metrics(capsys.readouterr().out)
     assert not [m for m in emitted if m["name"] == "BeatHeartbeatAgeSeconds"], "absent: no data"

@@ -24,6 +24,7 @@ from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.retries import standard
 from moto import mock_aws
 
+from celery_service.contract import UNACKED_KEY, completed_key, queue_keys
 from lambdas.autoscaler import handler as scaler
 from lambdas.autoscaler.handler import (
     BotoEcs,
@@ -33,7 +34,6 @@ from lambdas.autoscaler.handler import (
     redis_client_for,
     run_once,
 )
-from lambdas.autoscaler.observe import UNACKED_KEY, completed_key, queue_keys
 from tests.conftest import FakeLambdaContext, use_fake_aws_credentials
 from tests.proofs.conftest import RestartableRedis
 from tests.proofs.faultproxy import FaultProxy

@@ -15,16 +15,16 @@ import pytest
 import redis
 from moto import mock_aws
 
-from lambdas.autoscaler import handler as scaler
-from lambdas.autoscaler.handler import ServiceCounts, run_once
-from lambdas.autoscaler.observe import (
+from celery_service.contract import (
     BEAT_HEARTBEAT_KEY,
     UNACKED_KEY,
+    autoscaler_state_key,
     completed_key,
     dlq_index_key,
     queue_keys,
-    state_key,
 )
+from lambdas.autoscaler import handler as scaler
+from lambdas.autoscaler.handler import ServiceCounts, run_once
 from tests.conftest import FakeLambdaContext, use_fake_aws_credentials
 from tests.proofs.conftest import RestartableRedis
 from tests.proofs.figures import FIGURES
@@ -235,18 +235,18 @@ def test_malformed_settings_are_refused_in_one_line(
 
 
 def _state(value: Any) -> dict[str, Any]:
-    return {state_key("general"): json.dumps(value)}
+    return {autoscaler_state_key("general"): json.dumps(value)}
 
 
 DAMAGE: list[tuple[str, dict[str, Any], set[str]]] = [
-    ("state not JSON", {state_key("general"): "{nope"}, set()),
+    ("state not JSON", {autoscaler_state_key("general"): "{nope"}, set()),
     ("state a list", _state([1, 2]), set()),
     ("state last not an object", _state({"last": "x", "policy": {}}), set()),
     ("state counts are text", _state({"last": {"waiting": "x", "in_flight": []}}), set()),
     ("state clock is text", _state({"last": {"now": "x", "completed_total": "y"}}), set()),
     ("state huge numbers", _state({"last": {"waiting": 10**40, "now": 1e308}}), set()),
     ("policy state garbage", _state({"policy": {"version": 99, "t": "x", "recent": 5}}), set()),
-    ("state of an unknown group", {state_key("gpu"): "{}"}, set()),
+    ("state of an unknown group", {autoscaler_state_key("gpu"): "{}"}, set()),
     ("completed counter text", {completed_key("default"): "abc"}, set()),
     ("completed counter negative", {completed_key("default"): "-5"}, set()),
     ("completed counter huge", {completed_key("default"): "9" * 60}, set()),

@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
+from celery_service.contract import queue_keys
 from celery_service.dlq import DeadLetter, DeadLetterQueues
 from tests.proofs.conftest import RestartableRedis
 from tests.proofs.figures import EXHAUSTIVE, FIGURES
-from tests.worker.harness import Process, publisher, queue_keys, results_client, running
+from tests.worker.harness import Process, publisher, results_client, running
 
 SECTION = "Bad messages to a real worker"
 QUEUE = "default"

@@ -18,8 +18,9 @@ from typing import Any
 import redis
 from celery import Celery
 
+from celery_service.catalog import Catalog
 from celery_service.factory import create_app
-from celery_service.settings import Catalog, Settings
+from celery_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_DIR = ROOT / "worker_image"
@@ -193,8 +194,3 @@ def results_client(client: Any) -> Any:
     kwargs = client.connection_pool.connection_kwargs
     db = Catalog.model_fields["result_db"].default
     return redis.Redis(host=kwargs["host"], port=kwargs["port"], db=db, socket_timeout=5)
-
-
-def queue_keys(queue: str) -> list[str]:
-    """Every Redis key holding `queue`'s messages: one per priority step."""
-    return [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]

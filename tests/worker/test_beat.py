@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from celery_service.names import BEAT_HEARTBEAT_KEY
+from celery_service.contract import BEAT_HEARTBEAT_KEY, queue_keys
 from tests.conftest import RedisServer
-from tests.worker.harness import TEST_CATALOG, base_env, queue_keys, start, wait_for
+from tests.worker.harness import TEST_CATALOG, base_env, start, wait_for
 
 EVERY_S = 1
 RUN_S = 12

@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from celery_service.contract import queue_keys
 from celery_service.settings import Settings
 from tests.conftest import RedisServer
-from tests.worker.harness import Process, base_env, publisher, queue_keys, start, wait_for
+from tests.worker.harness import Process, base_env, publisher, start, wait_for
 from tests.worker.http_standin import standin
 from tools.local_redis import redis_server_binary, server_args
 

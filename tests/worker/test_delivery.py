@@ -17,7 +17,7 @@ import pytest
 import redis
 from kombu.connection import Connection
 
-from celery_service import names
+from celery_service import contract
 from celery_service.delivery import POP_AND_RECORD
 from celery_service.dlq import DeadLetterQueues
 from celery_service.factory import create_app
@@ -114,7 +114,7 @@ def test_the_pop_records_on_a_full_noeviction_server(
     client.lpush("default", json.dumps(message))
     with pytest.raises(redis.ResponseError, match="maxmemory"):
         _fill(client)
-    keys = ["unacked", "unacked_index", "default", names.malformed_key("default")]
+    keys = ["unacked", "unacked_index", "default", contract.malformed_key("default")]
     reply = client.eval(POP_AND_RECORD, len(keys), *keys, repr(time.time()), "default")
     assert reply[2] == b"tag-1"
     assert json.loads(client.hget("unacked", "tag-1") or b"null")[0] == message
@@ -185,7 +185,7 @@ def test_entries_that_are_not_messages_reach_the_dlq_even_after_a_crash(
     dlq = DeadLetterQueues(client)
     app = publisher(server.port)
     # Moved aside by a worker that died before recording it in the DLQ.
-    client.lpush(names.malformed_key("default"), b"left by a dead worker")
+    client.lpush(contract.malformed_key("default"), b"left by a dead worker")
     with running(server.port, tmp_path) as worker:
         wait_for(lambda: dlq.depth("default") == 1, 20, "the crashed worker's entry")
         client.lpush("default", b"\xff not json")
@@ -201,7 +201,7 @@ def test_entries_that_are_not_messages_reach_the_dlq_even_after_a_crash(
             json.dumps({"properties": {"delivery_tag": 7}}).encode(),
         ]
     )
-    assert client.llen(names.malformed_key("default")) == 0
+    assert client.llen(contract.malformed_key("default")) == 0
     assert client.hlen("unacked") == 0
     app.close()
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from celery_service import names
+from celery_service import contract
 from celery_service.metrics import EMF_MAX_VALUES, EmfAggregator
 from tests.conftest import RedisServer
 from tests.worker.harness import publisher, running, wait_for
@@ -75,18 +75,18 @@ def test_a_window_becomes_one_valid_line_per_queue() -> None:
     written: list[bytes] = []
     emf = EmfAggregator("prod", 60, write=written.append, clock=lambda: 1_700_000_000.5)
     for n in range(5):
-        emf.count(names.TASK_SUCCEEDED, "default")
-        emf.observe(names.TASK_RUNTIME_MS, "default", 10.0 + n)
-    emf.count(names.TASK_FAILED, "reports", 2)
-    emf.count(names.BEAT_HEARTBEAT, None)
+        emf.count(contract.TASK_SUCCEEDED, "default")
+        emf.observe(contract.TASK_RUNTIME_MS, "default", 10.0 + n)
+    emf.count(contract.TASK_FAILED, "reports", 2)
+    emf.count(contract.BEAT_HEARTBEAT, None)
     assert emf.flush() == 3
     records = [json.loads(line) for line in written]
     assert [emf_problems(r) for r in records] == [[], [], []]
     by_queue = {r.get("queue"): r for r in records}
-    assert by_queue["default"][names.TASK_SUCCEEDED] == 5
-    assert by_queue["default"][names.TASK_RUNTIME_MS] == [10.0, 11.0, 12.0, 13.0, 14.0]
-    assert by_queue["reports"][names.TASK_FAILED] == 2
-    assert by_queue[None][names.BEAT_HEARTBEAT] == 1
+    assert by_queue["default"][contract.TASK_SUCCEEDED] == 5
+    assert by_queue["default"][contract.TASK_RUNTIME_MS] == [10.0, 11.0, 12.0, 13.0, 14.0]
+    assert by_queue["reports"][contract.TASK_FAILED] == 2
+    assert by_queue[None][contract.BEAT_HEARTBEAT] == 1
     assert by_queue[None]["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["environment"]]
     assert by_queue["default"]["_aws"]["Timestamp"] == 1_700_000_000_500
     assert emf.flush() == 0, "a flushed window is not written twice"
@@ -97,10 +97,10 @@ def test_distributions_keep_a_uniform_sample_of_at_most_100_values() -> None:
     emf = EmfAggregator("dev", 60, write=written.append)
     emf._rng = random.Random(7)
     for value in range(10_000):
-        emf.observe(names.TASK_QUEUE_WAIT_MS, "default", float(value))
+        emf.observe(contract.TASK_QUEUE_WAIT_MS, "default", float(value))
     emf.flush()
     (record,) = [json.loads(line) for line in written]
-    sample = record[names.TASK_QUEUE_WAIT_MS]
+    sample = record[contract.TASK_QUEUE_WAIT_MS]
     assert len(sample) == EMF_MAX_VALUES
     assert emf_problems(record) == []
     # Uniform over 0..9999: the sample's median lands near 5000, not at the first 100 values.
@@ -108,12 +108,12 @@ def test_distributions_keep_a_uniform_sample_of_at_most_100_values() -> None:
 
 
 def test_the_validator_rejects_what_cloudwatch_would_drop() -> None:
-    good = json.loads(EmfAggregator("dev", 60).line("q", {names.TASK_SUCCEEDED: 1}))
+    good = json.loads(EmfAggregator("dev", 60).line("q", {contract.TASK_SUCCEEDED: 1}))
     assert emf_problems(good) == []
     missing_dimension = {**good}
     del missing_dimension["queue"]
     assert emf_problems(missing_dimension)
-    assert emf_problems({**good, names.TASK_SUCCEEDED: "1"})
+    assert emf_problems({**good, contract.TASK_SUCCEEDED: "1"})
     assert emf_problems({**good, "_aws": {**good["_aws"], "Timestamp": 1_700_000_000}})
 
 
@@ -150,8 +150,8 @@ def test_a_real_worker_writes_task_metrics_as_emf(
 
         wait_for(
             lambda: (
-                totals().get(("default", names.TASK_SUCCEEDED)) == 4
-                and totals().get(("priority", names.TASK_FAILED)) == 1
+                totals().get(("default", contract.TASK_SUCCEEDED)) == 4
+                and totals().get(("priority", contract.TASK_FAILED)) == 1
             ),
             15,
             "the worker's EMF lines",
@@ -160,11 +160,11 @@ def test_a_real_worker_writes_task_metrics_as_emf(
     assert all(emf_problems(r) == [] for r in records), [emf_problems(r) for r in records]
     assert {r["environment"] for r in records} == {"staging"}
     assert {r["_aws"]["CloudWatchMetrics"][0]["Namespace"] for r in records} == {
-        names.EMF_NAMESPACE
+        contract.TASK_NAMESPACE
     }
     final = totals()
-    assert final[("default", names.TASK_RUNTIME_MS)] == 4
-    assert final[("default", names.TASK_QUEUE_WAIT_MS)] == 4
-    assert final[("priority", names.TASK_RUNTIME_MS)] == 1
-    assert ("default", names.TASK_FAILED) not in final
-    assert int(client.get(names.completed_key("default")) or 0) == 4
+    assert final[("default", contract.TASK_RUNTIME_MS)] == 4
+    assert final[("default", contract.TASK_QUEUE_WAIT_MS)] == 4
+    assert final[("priority", contract.TASK_RUNTIME_MS)] == 1
+    assert ("default", contract.TASK_FAILED) not in final
+    assert int(client.get(contract.completed_key("default")) or 0) == 4

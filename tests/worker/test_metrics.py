@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_service import names
+from celery_service import contract
 from tests.conftest import RedisServer
 from tests.worker.harness import publisher, running, wait_for
 from tests.worker.http_standin import standin
@@ -67,7 +67,7 @@ def test_task_metrics_are_sent_tagged_by_queue_and_task(
             assert app.send_task("samples.square", args=[n]).get(timeout=10) == n * n
         with pytest.raises(Exception, match="404"):
             app.send_task("samples.fetch_exchange_rates", args=[rates.url]).get(timeout=10)
-        wait_for(lambda: int(client.get(names.completed_key("priority")) or 0) == 1, 10, "count")
+        wait_for(lambda: int(client.get(contract.completed_key("priority")) or 0) == 1, 10, "count")
     packets = [parse(line) for line in received(statsd_socket)]
     square = {"queue:default", "task:samples.square"}
     unified = {"env:test", "service:celery-worker", "version:1.2.3"}
@@ -75,13 +75,13 @@ def test_task_metrics_are_sent_tagged_by_queue_and_task(
     def sent(name: str, kind: str, tags: set[str]) -> int:
         return sum(1 for n, k, t in packets if n == name and k == kind and tags <= t)
 
-    assert sent(names.TASK_RUNTIME_MS, "d", square | unified) == 3
-    assert sent(names.TASK_QUEUE_WAIT_MS, "d", square | unified) == 3
-    assert sent(names.TASK_SUCCEEDED, "c", square | unified) == 3
+    assert sent(contract.TASK_RUNTIME_MS, "d", square | unified) == 3
+    assert sent(contract.TASK_QUEUE_WAIT_MS, "d", square | unified) == 3
+    assert sent(contract.TASK_SUCCEEDED, "c", square | unified) == 3
     rates_tags = {"queue:priority", "task:samples.fetch_exchange_rates"}
-    assert sent(names.TASK_FAILED, "c", rates_tags) == 1
-    assert sent(names.DLQ_WRITTEN, "c", rates_tags | {"kind:failed"}) == 1
-    assert int(client.get(names.completed_key("default")) or 0) == 3
+    assert sent(contract.TASK_FAILED, "c", rates_tags) == 1
+    assert sent(contract.DLQ_WRITTEN, "c", rates_tags | {"kind:failed"}) == 1
+    assert int(client.get(contract.completed_key("default")) or 0) == 3
     app.close()
 
 
@@ -97,7 +97,7 @@ def test_retries_are_counted(
     ):
         assert app.send_task("samples.fetch_exchange_rates", args=[rates.url]).get(timeout=20)
     packets = [parse(line) for line in received(statsd_socket)]
-    retried = [p for p in packets if p[0] == names.TASK_RETRIED]
+    retried = [p for p in packets if p[0] == contract.TASK_RETRIED]
     assert len(retried) == 1
     assert {"queue:priority", "task:samples.fetch_exchange_rates"} <= retried[0][2]
     app.close()

@@ -14,15 +14,14 @@ from pathlib import Path
 import pytest
 from celery.result import AsyncResult
 
+from celery_service.contract import completed_key, queue_keys
 from celery_service.dlq import DeadLetterQueues
-from celery_service.names import completed_key
 from tests.conftest import RedisServer
 from tests.worker.harness import (
     IMAGE_DIR,
     TEST_CATALOG,
     base_env,
     publisher,
-    queue_keys,
     running,
     wait_for,
 )

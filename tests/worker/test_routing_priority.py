@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from celery_service.settings import PRIORITIES
+from celery_service.contract import PRIORITIES, queue_keys
 from celery_service.tasks.samples import EMAILS_SENT_KEY
 from tests.conftest import RedisServer
-from tests.worker.harness import TEST_CATALOG, publisher, queue_keys, running, wait_for
+from tests.worker.harness import TEST_CATALOG, publisher, running, wait_for
 
 
 def depth(client: object, queue: str) -> int:

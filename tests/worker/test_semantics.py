@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from celery import Celery, chain, chord, group
 
-from celery_service import names
+from celery_service import contract
+from celery_service.contract import queue_keys
 from tests.conftest import RedisServer
 from tests.worker import semantics_tasks as t
-from tests.worker.harness import base_env, publisher, queue_keys, running, start, wait_for
+from tests.worker.harness import base_env, publisher, running, start, wait_for
 
 # Celery's AsyncResult unsubscribes in __del__; one collected after its test's redis-server
 # stopped reports a reconnect failure that says nothing about the behaviour under test.
@@ -199,19 +200,19 @@ def test_every_terminal_failure_leaves_exactly_one_dead_letter_under_its_queue(
     with running(server.port, tmp_path, "runner", catalog=CATALOG, task_modules=MODULES) as w:
         for result in (hard, soft, exhausted, refused, broken, unknown):
             result.get(timeout=30, propagate=False)
-        wait_for(lambda: client.zcard(names.dlq_index_key("work")) >= 5, 15, "dead letters")
+        wait_for(lambda: client.zcard(contract.dlq_index_key("work")) >= 5, 15, "dead letters")
         time.sleep(2)  # a second report of any failure would land now
         assert "Hard time limit (2" in w.output()
 
     def entries(queue: str) -> dict[str, dict[str, Any]]:
-        raw = client.hgetall(names.dlq_entries_key(queue))
+        raw = client.hgetall(contract.dlq_entries_key(queue))
         by_task = {}
         for value in raw.values():
             entry = json.loads(value)
             key = entry["task_id"]
             assert key not in by_task, f"two dead letters for {entry['task_name']}"
             by_task[key] = entry
-        assert client.zcard(names.dlq_index_key(queue)) == len(by_task)
+        assert client.zcard(contract.dlq_index_key(queue)) == len(by_task)
         return by_task
 
     side, work = entries("side"), entries("work")
@@ -279,7 +280,7 @@ def test_a_gevent_group_enforces_its_hard_limit(
         nap.get(timeout=20, propagate=False)
     assert nap.state == "FAILURE"
     assert time.monotonic() - started < 20
-    dead = server.client().hvals(names.dlq_entries_key("work"))
+    dead = server.client().hvals(contract.dlq_entries_key("work"))
     assert [json.loads(d)["task_id"] for d in dead] == [nap.id]
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from celery_service.contract import PRIORITY_SEPARATOR, PRIORITY_STEPS
 from celery_service.factory import (
-    PRIORITY_SEPARATOR,
     celery_config,
     create_app,
     unregistered_catalog_entries,
 )
-from celery_service.settings import PRIORITY_STEPS, Settings, SettingsError
+from celery_service.settings import Settings, SettingsError
 from config import available_environments, load_environment
 from tests.worker.harness import IMAGE_DIR, ROOT, TEST_CATALOG
 
@@ -68,7 +68,7 @@ def test_transport_options_match_kombu_defaults_every_publisher_uses() -> None:
     from kombu.transport.redis import Channel
 
     options = celery_config(Settings.from_env(env()))["broker_transport_options"]
-    assert options["priority_steps"] == PRIORITY_STEPS == list(KOMBU_STEPS)
+    assert options["priority_steps"] == list(PRIORITY_STEPS) == list(KOMBU_STEPS)
     assert options["sep"] == PRIORITY_SEPARATOR == Channel.sep
     assert celery_config(Settings.from_env(env()))["worker_prefetch_multiplier"] == 1
 
@@ -97,7 +97,8 @@ BAD = {
                 {**TEST_CATALOG, "tasks": {"x": {"queue": "default", "rate_limit": "ten/s"}}}
             )
         },
-        "rate_limit 'ten/s' must be a number of tasks per second, minute or hour, such as 10/s",
+        "CELERY_CATALOG.tasks.x.rate_limit: 'ten/s' must be a number of tasks per second, "
+        "minute or hour, such as 10/s",
     ),
     "cron field out of range": (
         {
@@ -105,7 +106,7 @@ BAD = {
                 {**TEST_CATALOG, "schedules": {"n": {"task": "x", "cron": "0 24 * * *"}}}
             )
         },
-        "cron '0 24 * * *': Invalid end range: 24 > 23",
+        "CELERY_CATALOG.schedules.n: cron '0 24 * * *': hour '24' is not in 0-23",
     ),
     "task module list that names nothing": (
         {"CELERY_TASK_MODULES": "app.tasks,,not a module"},

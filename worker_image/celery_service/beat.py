@@ -9,13 +9,11 @@ from typing import Any
 
 from redbeat import RedBeatScheduler
 
-from celery_service import names
+from celery_service import contract
 from celery_service.metrics import recorder
 from celery_service.redis_client import client_for
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_TTL_S = 300  # the key disappears if no beat ticks for this long (seconds)
 
 
 class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]
@@ -23,9 +21,11 @@ class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         interval: float = super().tick(*args, **kwargs)
         settings = self.app.platform_settings
         try:
-            client_for(settings).set(names.BEAT_HEARTBEAT_KEY, time.time(), ex=HEARTBEAT_TTL_S)
+            client_for(settings).set(
+                contract.BEAT_HEARTBEAT_KEY, time.time(), ex=contract.BEAT_HEARTBEAT_TTL_S
+            )
         except Exception as exc:
             log.warning("beat heartbeat not written: %s", exc)
         Path(settings.heartbeat_file).touch()
-        recorder(settings).count(names.BEAT_HEARTBEAT, None, None)
+        recorder(settings).count(contract.BEAT_HEARTBEAT, None, None)
         return interval

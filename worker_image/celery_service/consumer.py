@@ -13,10 +13,11 @@ from celery.exceptions import CPendingDeprecationWarning, InvalidTaskError
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 
-from celery_service import names
+from celery_service import contract
+from celery_service.catalog import VISIBILITY_MARGIN_S
 from celery_service.delivery import use_delivery
 from celery_service.metrics import recorder
-from celery_service.settings import VISIBILITY_MARGIN_S, Settings
+from celery_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class SafeConsumer(Consumer):  # type: ignore[misc]
         )
         queue = str((message.delivery_info or {}).get("routing_key") or "")
         recorder(self.app.platform_settings).count(
-            names.TASK_ETA_DEFERRED, queue, str(headers.get("task"))
+            contract.TASK_ETA_DEFERRED, queue, str(headers.get("task"))
         )
         # Like Celery's own ETA handling: a held message does not use up the prefetch window.
         self.qos.increment_eventually()

@@ -10,7 +10,7 @@ BRPOP's order, then the same ZADD `unacked_index` / HSET `unacked` entry kombu's
 Redis runs a script as one unit, and its effects reach the append-only file and replicas as
 one transaction. A script cannot block, so an idle channel waits on keyspace notifications
 of its queue keys instead (`notify-keyspace-events` must include `K` and `l`: the data
-stack's parameter group and the local redis-server set KEYSPACE_EVENTS) and pops when a
+stack's parameter group and the local redis-server set contract.KEYSPACE_EVENTS) and pops when a
 message is pushed; without them it polls every `idle_poll_interval` seconds.
 
 Everything else is kombu's: queue keys and priorities, the `unacked` format that the
@@ -33,12 +33,9 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from redis.exceptions import NoScriptError
 
-from celery_service import names
+from celery_service import contract
 
 log = logging.getLogger(__name__)
-
-#: What the broker must publish: keyspace events (K) of list commands (l).
-KEYSPACE_EVENTS = "Kl"
 
 #: Seconds between polls of an idle channel, in case a notification is missed or the
 #: server does not send them.
@@ -149,7 +146,7 @@ class DeliveryChannel(kombu_redis.Channel):
             (queue, self._q_for_pri(queue, pri)) for pri in self.priority_steps for queue in queues
         ]
         keys = [
-            key for queue, queue_key in order for key in (queue_key, names.malformed_key(queue))
+            key for queue, queue_key in order for key in (queue_key, contract.malformed_key(queue))
         ]
         connection = self.client.connection
         if self._script_sha is None:
@@ -218,14 +215,14 @@ class DeliveryChannel(kombu_redis.Channel):
     def _move_to_dlq(self, queue: str, item: bytes, exc: Exception) -> None:
         if _record_malformed(queue, item, exc):
             with self.conn_or_acquire() as client:
-                client.lrem(names.malformed_key(queue), 1, item)
+                client.lrem(contract.malformed_key(queue), 1, item)
         # else it stays in the malformed list until the next start of a channel
 
     def _sweep_malformed(self) -> None:
         """Entries a worker moved aside but died before putting in the DLQ."""
         for queue in self.active_queues:
             with self.conn_or_acquire() as client:
-                items = client.lrange(names.malformed_key(queue), 0, -1)
+                items = client.lrange(contract.malformed_key(queue), 0, -1)
             for item in items:
                 self._move_to_dlq(queue, item, ValueError("not a message envelope"))
 
@@ -293,7 +290,7 @@ class DeliveryChannel(kombu_redis.Channel):
                 "Redis does not publish keyspace events of lists (notify-keyspace-events=%r,"
                 " wanted %r): idle workers poll every %s s instead of waking on a message",
                 flags,
-                KEYSPACE_EVENTS,
+                contract.KEYSPACE_EVENTS,
                 self.idle_poll_interval,
             )
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from celery_service import names
+from celery_service import contract
 
 MAX_TRACEBACK_CHARS = 16_000
 MAX_RAW_BYTES = 256 * 1024  # an oversized poison message is kept truncated, not dropped
@@ -87,13 +87,13 @@ class DeadLetterQueues:
         """Store the entry; False when an entry with its id is already there (the same
         failure reported again), which is left as it was."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.hsetnx(names.dlq_entries_key(entry.queue), entry.id, entry.to_json())
-        pipe.zadd(names.dlq_index_key(entry.queue), {entry.id: entry.failed_at}, nx=True)
+        pipe.hsetnx(contract.dlq_entries_key(entry.queue), entry.id, entry.to_json())
+        pipe.zadd(contract.dlq_index_key(entry.queue), {entry.id: entry.failed_at}, nx=True)
         added, _ = pipe.execute()
         return bool(added)
 
     def queues(self) -> list[str]:
-        prefix, suffix = names.dlq_index_key("\0").split("\0")
+        prefix, suffix = contract.dlq_index_key("\0").split("\0")
         found = {
             _text(key)[len(prefix) : -len(suffix)]
             for key in self.client.scan_iter(match=f"{prefix}*{suffix}")
@@ -101,16 +101,16 @@ class DeadLetterQueues:
         return sorted(found)
 
     def depth(self, queue: str) -> int:
-        return int(self.client.zcard(names.dlq_index_key(queue)))
+        return int(self.client.zcard(contract.dlq_index_key(queue)))
 
     def entries(self, queue: str, limit: int = 50) -> list[DeadLetter]:
         """The newest `limit` entries of `queue`, newest first."""
-        newest = self.client.zrevrange(names.dlq_index_key(queue), 0, limit - 1)
+        newest = self.client.zrevrange(contract.dlq_index_key(queue), 0, limit - 1)
         ids = [_text(i) for i in newest if isinstance(i, bytes | str)]
         if not ids:
             return []
-        raw = self.client.hmget(names.dlq_entries_key(queue), ids)
-        replayed = self.client.hmget(names.dlq_replayed_key(queue), ids)
+        raw = self.client.hmget(contract.dlq_entries_key(queue), ids)
+        replayed = self.client.hmget(contract.dlq_replayed_key(queue), ids)
         found = []
         for text, marker in zip(raw, replayed, strict=True):
             if text is None:
@@ -121,11 +121,11 @@ class DeadLetterQueues:
         return found
 
     def get(self, queue: str, entry_id: str) -> DeadLetter | None:
-        text = self.client.hget(names.dlq_entries_key(queue), entry_id)
+        text = self.client.hget(contract.dlq_entries_key(queue), entry_id)
         if text is None:
             return None
         entry = DeadLetter.from_json(text)
-        marker = self.client.hget(names.dlq_replayed_key(queue), entry_id)
+        marker = self.client.hget(contract.dlq_replayed_key(queue), entry_id)
         entry.replayed_as = _text(marker) if marker else None
         return entry
 
@@ -142,12 +142,12 @@ class DeadLetterQueues:
         if not entry.replayable:
             raise ValueError(f"a {entry.kind} message cannot be replayed; inspect it with `show`")
         new_id = str(uuid.uuid5(REPLAY_NAMESPACE, entry_id))
-        if not self.client.hsetnx(names.dlq_replayed_key(queue), entry_id, new_id):
+        if not self.client.hsetnx(contract.dlq_replayed_key(queue), entry_id, new_id):
             raise AlreadyReplayedError(f"{entry_id} was already replayed as task {new_id}")
         try:
             send(entry, new_id)
         except BaseException:
-            self.client.hdel(names.dlq_replayed_key(queue), entry_id)
+            self.client.hdel(contract.dlq_replayed_key(queue), entry_id)
             raise
         return new_id
 
@@ -156,15 +156,15 @@ class DeadLetterQueues:
         if entry_ids is None:
             count = self.depth(queue)
             self.client.delete(
-                names.dlq_entries_key(queue),
-                names.dlq_index_key(queue),
-                names.dlq_replayed_key(queue),
+                contract.dlq_entries_key(queue),
+                contract.dlq_index_key(queue),
+                contract.dlq_replayed_key(queue),
             )
             return count
         pipe = self.client.pipeline(transaction=True)
-        pipe.hdel(names.dlq_entries_key(queue), *entry_ids)
-        pipe.zrem(names.dlq_index_key(queue), *entry_ids)
-        pipe.hdel(names.dlq_replayed_key(queue), *entry_ids)
+        pipe.hdel(contract.dlq_entries_key(queue), *entry_ids)
+        pipe.zrem(contract.dlq_index_key(queue), *entry_ids)
+        pipe.hdel(contract.dlq_replayed_key(queue), *entry_ids)
         deleted, _, _ = pipe.execute()
         return int(deleted)
 

@@ -16,12 +16,10 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from celery_service import names
-from celery_service.settings import PRIORITIES, PRIORITY_STEPS, Catalog, Settings
-
-# kombu's separator between a queue name and its priority suffix: queue `q` lives in the
-# keys q, q\x06\x163, q\x06\x166, q\x06\x169. Shared with the autoscaler's depth reader.
-PRIORITY_SEPARATOR = "\x06\x16"
+from celery_service import contract
+from celery_service.catalog import Catalog
+from celery_service.contract import PRIORITIES, PRIORITY_SEPARATOR, PRIORITY_STEPS
+from celery_service.settings import Settings
 
 BEAT_MAX_LOOP_INTERVAL_S = 5  # beat wakes at least this often (seconds)
 # The RedBeat lock expires this long after its holder stops renewing it (seconds): how long a
@@ -59,7 +57,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": catalog.visibility_timeout_s,
-            "priority_steps": PRIORITY_STEPS,
+            "priority_steps": list(PRIORITY_STEPS),
             "sep": PRIORITY_SEPARATOR,
             # kombu's default "round_robin": a worker rotates between its queues, so a
             # backlog in one does not starve the others; priority levels still go first
@@ -132,7 +130,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_max_loop_interval": BEAT_MAX_LOOP_INTERVAL_S,
         "redbeat_redis_url": url,
         "redbeat_redis_use_ssl": tls,
-        "redbeat_key_prefix": f"{names.KEY_PREFIX}:redbeat:",
+        "redbeat_key_prefix": f"{contract.KEY_PREFIX}:redbeat:",
         "redbeat_lock_timeout": BEAT_LOCK_TIMEOUT_S,
         "beat_schedule": _beat_schedule(settings),
         "timezone": "UTC",

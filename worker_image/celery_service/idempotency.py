@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import redis
 
-from celery_service.names import KEY_PREFIX
+from celery_service.contract import KEY_PREFIX
 
 DONE_TTL_S = 7 * 86400  # remember applied effects this long (seconds)
 LOCK_TTL_S = 600  # a crashed holder's lock frees itself after this long (seconds)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from datadog.dogstatsd.base import DogStatsd
 
-from celery_service import names
+from celery_service import contract
 from celery_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,10 @@ class EmfAggregator:
                 "Timestamp": int(self._clock() * 1000),
                 "CloudWatchMetrics": [
                     {
-                        "Namespace": names.EMF_NAMESPACE,
+                        "Namespace": contract.TASK_NAMESPACE,
                         "Dimensions": [sorted(dimensions)],
                         "Metrics": [
-                            {"Name": name, "Unit": names.UNITS[name]} for name in sorted(values)
+                            {"Name": name, "Unit": contract.UNITS[name]} for name in sorted(values)
                         ],
                     }
                 ],

@@ -17,7 +17,7 @@ from typing import Any
 from celery import current_app, signals
 from celery.worker import state as worker_state
 
-from celery_service import logs, names
+from celery_service import contract, logs
 from celery_service.dlq import DeadLetter, DeadLetterQueues, encode_raw, entry_id_for
 from celery_service.metrics import recorder
 from celery_service.protection import TaskMonitor
@@ -43,7 +43,7 @@ def _setup_logging(**_: Any) -> None:
 @signals.before_task_publish.connect
 def _stamp_publish_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
     if headers is not None:
-        headers.setdefault(names.PUBLISHED_AT_HEADER, time.time())
+        headers.setdefault(contract.PUBLISHED_AT_HEADER, time.time())
 
 
 def _queue_of(task: Any) -> str:
@@ -55,11 +55,11 @@ def _queue_of(task: Any) -> str:
 @signals.task_prerun.connect
 def _task_started(task_id: str, task: Any, **_: Any) -> None:
     _started[task_id] = time.monotonic()
-    published = getattr(task.request, names.PUBLISHED_AT_HEADER, None)
+    published = getattr(task.request, contract.PUBLISHED_AT_HEADER, None)
     if isinstance(published, int | float):
         wait_ms = max(0.0, (time.time() - published) * 1000)
         recorder(_settings()).distribution(
-            names.TASK_QUEUE_WAIT_MS, wait_ms, _queue_of(task), task.name
+            contract.TASK_QUEUE_WAIT_MS, wait_ms, _queue_of(task), task.name
         )
 
 
@@ -71,12 +71,12 @@ def _task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) 
     metrics = recorder(settings)
     if started is not None:
         runtime_ms = (time.monotonic() - started) * 1000
-        metrics.distribution(names.TASK_RUNTIME_MS, runtime_ms, queue, task.name)
+        metrics.distribution(contract.TASK_RUNTIME_MS, runtime_ms, queue, task.name)
     if state == "SUCCESS":
-        metrics.count(names.TASK_SUCCEEDED, queue, task.name)
+        metrics.count(contract.TASK_SUCCEEDED, queue, task.name)
     try:
         # Every attempt that leaves a slot counts, retries included: a retry is a new arrival.
-        client_for(settings).incr(names.completed_key(queue))
+        client_for(settings).incr(contract.completed_key(queue))
     except Exception as exc:
         log.warning("completion counter not updated: %s", exc)
 
@@ -84,7 +84,7 @@ def _task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) 
 @signals.task_retry.connect
 def _task_retried(sender: Any = None, **_: Any) -> None:
     if sender is not None:
-        recorder(_settings()).count(names.TASK_RETRIED, _queue_of(sender), sender.name)
+        recorder(_settings()).count(contract.TASK_RETRIED, _queue_of(sender), sender.name)
 
 
 @signals.task_failure.connect
@@ -120,12 +120,12 @@ def _task_failed(
         exception=f"{type(exception).__name__}: {exception}" if exception else None,
         traceback=trace,
         attempts=attempt,
-        published_at=getattr(request, names.PUBLISHED_AT_HEADER, None) if in_task else None,
+        published_at=getattr(request, contract.PUBLISHED_AT_HEADER, None) if in_task else None,
     )
     if task_id:
         entry.id = entry_id_for("failed", task_id, attempt)
     if record_dead_letter(entry) is not None:  # not a repeat of a recorded failure
-        recorder(_settings()).count(names.TASK_FAILED, queue, sender.name)
+        recorder(_settings()).count(contract.TASK_FAILED, queue, sender.name)
 
 
 @signals.task_internal_error.connect
@@ -182,7 +182,7 @@ def record_dead_letter(entry: DeadLetter) -> bool | None:
         },
     )
     recorder(settings).count(
-        names.DLQ_WRITTEN, entry.queue, entry.task_name, extra=(f"kind:{entry.kind}",)
+        contract.DLQ_WRITTEN, entry.queue, entry.task_name, extra=(f"kind:{entry.kind}",)
     )
     return True
 
@@ -199,7 +199,7 @@ def dead_letter_from_message(message: Any, kind: str, exc: BaseException | None)
         exception=f"{type(exc).__name__}: {exc}" if exc else None,
         raw=encode_raw(getattr(message, "body", None)),
         headers={k: v for k, v in headers.items() if isinstance(v, str | int | float | None)},
-        published_at=headers.get(names.PUBLISHED_AT_HEADER),
+        published_at=headers.get(contract.PUBLISHED_AT_HEADER),
     )
     task_id, retries = headers.get("id"), headers.get("retries")
     if isinstance(task_id, str) and task_id:
