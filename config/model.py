@@ -8,6 +8,7 @@ when the environment is loaded; nothing downstream re-checks or re-reads setting
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -751,6 +752,10 @@ class EnvironmentConfig(Strict):
         )
         # Only what each entry sets: the rest stays the task decorator's.
         return catalog.model_dump(mode="json", exclude_none=True)
+
+    def runtime_catalog_json(self) -> str:
+        """`runtime_catalog()` as CELERY_CATALOG holds it (containers, producers, SSM)."""
+        return json.dumps(self.runtime_catalog(), sort_keys=True, separators=(",", ":"))
 
     def advisories(self) -> list[str]:
         """Valid settings that are probably a mistake, one line each (printed at synth)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +198,7 @@ def add_celery_container(
         Env.BROKER_HOST: runtime.broker.endpoint_address,
         Env.BROKER_PORT: str(runtime.broker.port),
         Env.BROKER_TLS: "true",
-        Env.CATALOG: json.dumps(config.runtime_catalog(), sort_keys=True),
+        Env.CATALOG: config.runtime_catalog_json(),
         Env.TASK_MODULES: ",".join(config.app.task_modules),
         Env.SHUTDOWN_BUDGET_S: str(config.services.stop_timeout_s - SHUTDOWN_MARGIN_S),
         "DD_ENV": config.name,

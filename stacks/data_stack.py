@@ -9,11 +9,13 @@ from constructs import Construct
 
 from config import EnvironmentConfig
 from stacks.network_stack import NetworkStack
+from stacks.producer_access import ProducerAccess
 from stacks.redis_broker import RedisBroker
 
 
 class DataStack(Stack):
-    """Owns the broker. Consumers get access with `broker.grant_connect(...)`."""
+    """Owns the broker and what producers need to reach it. Consumers get access with
+    `broker.grant_connect(...)`, a producer with `producers.grant(...)`."""
 
     def __init__(
         self,
@@ -31,6 +33,9 @@ class DataStack(Stack):
             vpc=network.vpc,
             subnets=network.app_subnets,
             config=config.redis,
+        )
+        self.producers = ProducerAccess(
+            self, "Producers", config=config, vpc=network.vpc, broker=self.broker
         )
         CfnOutput(self, "BrokerEndpoint", value=self.broker.endpoint_address)
         CfnOutput(self, "BrokerPort", value=str(self.broker.port))

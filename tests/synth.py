@@ -83,6 +83,7 @@ def synthesize(
     outdir: Path,
     extend: Callable[[App, Platform], None] | None = None,
     context: dict[str, Any] | None = None,
+    checks: bool = True,
 ) -> Synth:
     """Build and synthesize like app.py does, cdk-nag included (a finding raises).
 
@@ -92,6 +93,7 @@ def synthesize(
     platform = build_platform(app, config)
     if extend is not None:
         extend(app, platform)
-    attach_checks(app)
+    if checks:
+        attach_checks(app)
     assembly = app.synth()
     return Synth(config=config, app=app, platform=platform, assembly=assembly, outdir=outdir)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import secrets
 import shlex
@@ -95,7 +94,7 @@ def http_ok(url: str) -> bool:
 
 
 def catalog_json(env_name: str) -> str:
-    return json.dumps(load_environment(env_name).runtime_catalog(), separators=(",", ":"))
+    return load_environment(env_name).runtime_catalog_json()
 
 
 def compose_env(env_name: str) -> str:

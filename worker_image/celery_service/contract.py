@@ -179,3 +179,23 @@ class Env:
     STATSD_HOST: Final = "DD_AGENT_HOST"
     STATSD_PORT: Final = "DD_DOGSTATSD_PORT"
     ECS_AGENT_URI: Final = "ECS_AGENT_URI"
+
+
+# What the data stack publishes for producers outside the CDK app, as SSM parameters named
+# `/<project>/<environment>/celery/<key>`: each value is what the variable of the same row
+# expects (an ECS task can inject them as secrets with valueFrom the parameter). The AUTH token
+# itself stays in Secrets Manager: the parameter holds its ARN.
+PRODUCER_PARAMETERS: Final[dict[str, str]] = {
+    "broker-host": Env.BROKER_HOST,
+    "broker-port": Env.BROKER_PORT,
+    "broker-tls": Env.BROKER_TLS,
+    "catalog": Env.CATALOG,
+    "broker-auth-secret-arn": "",  # read the secret into Env.BROKER_AUTH_TOKEN
+    "producer-security-group-id": "",  # join it to reach the broker
+}
+
+
+def producer_parameter(project: str, environment: str, key: str) -> str:
+    if key not in PRODUCER_PARAMETERS:
+        raise KeyError(f"not a producer parameter: {key}")
+    return f"/{project}/{environment}/celery/{key}"

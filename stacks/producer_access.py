@@ -1,0 +1,91 @@
+"""What a producer of tasks needs to publish to the broker: a security group to join, and
+the broker's settings and the catalog as SSM parameters with stable names
+(celery_service.contract.producer_parameter), for a web API outside this CDK app. Inside it,
+`grant(...)` admits a service and lets its role read what it needs."""
+
+from __future__ import annotations
+
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_ssm as ssm
+from constructs import Construct
+
+from celery_service.contract import PRODUCER_PARAMETERS, Env, producer_parameter
+from config import EnvironmentConfig
+from stacks.redis_broker import RedisBroker
+
+
+class ProducerAccess(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvironmentConfig,
+        vpc: ec2.IVpc,
+        broker: RedisBroker,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.broker = broker
+        # Stable: producers in other stacks or accounts' tooling reference it by id (from its
+        # SSM parameter). Its only egress is the broker port.
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=vpc,
+            description="Celery producers: members reach the broker port",
+            allow_all_outbound=False,
+        )
+        self.security_group.add_egress_rule(
+            broker.security_group, ec2.Port.tcp(broker.port), "producers to the broker"
+        )
+        broker.security_group.add_ingress_rule(
+            self.security_group, ec2.Port.tcp(broker.port), "members of the producer group"
+        )
+        values = {
+            "broker-host": broker.endpoint_address,
+            "broker-port": str(broker.port),
+            "broker-tls": "true",
+            "catalog": config.runtime_catalog_json(),
+            "broker-auth-secret-arn": broker.auth_secret.secret_arn,
+            "producer-security-group-id": self.security_group.security_group_id,
+        }
+        assert set(values) == set(PRODUCER_PARAMETERS)
+        self.parameters = {
+            key: ssm.StringParameter(
+                self,
+                f"Parameter-{key}",
+                parameter_name=producer_parameter(config.project, config.name, key),
+                string_value=value,
+                description=f"Celery platform {config.name}: {key} for producers",
+                # A large catalog outgrows the standard tier's 4 KB.
+                tier=ssm.ParameterTier.INTELLIGENT_TIERING,
+            )
+            for key, value in values.items()
+        }
+
+    def grant(self, producer: iam.IGrantable, connectable: ec2.IConnectable | None = None) -> None:
+        """Let `producer` read the broker settings and AUTH token, and admit `connectable`
+        (its service or function) on the broker port, with the rule in its own stack."""
+        for parameter in self.parameters.values():
+            parameter.grant_read(producer)
+        self.broker.auth_secret.grant_read(producer)
+        if connectable is not None:
+            self.broker.grant_connect(connectable, "a producer to the broker")
+
+    def container_environment(self) -> dict[str, str]:
+        """The plain variables of a producer container in this CDK app (celery_service.producer
+        reads them); pair them with `container_secrets()`."""
+        return {
+            Env.BROKER_HOST: self.broker.endpoint_address,
+            Env.BROKER_PORT: str(self.broker.port),
+            Env.BROKER_TLS: "true",
+        }
+
+    def container_secrets(self) -> dict[str, ecs.Secret]:
+        """The AUTH token and the catalog, read by ECS at task start."""
+        return {
+            Env.BROKER_AUTH_TOKEN: ecs.Secret.from_secrets_manager(self.broker.auth_secret),
+            Env.CATALOG: ecs.Secret.from_ssm_parameter(self.parameters["catalog"]),
+        }

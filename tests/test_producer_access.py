@@ -1,0 +1,132 @@
+"""What a producer outside the platform's services gets: SSM parameters with stable names, a
+security group to join, and inside a CDK app one call that grants a service all of it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import App, Environment, Stack
+from aws_cdk import aws_ecs as ecs
+from constructs import Construct
+
+from celery_service.contract import PRODUCER_PARAMETERS, producer_parameter
+from config import load_environment
+from stacks.platform import Platform
+from tests.synth import Synth, synthesize
+
+
+def of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+
+
+def test_broker_settings_and_catalog_are_ssm_parameters_with_stable_names(
+    env_synth: Synth,
+) -> None:
+    config = env_synth.config
+    template = env_synth.template_json(env_synth.platform.data)
+    parameters = {
+        p["Properties"]["Name"]: p["Properties"]
+        for p in of_type(template, "AWS::SSM::Parameter").values()
+    }
+    expected = {producer_parameter(config.project, config.name, k) for k in PRODUCER_PARAMETERS}
+    assert set(parameters) == expected
+    prefix = f"/{config.project}/{config.name}/celery/"
+    assert parameters[prefix + "catalog"]["Value"] == config.runtime_catalog_json()
+    assert json.loads(parameters[prefix + "catalog"]["Value"]) == config.runtime_catalog()
+    assert parameters[prefix + "broker-tls"]["Value"] == "true"
+    assert parameters[prefix + "broker-port"]["Value"] == str(config.redis.port)
+    host = parameters[prefix + "broker-host"]["Value"]
+    assert host["Fn::GetAtt"][1] == "PrimaryEndPoint.Address"
+    (secret_id,) = of_type(template, "AWS::SecretsManager::Secret")
+    assert parameters[prefix + "broker-auth-secret-arn"]["Value"] == {"Ref": secret_id}
+    for value in parameters.values():
+        assert "SecretString" not in json.dumps(value), "the token's ARN, never its value"
+
+
+def test_members_of_the_producer_group_reach_the_broker_port_and_nothing_else(
+    env_synth: Synth,
+) -> None:
+    template = env_synth.template_json(env_synth.platform.data)
+    groups = of_type(template, "AWS::EC2::SecurityGroup")
+    (producer_id,) = [
+        k for k, g in groups.items() if "producers" in g["Properties"]["GroupDescription"]
+    ]
+    member_of_producers = {"Fn::GetAtt": [producer_id, "GroupId"]}
+    assert "SecurityGroupEgress" not in groups[producer_id]["Properties"], "no open egress"
+    (egress,) = [
+        r["Properties"]
+        for r in of_type(template, "AWS::EC2::SecurityGroupEgress").values()
+        if r["Properties"]["GroupId"] == member_of_producers
+    ]
+    port = env_synth.config.redis.port
+    assert (egress["FromPort"], egress["ToPort"], egress["IpProtocol"]) == (port, port, "tcp")
+    (broker_id,) = [
+        k
+        for k, g in groups.items()
+        if g["Properties"]["GroupDescription"].startswith("Celery broker")
+    ]
+    assert egress["DestinationSecurityGroupId"] == {"Fn::GetAtt": [broker_id, "GroupId"]}
+    ingress = [
+        r["Properties"]
+        for r in of_type(template, "AWS::EC2::SecurityGroupIngress").values()
+        if r["Properties"].get("SourceSecurityGroupId") == member_of_producers
+    ]
+    assert [(r["FromPort"], r["ToPort"]) for r in ingress] == [(port, port)]
+
+
+class ApiStack(Stack):
+    """A team's web API in its own stack of the same CDK app, publishing to the platform."""
+
+    def __init__(self, scope: Construct, construct_id: str, platform: Platform) -> None:
+        data = platform.data
+        super().__init__(
+            scope, construct_id, env=Environment(account=data.account, region=data.region)
+        )
+        cluster = ecs.Cluster(self, "Cluster", vpc=platform.network.vpc)
+        task = ecs.FargateTaskDefinition(self, "Task")
+        producers = platform.data.producers
+        task.add_container(
+            "api",
+            image=ecs.ContainerImage.from_registry("public.ecr.aws/docker/library/python:3.13"),
+            environment=producers.container_environment(),
+            secrets=producers.container_secrets(),
+        )
+        self.service = ecs.FargateService(
+            self, "Service", cluster=cluster, task_definition=task, desired_count=1
+        )
+        producers.grant(task.task_role, self.service)
+
+
+def test_one_call_grants_a_producer_service_in_another_stack(tmp_path: Path) -> None:
+    config = load_environment("dev")
+    stacks: list[ApiStack] = []
+
+    def add_api(app: App, platform: Platform) -> None:
+        stacks.append(ApiStack(app, "team-api", platform))
+
+    # cdk-nag is for the platform's stacks (checked everywhere else), not this stand-in API.
+    synth = synthesize(config, tmp_path, extend=add_api, checks=False)
+    template = synth.template_json(stacks[0])
+    text = json.dumps(template)
+    (rule,) = of_type(template, "AWS::EC2::SecurityGroupIngress").values()
+    assert rule["Properties"]["FromPort"] == config.redis.port, "the rule lives in its stack"
+    assert "ssm:GetParameter" in text
+    assert "secretsmanager:GetSecretValue" in text
+    (task,) = of_type(template, "AWS::ECS::TaskDefinition").values()
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    names = {e["Name"] for e in container["Environment"]} | {
+        s["Name"] for s in container["Secrets"]
+    }
+    assert names == {
+        "CELERY_BROKER_HOST",
+        "CELERY_BROKER_PORT",
+        "CELERY_BROKER_TLS",
+        "CELERY_BROKER_AUTH_TOKEN",
+        "CELERY_CATALOG",
+    }
+    data = synth.template_json(synth.platform.data)
+    assert not [
+        r for r in of_type(data, "AWS::EC2::SecurityGroupIngress").values() if "team-api" in str(r)
+    ], "the data stack does not depend on the producer"
