@@ -3,6 +3,11 @@
 
 SHELL := /bin/bash
 ENV ?= dev
+# The app's config directory (catalog.toml, <env>.toml), the same for synth, local,
+# autoscale-once, simulate and compose; default: the sample app's. APP: where its task
+# modules are imported from locally (default: the config's app.image.build_dir).
+CONFIG ?= examples/samples/config
+APP ?=
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,7 +27,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 ## Synthesize one environment (ENV=dev|staging|prod) into cdk.out/ and list its stacks.
 synth: $(VENV)/.runtime-installed $(CDK)
-	$(CDK) synth --quiet --no-notices --context env=$(ENV)
+	$(CDK) synth --quiet --no-notices --context env=$(ENV) --context config_dir=$(abspath $(CONFIG))
 	@$(BIN)/python -m stacks.list_stacks cdk.out
 
 ## Every check: lint, format, types, then all tests (CDK assertions, cdk-nag, cfn-lint, Redis).
@@ -58,25 +63,40 @@ $(CDK): package.json package-lock.json
 
 ## Run the platform on this machine: redis-server, a worker per group, beat, Flower.
 local: $(VENV)/.dev-installed redis-server
-	$(BIN)/python -m tools.run_local --env $(ENV)
+	$(BIN)/python -m tools.run_local --config-dir $(CONFIG) --env $(ENV) $(if $(APP),--app-dir $(APP))
+
+## docker compose files for the app (CONFIG, ENV) in .compose/: `make base-image` first, then
+## `docker compose --project-directory .compose up --build`.
+.PHONY: compose base-image
+compose: $(VENV)/.dev-installed
+	$(BIN)/python -m tools.run_local --config-dir $(CONFIG) --env $(ENV) --compose .compose
+
+## The platform's base image, which an app's Dockerfile starts FROM, built with Docker under
+## the tag CDK passes to app builds (CELERY_PLATFORM_IMAGE). PLATFORM=linux/amd64 to choose.
+base-image: $(VENV)/.runtime-installed
+	docker build $(if $(PLATFORM),--platform $(PLATFORM)) \
+		-t $$($(BIN)/python -c 'from stacks.celery_containers import BASE_IMAGE_TAG; print(BASE_IMAGE_TAG)') worker_image
 
 ## Run the autoscaler once against a local Redis (sample backlog) with a dry-run ECS.
 autoscale-once: $(VENV)/.dev-installed redis-server
-	$(BIN)/python -m tools.autoscale_once --env $(ENV)
+	$(BIN)/python -m tools.autoscale_once --config-dir $(CONFIG) --env $(ENV)
 
 ## The scaling policy against published policies: every workload shape, decisions every 300 s
 ## and 60 s, scale-in protection on and off; tables and plots in bench/results/.
 bench-autoscaler: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.autoscaler_sim bench
 
-## One workload through the policy and the anchors, with a plot: WORKLOAD=steady|diurnal|batch|
-## spike|long|mixed or CSV=jobs.csv (arrival_s,service_s); INTERVAL=300 (s), PROTECTION=off,
+## One workload through the policy and the anchors, with a plot, for a worker group of the
+## app's catalog (GROUP=, default the first: its target, bounds and concurrency):
+## WORKLOAD=steady|diurnal|batch|spike|long|mixed or CSV=jobs.csv (arrival_s,service_s);
+## INTERVAL=300 (s), PROTECTION=off,
 ## PLOT=path.png, ARGS= for more (see `python -m bench.autoscaler_sim simulate --help`).
 .PHONY: simulate
 WORKLOAD ?= batch
 INTERVAL ?= 300
 simulate: $(VENV)/.dev-installed
-	$(BIN)/python -m bench.autoscaler_sim simulate \
+	$(BIN)/python -m bench.autoscaler_sim simulate --config-dir $(CONFIG) --env $(ENV) \
+		$(if $(GROUP),--group $(GROUP)) \
 		$(if $(CSV),--csv $(CSV),--workload $(WORKLOAD)) --interval $(INTERVAL) \
 		$(if $(filter off,$(PROTECTION)),--no-protection) $(if $(PLOT),--plot $(PLOT)) $(ARGS)
 
@@ -119,7 +139,8 @@ $(SECURITY_VENV)/.installed: requirements-security.txt
 	$(SECURITY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-security.txt
 	@touch $@
 
-## Build worker_image/ with podman on a locally bootstrapped Debian base, run a task in it.
+## Build worker_image/ and the sample app's image FROM it with podman on a locally bootstrapped
+## Debian base, and run a task of the app in it.
 test-image: $(VENV)/.dev-installed redis-server
 	@command -v podman >/dev/null && command -v debootstrap >/dev/null && command -v runc >/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """CDK entry point: synthesize one environment, chosen with `-c env=<name>` (default: dev).
 
-`-c config_dir=<path>` reads the environment files from another directory (default: config/).
+`-c config_dir=<path>` reads the environment files from another directory (default: the
+sample app's, examples/samples/config; `make synth CONFIG=<path>` passes it).
 `-c compliance=true` adds cdk-nag's NIST 800-53 rev. 5 pack (as `make security` does).
 """
 

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.workloads import DAY_S, SHAPES, Job, generate, read_csv, write_csv
+from config import CONFIG_DIR
 from lambdas.autoscaler.policy import Observation, PolicyConfig, decide
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -769,18 +770,35 @@ def _goal_text(g: dict[str, Any], per_seed: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def catalog_service(args: argparse.Namespace) -> Service:
+    """The worker group's bounds, target and concurrency from the app's catalog (the first
+    group unless --group names one); each flag given overrides its value."""
+    from config import ConfigError, load_environment
+
+    try:
+        config = load_environment(args.env, args.config_dir)
+    except ConfigError as exc:
+        raise SystemExit(f"simulate: {exc}") from None
+    name = args.group or next(iter(config.worker_groups))
+    if name not in config.worker_groups:
+        known = ", ".join(config.worker_groups)
+        raise SystemExit(f"simulate: no worker group {name!r} in the catalog; groups: {known}")
+    group = config.worker_groups[name]
+    return Service(
+        concurrency=args.concurrency or group.concurrency,
+        min_tasks=group.min_tasks if args.min_tasks is None else args.min_tasks,
+        max_tasks=args.max_tasks or group.max_tasks,
+        target_wait_s=args.target or group.target_wait_s,
+        protection=not args.no_protection,
+    )
+
+
 def main_simulate(args: argparse.Namespace) -> int:
     if args.csv:
         jobs, name = read_csv(args.csv), args.csv.stem
     else:
         jobs, name = generate(args.workload, args.seed), args.workload
-    service = Service(
-        concurrency=args.concurrency,
-        min_tasks=args.min_tasks,
-        max_tasks=args.max_tasks,
-        target_wait_s=args.target,
-        protection=not args.no_protection,
-    )
+    service = catalog_service(args)
     results = []
     started = time.monotonic()
     for policy in POLICIES:
@@ -932,10 +950,14 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--csv", type=Path, help="a CSV of arrival_s,service_s")
     one.add_argument("--seed", type=int, default=1)
     one.add_argument("--interval", type=float, default=300.0, help="seconds between decisions")
-    one.add_argument("--target", type=float, default=300.0, help="target wait, seconds")
-    one.add_argument("--min-tasks", type=int, default=1)
-    one.add_argument("--max-tasks", type=int, default=50)
-    one.add_argument("--concurrency", type=int, default=4)
+    # The group's own values from the app's catalog, unless these say otherwise.
+    one.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help="the app's config")
+    one.add_argument("--env", default="dev", help="an environment of the config directory")
+    one.add_argument("--group", help="a worker group of the catalog (default: the first)")
+    one.add_argument("--target", type=float, help="target wait, seconds (the group's)")
+    one.add_argument("--min-tasks", type=int, help="the group's min_tasks")
+    one.add_argument("--max-tasks", type=int, help="the group's max_tasks")
+    one.add_argument("--concurrency", type=int, help="the group's concurrency")
     one.add_argument("--no-protection", action="store_true", help="scale-in protection off")
     one.add_argument("--warmup", type=float, default=0.0, help="seconds not measured")
     one.add_argument(

@@ -421,14 +421,7 @@ class Fleet:
         }
         with (self.logs / f"{name}.log").open("wb") as out:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery_service",
-                    "worker",
-                    "--include",
-                    "bench.chaos_tasks",
-                ],
+                [sys.executable, "-m", "celery_service", "worker"],
                 cwd=ROOT,
                 env=env,
                 stdout=out,
@@ -462,6 +455,7 @@ def chaos_env(broker_port: int) -> dict[str, str]:
     env.update(
         {
             "PYTHONPATH": str(ROOT),
+            "CELERY_TASK_MODULES": "bench.chaos_tasks",
             "CELERY_BROKER_HOST": "127.0.0.1",
             "CELERY_BROKER_PORT": str(broker_port),
             "CELERY_BROKER_TLS": "false",

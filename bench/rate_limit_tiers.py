@@ -69,7 +69,8 @@ def catalog(split: bool) -> dict[str, Any]:
 def environment(port: int, spec: dict[str, Any]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DD_", "ECS_"))}
     return env | {
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(ROOT / "examples" / "samples"),
+        "CELERY_TASK_MODULES": "samples.tasks",
         "CELERY_BROKER_HOST": "127.0.0.1",
         "CELERY_BROKER_PORT": str(port),
         "CELERY_BROKER_TLS": "false",

@@ -395,6 +395,7 @@ class Bench:
             "CELERY_BROKER_TLS": "false",
             "CELERY_CATALOG": json.dumps(self.catalog),
             "CELERY_WORKER_GROUP": BENCH_GROUP,
+            "CELERY_TASK_MODULES": "bench.bench_tasks",
             # The worker is idle when stopped: no need for the 90 s shutdown budget.
             "CELERY_SHUTDOWN_BUDGET_S": "2",
             "CELERY_HEARTBEAT_FILE": str(self.workdir / "heartbeat"),
@@ -417,7 +418,7 @@ class Bench:
         python = sys.executable
         include = ["--include", "bench.bench_tasks"]
         if variant.image_entry:
-            return [python, "-m", "celery_service", "worker", *include]
+            return [python, "-m", "celery_service", "worker"]  # CELERY_TASK_MODULES
         if variant.app == "defaults":
             # Same pool, size and start flags as the shipped entry point: only settings differ.
             args = [

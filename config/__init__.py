@@ -1,4 +1,4 @@
-"""Load one environment's settings: `config/catalog.toml` overlaid with `config/<env>.toml`.
+"""Load one environment's settings: `<config dir>/catalog.toml` overlaid with `<env>.toml`.
 
 The catalog declares the queues and worker groups once; an environment file sets what is
 specific to it (sizes, network, Redis) and may override any catalog value, for example a
@@ -31,7 +31,9 @@ __all__ = [
     "parse_environment",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parent
+# The config directory used when none is given: the sample app's (examples/samples). A team
+# points the tools at its own with CONFIG=<dir> (make) or `-c config_dir=<dir>` (cdk).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "examples" / "samples" / "config"
 CATALOG_FILE = "catalog.toml"
 
 
@@ -68,11 +70,15 @@ def load_environment(name: str, config_dir: Path = CONFIG_DIR) -> EnvironmentCon
     catalog = _read_toml(name, config_dir / CATALOG_FILE)
     overrides = _read_toml(name, env_file)
     _check_overrides(name, env_file.name, catalog, overrides)
-    return parse_environment(name, _resolve_paths(_deep_merge(catalog, overrides), config_dir))
+    return parse_environment(name, _deep_merge(catalog, overrides), config_dir)
 
 
-def parse_environment(name: str, data: dict[str, Any]) -> EnvironmentConfig:
-    """Validate already-merged settings; `name` is the environment they belong to."""
+def parse_environment(
+    name: str, data: dict[str, Any], config_dir: Path = CONFIG_DIR
+) -> EnvironmentConfig:
+    """Validate already-merged settings; `name` is the environment they belong to, and
+    relative paths in them are relative to `config_dir`."""
+    data = _resolve_paths(data, config_dir)
     if "name" in data:
         raise ConfigError(f"{name}: name: not a setting, the environment is named by its file")
     try:
@@ -105,7 +111,7 @@ def _resolve_paths(data: dict[str, Any], config_dir: Path) -> dict[str, Any]:
     CDK app runs from."""
     image = data.get("app", {}).get("image") if isinstance(data.get("app"), dict) else None
     if isinstance(image, dict) and isinstance(image.get("build_dir"), str):
-        build_dir = config_dir / image["build_dir"]
+        build_dir = (config_dir / image["build_dir"]).resolve()
         data = {**data, "app": {**data["app"], "image": {**image, "build_dir": str(build_dir)}}}
     return data
 

@@ -35,7 +35,6 @@ from celery_service.catalog import (
 )
 from celery_service.contract import (
     BEAT_HEARTBEAT_TTL_S,
-    DEFAULT_TASK_MODULES,
     MODULE_NAME,
     PRIORITIES,
 )
@@ -494,9 +493,7 @@ class AppConfig(Strict):
     """The team's Celery code: the modules every worker, beat and Flower imports, and the
     image they are in."""
 
-    task_modules: list[Annotated[str, StringConstraints(pattern=MODULE_NAME)]] = Field(
-        default_factory=lambda: list(DEFAULT_TASK_MODULES), min_length=1
-    )
+    task_modules: list[Annotated[str, StringConstraints(pattern=MODULE_NAME)]] = Field(min_length=1)
     image: ImageConfig = Field(default_factory=ImageConfig)
 
 
@@ -579,7 +576,7 @@ class EnvironmentConfig(Strict):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     celery: CeleryConfig = Field(default_factory=CeleryConfig)
-    app: AppConfig = Field(default_factory=AppConfig)
+    app: AppConfig
     beat: BeatConfig = Field(default_factory=BeatConfig)
     queues: dict[QueueName, QueueConfig] = Field(min_length=1)
     worker_groups: dict[GroupName, WorkerGroupConfig] = Field(min_length=1)

@@ -10,6 +10,7 @@ import pytest
 
 from bench.autoscaler_sim import OURS, POLICIES, RunResult, Service, goals, main, plot, simulate
 from bench.workloads import DAY_S, SHAPES, Job, generate, read_csv, write_csv
+from config import load_environment
 from lambdas.autoscaler.policy import Observation
 
 # Fixed start-up so that times are exact.
@@ -209,9 +210,33 @@ def test_simulate_command_replays_a_csv_and_writes_the_plot(
     assert main(["simulate", "--csv", str(jobs), "--interval", "60", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "jobs: 400 jobs, decisions every 60 s" in out
+    # The catalog's first worker group of the default app: its target, bounds and slots.
+    group = next(iter(load_environment("dev").worker_groups.values()))
+    assert (
+        f"target {group.target_wait_s:g} s, {group.min_tasks}-{group.max_tasks} tasks x "
+        f"{group.concurrency} slots" in out
+    )
     for policy in POLICIES:
         assert f"| {policy} |" in out or f"| **{policy}** |" in out
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_simulate_takes_a_named_group_of_another_app_and_flags_override_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = tmp_path / "jobs.csv"
+    write_csv([Job(i * 3.0, 20.0) for i in range(100)], jobs)
+    config_dir = Path(__file__).parent.parent / "examples" / "pipeline" / "config"
+    group = load_environment("dev", config_dir).worker_groups["crunchers"]
+    args = ["simulate", "--csv", str(jobs), "--plot", str(tmp_path / "p.png")]
+    assert main([*args, "--config-dir", str(config_dir), "--group", "crunchers"]) == 0
+    out = capsys.readouterr().out
+    assert f"target {group.target_wait_s:g} s" in out
+    assert f"x {group.concurrency} slots" in out
+    assert main([*args, "--config-dir", str(config_dir), "--concurrency", "7"]) == 0
+    assert "x 7 slots" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no worker group 'gpu'"):
+        main([*args, "--config-dir", str(config_dir), "--group", "gpu"])
 
 
 def test_goal_verdict_uses_the_best_anchor_and_the_geometric_mean() -> None:

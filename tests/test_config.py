@@ -412,9 +412,8 @@ def test_config_is_immutable_once_loaded() -> None:
 
 
 def test_app_reports_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
-    config_dir = tmp_path / "config"
-    config_dir.mkdir()
-    shutil.copy(CONFIG_DIR / "catalog.toml", config_dir / "catalog.toml")
+    app = shutil.copytree(CONFIG_DIR.parent, tmp_path / "app")  # the app, its config inside
+    config_dir = app / "config"
     (config_dir / "qa.toml").write_text(
         'region = "eu-west-1"\n[worker_groups.general]\nmin_tasks = 20\nmax_tasks = 4\n'
     )

@@ -91,10 +91,29 @@ def test_the_local_redis_server_notifies_as_the_broker_does(
     assert set(flags) == set(KEYSPACE_EVENTS) == {"K", "l"}, flags
 
 
-def test_security_group_has_no_ingress_and_no_egress_by_default(env_synth: Synth) -> None:
+def own_ingress(data_template: dict[str, Any]) -> list[dict[str, Any]]:
+    """The data stack's own ingress rules: only the producer group's members (a consumer's
+    rule lives in the consumer's stack)."""
+    rules = list(resources(data_template, "AWS::EC2::SecurityGroupIngress").values())
+    producers = [
+        k
+        for k, g in resources(data_template, "AWS::EC2::SecurityGroup").items()
+        if g["Properties"]["GroupDescription"].startswith("Celery producers")
+    ]
+    assert [r["Properties"]["SourceSecurityGroupId"] for r in rules] == [
+        {"Fn::GetAtt": [producers[0], "GroupId"]}
+    ]
+    return rules
+
+
+def test_security_group_admits_only_producers_and_has_no_egress(env_synth: Synth) -> None:
     template = env_synth.template_json(env_synth.platform.data)
-    assert resources(template, "AWS::EC2::SecurityGroupIngress") == {}
-    _, group = only(template, "AWS::EC2::SecurityGroup")
+    own_ingress(template)
+    (group,) = [
+        g
+        for g in resources(template, "AWS::EC2::SecurityGroup").values()
+        if g["Properties"]["GroupDescription"].startswith("Celery broker")
+    ]
     assert "SecurityGroupIngress" not in group["Properties"]
     # CDK's placeholder for "no egress": a rule that matches no traffic.
     assert group["Properties"]["SecurityGroupEgress"] == [
@@ -201,5 +220,5 @@ def test_grant_connect_admits_only_the_consumer_on_the_broker_port(tmp_path: Pat
     assert "BrokerSecurityGroup" in json.dumps(rule["GroupId"]), "the rule targets the broker"
     # The stateful stack is unchanged: it gains no rule and no dependency on its consumer.
     data = synth.template_json(synth.platform.data)
-    assert resources(data, "AWS::EC2::SecurityGroupIngress") == {}
+    own_ingress(data)
     assert "consumer" not in {d.stack_name for d in synth.platform.data.dependencies}

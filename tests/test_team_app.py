@@ -77,8 +77,26 @@ def test_a_build_directory_is_built_from_the_platform_base_with_the_team_modules
         assert env["CELERY_TASK_MODULES"] == "team.tasks"
 
 
+def test_the_version_tag_follows_the_app_code(tmp_path: Path) -> None:
+    """DD_VERSION (Datadog's deployment tracking) changes exactly when the image would."""
+    app = team_dir(tmp_path)
+    data = {**catalog(), "app": {"task_modules": ["team.tasks"], "image": {"build_dir": str(app)}}}
+
+    def version(out: str) -> str:
+        synth = synthesize(parse_environment("qa", data), tmp_path / out)
+        template = synth.template_json(synth.platform.services)
+        service = next(iter(resources(template, "AWS::ECS::Service").values()))
+        return str(env_of(app_container(task_definition_of(template, service)))["DD_VERSION"])
+
+    first = version("a")
+    assert version("b") == first
+    (app / "team" / "tasks.py").write_text("X = 1\n")
+    assert version("c") != first
+
+
 def test_a_prebuilt_image_is_pulled_by_digest_and_nothing_is_built(tmp_path: Path) -> None:
-    data = {**catalog(), "app": {"image": {"repository": "team/app", "digest": DIGEST}}}
+    data = catalog()
+    data["app"] = {**data["app"], "image": {"repository": "team/app", "digest": DIGEST}}
     synth = synthesize(parse_environment("qa", data), tmp_path)
     assert docker_assets(synth) == [], "one build, promoted unchanged: no image asset"
     template = synth.template_json(synth.platform.services)
@@ -200,6 +218,8 @@ def test_a_bad_app_section_is_one_clear_line(case: str) -> None:
         if key == "worker_groups":
             for group, settings in value.items():
                 data["worker_groups"][group] = {**data["worker_groups"][group], **settings}
+        elif key == "app":
+            data["app"] = {**data["app"], **value}
         else:
             data[key] = value
     with pytest.raises(ConfigError) as raised:
@@ -214,7 +234,10 @@ def test_a_relative_build_directory_is_relative_to_the_config_directory(tmp_path
     config_dir.mkdir()
     team_dir(tmp_path)
     text = (CONFIG_DIR / "catalog.toml").read_text()
-    (config_dir / "catalog.toml").write_text(text + '\n[app.image]\nbuild_dir = "../team-app"\n')
+    assert 'build_dir = ".."' in text
+    (config_dir / "catalog.toml").write_text(
+        text.replace('build_dir = ".."', 'build_dir = "../team-app"')
+    )
     (config_dir / "qa.toml").write_text('region = "eu-west-1"\n')
     config = load_environment("qa", config_dir)
     assert config.app.image.build_dir is not None

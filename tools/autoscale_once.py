@@ -21,7 +21,7 @@ import redis
 # Locally the decisions are printed as a table, not as per-decision JSON logs.
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
-from config import ConfigError, load_environment
+from config import CONFIG_DIR, ConfigError, load_environment
 from lambdas.autoscaler.handler import DryRunEcs, Settings, run_once
 from tools.local_redis import (
     RedisServerMissingError,
@@ -34,13 +34,14 @@ from tools.local_redis import (
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help="the app's config")
     parser.add_argument("--env", default="dev")
     parser.add_argument("--redis-port", type=int, help="use this local Redis instead")
     parser.add_argument("--backlog", type=int, default=500, help="messages per queue to add")
     parser.add_argument("--metrics", action="store_true", help="also print the EMF metrics")
     args = parser.parse_args()
     try:
-        config = load_environment(args.env)
+        config = load_environment(args.env, args.config_dir)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

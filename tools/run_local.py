@@ -1,12 +1,16 @@
-"""Run the platform on this machine: redis-server, a worker per worker group, beat, Flower.
+"""Run an app on the platform on this machine: redis-server, a worker per worker group,
+beat and Flower, from the app's config directory and code.
 
-    python tools/run_local.py --env dev                  # until Ctrl-C (`make local`)
-    python tools/run_local.py --env dev --duration 60    # stops by itself
-    python tools/run_local.py --env dev --print-env > .env    # settings for docker compose
+    python -m tools.run_local --env dev                   # until Ctrl-C (`make local`)
+    python -m tools.run_local --config-dir ../shop/deploy --app-dir ../shop --env dev
+    python -m tools.run_local --env dev --duration 60     # stops by itself
+    python -m tools.run_local --env dev --compose .compose   # the same with docker compose
 
-Everything listens on 127.0.0.1 only, on free ports. Redis keeps no data and every file
-(heartbeats, logs, the environment file) lives in a temporary folder removed at exit.
-Flower's password is generated anew on every run and printed once.
+The app's code is imported from --app-dir (default: the config's app.image.build_dir, the
+directory its Dockerfile copies from). Everything listens on 127.0.0.1 only, on free ports.
+Redis keeps no data and every file (heartbeats, logs, the environment file) lives in a
+temporary folder removed at exit. Flower's password is generated anew on every run and
+printed once. Ctrl-C (or SIGTERM, or a closed terminal) always stops every process.
 """
 
 from __future__ import annotations
@@ -22,15 +26,21 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from config import ConfigError, available_environments, load_environment
+from celery_service.contract import KEYSPACE_EVENTS, Env
+from config import (
+    CONFIG_DIR,
+    ConfigError,
+    EnvironmentConfig,
+    load_environment,
+)
 from tools.local_redis import (
     RedisServerMissingError,
     free_port,
@@ -38,20 +48,12 @@ from tools.local_redis import (
     server_args,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-IMAGE_DIR = ROOT / "worker_image"
-
-
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0  # SIGTERM, then SIGKILL after this long
 # Ctrl-C gives running tasks this long (seconds) before they are requeued: locally there is
 # no reason to wait as long as on Fargate.
 LOCAL_SHUTDOWN_BUDGET_S = "5"
 FLOWER_USER = "admin"
-SAMPLE_TASK = (
-    "import celery_service.main; from celery_service.tasks.samples import square; "
-    "print(square.delay(7).get(timeout=30))"
-)
 # Inherited variables that would point the processes at something other than this stack
 # (a real broker, a Datadog agent, the ECS agent).
 FOREIGN_PREFIXES = ("CELERY_", "FLOWER_", "DD_", "ECS_")
@@ -93,29 +95,151 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def catalog_json(env_name: str) -> str:
-    return load_environment(env_name).runtime_catalog_json()
+def say(text: str, *, error: bool = False) -> None:
+    """Print, but never fail: with a closed stdout (`make local | tee log`, the pipe gone at
+    Ctrl-C) the processes must still be stopped."""
+    stream = sys.stderr if error else sys.stdout
+    try:
+        print(text, file=stream, flush=True)
+    except (BrokenPipeError, ValueError):
+        # Python's advice for a closed pipe: point the stream at /dev/null, so the flush at
+        # exit does not fail as well.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except OSError:
+        pass
 
 
-def compose_env(env_name: str) -> str:
+class StopRequest:
+    """Set by SIGINT/SIGTERM/SIGHUP. A plain attribute: a signal handler that takes a lock
+    (threading.Event.set) can deadlock against the main thread waiting on the same lock."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handle(self, _signum: int, _frame: FrameType | None) -> None:
+        self.requested = True
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True if a stop was requested."""
+        deadline = time.monotonic() + seconds
+        while not self.requested and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return self.requested
+
+
+def compose_env(config: EnvironmentConfig) -> str:
     """A `.env` file for docker compose: the catalog and fresh Flower credentials."""
     # Single-quoted values are taken literally by compose; a quote inside a JSON string
     # becomes its \u escape, which is the same JSON.
-    catalog = catalog_json(env_name).replace("'", "\\u0027")
+    catalog = config.runtime_catalog_json().replace("'", "\\u0027")
+    env_name = config.name
     password = secrets.token_urlsafe(24)
     return (
-        f"# docker compose settings, from: python tools/run_local.py --env {env_name} "
+        f"# docker compose settings, from: python -m tools.run_local --env {env_name} "
         "--print-env > .env\n"
-        "# Regenerate after changing config/. Keep this file out of git: it holds Flower's "
+        "# Regenerate after changing the config. Keep this file out of git: it holds Flower's "
         "password.\n"
         f"CELERY_CATALOG='{catalog}'\n"
         f"FLOWER_BASIC_AUTH='{FLOWER_USER}:{password}'\n"
     )
 
 
+COMPOSE_REDIS_IMAGE = "redis:7.4-alpine"
+
+
+def compose_file(config: EnvironmentConfig) -> dict[str, Any]:
+    """A docker compose project of the app: redis, a worker per worker group of its catalog,
+    beat and Flower, from the app's image built FROM the platform's base (build that first:
+    `make base-image`). The catalog and Flower's password come from the `.env` beside it."""
+    from stacks.celery_containers import BASE_IMAGE_ARG, BASE_IMAGE_TAG, IMAGE_DIR
+
+    build_dir = config.app.image.build_dir
+    missing = "missing; run make compose"
+    image: dict[str, Any] = {"build": {"context": str(IMAGE_DIR)}}
+    if build_dir is not None:
+        args = {BASE_IMAGE_ARG: BASE_IMAGE_TAG, **config.app.image.build_args}
+        image = {"build": {"context": build_dir, "args": args}}
+    celery = {
+        **image,
+        "image": f"{config.project}-{config.name}-app:local",
+        "depends_on": {"redis": {"condition": "service_healthy"}},
+        "restart": "unless-stopped",
+    }
+    env = {
+        Env.BROKER_HOST: "redis",
+        Env.BROKER_PORT: "6379",
+        Env.BROKER_TLS: "false",
+        Env.CATALOG: f"${{{Env.CATALOG}:?{missing}}}",
+        Env.TASK_MODULES: ",".join(config.app.task_modules),
+        Env.LOG_LEVEL: "INFO",
+        # Idle workers wait the whole soft-shutdown budget on stop: keep `down` quick.
+        Env.SHUTDOWN_BUDGET_S: "2",
+    }
+    services: dict[str, Any] = {
+        "redis": {
+            "image": COMPOSE_REDIS_IMAGE,
+            # Throw-away data; the keyspace events idle workers wait on, as in AWS.
+            "command": ["redis-server", "--save", "", "--appendonly", "no",
+                        "--notify-keyspace-events", KEYSPACE_EVENTS],
+            "ports": ["127.0.0.1:6379:6379"],
+            "healthcheck": {"test": ["CMD", "redis-cli", "ping"], "interval": "2s",
+                            "timeout": "3s", "retries": 15},
+        }
+    }  # fmt: skip
+    for name, group in config.worker_groups.items():
+        services[f"worker-{name}"] = {
+            **celery,
+            "command": ["worker"],
+            "environment": {**group.environment, **env, Env.WORKER_GROUP: name},
+        }
+    services["beat"] = {
+        **celery,
+        "command": ["beat"],
+        "environment": {**config.beat.environment, **env},
+    }
+    services["flower"] = {
+        **celery,
+        "command": ["flower"],
+        "environment": {
+            **env,
+            "FLOWER_PORT": "5555",
+            "FLOWER_BASIC_AUTH": f"${{FLOWER_BASIC_AUTH:?{missing}}}",
+        },
+        "ports": ["127.0.0.1:5555:5555"],
+        "healthcheck": {
+            "test": ["CMD", "python", "-m", "celery_service", "healthcheck", "flower"],
+            "interval": "30s",
+            "timeout": "5s",
+            "start_period": "30s",
+            "retries": 3,
+        },
+    }
+    return {"name": f"{config.project}-{config.name}", "services": services}
+
+
+def write_compose(config: EnvironmentConfig, directory: Path) -> None:
+    """docker-compose.yml and its git-ignored .env (the catalog, a new Flower password)."""
+    import yaml
+
+    directory.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"# Generated by `python -m tools.run_local --env {config.name} --compose {directory}`"
+        " from the app's config: regenerate after changing it.\n"
+        "# Build the platform's base image once (`make base-image`), then run "
+        "`docker compose up --build` here.\n"
+    )
+    text = yaml.safe_dump(compose_file(config), sort_keys=False, width=1000)
+    (directory / "docker-compose.yml").write_text(header + text)
+    (directory / ".env").write_text(compose_env(config))
+
+
 class LocalPlatform:
-    def __init__(self, env_name: str, workdir: Path, log_dir: Path) -> None:
-        self.env_name = env_name
+    def __init__(
+        self, config: EnvironmentConfig, app_dir: Path | None, workdir: Path, log_dir: Path
+    ) -> None:
+        self.config = config
+        self.env_name = config.name
         self.workdir = workdir
         self.log_dir = log_dir
         self.services: list[Service] = []
@@ -124,15 +248,18 @@ class LocalPlatform:
         self.flower_password = secrets.token_urlsafe(18)
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_PREFIXES)}
         self.base_env.update(
-            PYTHONPATH=str(IMAGE_DIR),
-            PYTHONUNBUFFERED="1",
-            CELERY_BROKER_HOST="127.0.0.1",
-            CELERY_BROKER_PORT=str(self.redis_port),
-            CELERY_BROKER_TLS="false",
-            CELERY_CATALOG=catalog_json(env_name),
-            CELERY_SHUTDOWN_BUDGET_S=LOCAL_SHUTDOWN_BUDGET_S,
+            {
+                "PYTHONPATH": str(app_dir or ""),
+                "PYTHONUNBUFFERED": "1",
+                Env.BROKER_HOST: "127.0.0.1",
+                Env.BROKER_PORT: str(self.redis_port),
+                Env.BROKER_TLS: "false",
+                Env.CATALOG: config.runtime_catalog_json(),
+                Env.TASK_MODULES: ",".join(config.app.task_modules),
+                Env.SHUTDOWN_BUDGET_S: LOCAL_SHUTDOWN_BUDGET_S,
+            }
         )
-        self.groups = list(load_environment(env_name).worker_groups)
+        self.groups = list(config.worker_groups)
 
     @property
     def flower_url(self) -> str:
@@ -174,29 +301,32 @@ class LocalPlatform:
         command = [sys.executable, "-m", "celery_service"]
         for group in self.groups:
             heartbeat = self.workdir / f"heartbeat-worker-{group}"
+            declared = self.config.worker_groups.get(group)
             env = {
+                # The group's plain variables (its secrets exist only on ECS).
+                **(declared.environment if declared else {}),
                 **self.base_env,
-                "CELERY_WORKER_GROUP": group,
-                "CELERY_HEARTBEAT_FILE": str(heartbeat),
+                Env.WORKER_GROUP: group,
+                Env.HEARTBEAT_FILE: str(heartbeat),
             }
-            service = self._spawn(f"worker-{group}", [*command, "worker"], env, IMAGE_DIR)
+            service = self._spawn(f"worker-{group}", [*command, "worker"], env, self.workdir)
             service.ready = heartbeat.exists
         heartbeat = self.workdir / "heartbeat-beat"
-        env = {**self.base_env, "CELERY_HEARTBEAT_FILE": str(heartbeat)}
-        service = self._spawn("beat", [*command, "beat"], env, IMAGE_DIR)
+        env = {**self.config.beat.environment, **self.base_env, Env.HEARTBEAT_FILE: str(heartbeat)}
+        service = self._spawn("beat", [*command, "beat"], env, self.workdir)
         service.ready = heartbeat.exists
         env = {
             **self.base_env,
-            "CELERY_HEARTBEAT_FILE": str(self.workdir / "heartbeat-flower"),
+            Env.HEARTBEAT_FILE: str(self.workdir / "heartbeat-flower"),
             "FLOWER_ADDRESS": "127.0.0.1",
             "FLOWER_PORT": str(self.flower_port),
             "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{self.flower_password}",
         }
-        service = self._spawn("flower", [*command, "flower"], env, IMAGE_DIR)
+        service = self._spawn("flower", [*command, "flower"], env, self.workdir)
         health = f"http://127.0.0.1:{self.flower_port}/healthcheck"
         service.ready = lambda: http_ok(health)
 
-    def wait_ready(self, stop: threading.Event, timeout: float = START_TIMEOUT_S) -> bool:
+    def wait_ready(self, stop: StopRequest, timeout: float = START_TIMEOUT_S) -> bool:
         """True once every process is ready; False if a stop was asked for first."""
         deadline = time.monotonic() + timeout
         pending = [s for s in self.services if not s.ready()]
@@ -211,7 +341,7 @@ class LocalPlatform:
             if time.monotonic() > deadline:
                 names = ", ".join(s.name for s in pending)
                 raise StartError(f"not ready after {timeout:.0f} s: {names}")
-            if stop.wait(0.2):
+            if stop.sleep(0.2):
                 return False
             pending = [s for s in pending if not s.ready()]
         return True
@@ -219,10 +349,11 @@ class LocalPlatform:
     def write_env_file(self) -> None:
         names = (
             "PYTHONPATH",
-            "CELERY_BROKER_HOST",
-            "CELERY_BROKER_PORT",
-            "CELERY_BROKER_TLS",
-            "CELERY_CATALOG",
+            Env.BROKER_HOST,
+            Env.BROKER_PORT,
+            Env.BROKER_TLS,
+            Env.CATALOG,
+            Env.TASK_MODULES,
         )
         lines = [f"export {name}={shlex.quote(self.base_env[name])}" for name in names]
         self.env_file.write_text("\n".join(lines) + "\n")
@@ -230,8 +361,8 @@ class LocalPlatform:
     def banner(self) -> str:
         pids = " ".join(f"{s.name}={s.process.pid}" for s in self.services)
         submit = (
-            f"(. {shlex.quote(str(self.env_file))} && "
-            f"{shlex.quote(sys.executable)} -c {shlex.quote(SAMPLE_TASK)})"
+            f"(. {shlex.quote(str(self.env_file))} && {shlex.quote(sys.executable)} "
+            "-m celery_service.producer send <task name> [JSON args...] --wait 30)"
         )
         return (
             f"\nLocal platform ({self.env_name}) is up, on 127.0.0.1 only.\n"
@@ -240,15 +371,15 @@ class LocalPlatform:
             f"  workers: {', '.join(self.groups)}; beat; Flower\n"
             f"  logs:    {self.log_dir}\n"
             f"  pids:    {pids}\n"
-            "Submit a sample task (prints 49):\n"
+            "Publish a task and wait for its result:\n"
             f"  {submit}\n"
             "Stop with Ctrl-C.\n"
         )
 
-    def watch(self, stop: threading.Event, duration: float | None) -> str | None:
+    def watch(self, stop: StopRequest, duration: float | None) -> str | None:
         """Run until a stop, the duration or a process death; the death's message, if any."""
         deadline = None if duration is None else time.monotonic() + duration
-        while not stop.wait(0.5):
+        while not stop.sleep(0.5):
             for service in self.services:
                 code = service.process.poll()
                 if code is not None:
@@ -272,7 +403,7 @@ class LocalPlatform:
                 try:
                     service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    print(f"run_local: {service.name} did not stop, killing it", file=sys.stderr)
+                    say(f"run_local: {service.name} did not stop, killing it", error=True)
                     _kill_group(service.process.pid)
                     service.process.wait(timeout=5)
                 # A killed worker can leave its pool processes behind, in its process group.
@@ -288,7 +419,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Run redis-server, a worker per worker group, beat and Flower locally."
     )
-    parser.add_argument("--env", default="dev", choices=available_environments())
+    parser.add_argument(
+        "--config-dir",
+        type=Path,
+        default=CONFIG_DIR,
+        help="the app's config directory: catalog.toml and <env>.toml (default: the samples')",
+    )
+    parser.add_argument("--env", default="dev", help="an environment of the config directory")
+    parser.add_argument(
+        "--app-dir",
+        type=Path,
+        help="where the app's task modules are imported from (default: app.image.build_dir)",
+    )
     parser.add_argument(
         "--duration",
         type=float,
@@ -305,56 +447,73 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="print a .env file for docker compose (catalog, new Flower password) and exit",
     )
+    parser.add_argument(
+        "--compose",
+        type=Path,
+        metavar="DIR",
+        help="write docker-compose.yml and its .env for the app into DIR and exit",
+    )
     return parser.parse_args(argv)
+
+
+def app_dir_of(config: EnvironmentConfig, given: Path | None) -> Path | None:
+    """The directory the app's modules are imported from: as given, else the image's build
+    directory (its Dockerfile copies the package from there), else none (installed)."""
+    if given is not None:
+        return given.resolve()
+    build_dir = config.app.image.build_dir
+    return Path(build_dir).resolve() if build_dir else None
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
+        config = load_environment(args.env, args.config_dir)
         if args.print_env:
-            sys.stdout.write(compose_env(args.env))
+            sys.stdout.write(compose_env(config))
             return 0
-        load_environment(args.env)
+        if args.compose is not None:
+            write_compose(config, args.compose)
+            say(f"run_local: wrote {args.compose / 'docker-compose.yml'} and its .env")
+            return 0
     except ConfigError as exc:
-        print(f"run_local: {exc}", file=sys.stderr)
+        say(f"run_local: {exc}", error=True)
         return 2
 
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = StopRequest()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop.handle)
 
     workdir = Path(tempfile.mkdtemp(prefix="celery-local-"))
     log_dir = args.log_dir.resolve() if args.log_dir else workdir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    platform = LocalPlatform(args.env, workdir, log_dir)
+    platform = LocalPlatform(config, app_dir_of(config, args.app_dir), workdir, log_dir)
     failure: str | None = None
     try:
-        print(
+        say(
             f"run_local: starting redis-server, workers ({', '.join(platform.groups)}), "
-            f"beat and Flower; logs in {log_dir}",
-            flush=True,
+            f"beat and Flower; logs in {log_dir}"
         )
         platform.start_redis()
         if platform.wait_ready(stop, timeout=10):
             platform.start_celery()
             if platform.wait_ready(stop):
                 platform.write_env_file()
-                print(platform.banner(), flush=True)
+                say(platform.banner())
                 failure = platform.watch(stop, args.duration)
     except StartError as exc:
         failure = str(exc)
     finally:
-        print("run_local: stopping", flush=True)
+        # Stop once, whatever arrives meanwhile: a second Ctrl-C must not cut the cleanup.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        say("run_local: stopping")
         platform.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
     if failure is not None:
-        print(f"run_local: {failure}", file=sys.stderr)
+        say(f"run_local: {failure}", error=True)
         return 1
-    print("run_local: stopped", flush=True)
+    say("run_local: stopped")
     return 0
 
 

@@ -1,11 +1,14 @@
-"""The worker image really builds and runs a task: `make test-image`.
+"""The platform's base image and an app image FROM it really build and run a task:
+`make test-image`.
 
-No public registry is reachable here, so the Dockerfile's `BASE_IMAGE` is overridden with a
-Debian bookworm (Python 3.11, as the shipped `python:3.11-slim-bookworm`) that this test
-bootstraps itself with debootstrap and imports into podman. The image is then built from
-`worker_image/` unchanged (its pip step installs from PyPI), started with host networking
-against a test `redis-server` on 127.0.0.1, and a task published from this process must
-come back with its result.
+No public registry is reachable here, so the base Dockerfile's `BASE_IMAGE` is overridden
+with a Debian bookworm (Python 3.11, as the shipped `python:3.11-slim-bookworm`) that this
+test bootstraps itself with debootstrap and imports into podman. The platform's image is
+built from `worker_image/` unchanged (its pip steps install from PyPI) under the tag CDK
+passes to app images; the sample app's image is built from `examples/samples/` FROM it, as a
+team's would be. That one is started with host networking against a test `redis-server` on
+127.0.0.1, and a task of the app published from this process must come back with its
+result.
 
 It takes minutes, so it runs only when `RUN_IMAGE_TEST=1` (set by `make test-image`).
 Podman's storage lives in `.image-test/` (git-ignored): a second run reuses the base image
@@ -25,8 +28,15 @@ from pathlib import Path
 
 import pytest
 
+from stacks.celery_containers import BASE_IMAGE_ARG, BASE_IMAGE_TAG
 from tests.conftest import RedisServer
-from tests.worker.harness import TEST_CATALOG, publisher, wait_for
+from tests.worker.harness import (
+    SAMPLE_APP_DIR,
+    SAMPLE_TASK_MODULES,
+    TEST_CATALOG,
+    publisher,
+    wait_for,
+)
 
 Figures = dict[str, float | None]
 
@@ -34,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / ".image-test"
 RESULTS = ROOT / "bench" / "results" / "image_build.json"
 BASE = "localhost/celery-test-base:bookworm"
-IMAGE = "localhost/celery-worker:test"
+PLATFORM_IMAGE = f"localhost/{BASE_IMAGE_TAG}"  # fully qualified: no registry lookup
+IMAGE = "localhost/celery-samples:test"
 SUITE = "bookworm"  # Debian 12: Python 3.11, the shipped base image's version
 # debootstrap's own default mirror unless DEBIAN_MIRROR names another (a local one, say).
 MIRROR = os.environ.get("DEBIAN_MIRROR", "")
@@ -74,6 +85,12 @@ def podman_command(*args: str) -> list[str]:
         *(["--runtime", "runc"] if shutil.which("runc") else []),
         *args,
     ]
+
+
+# `podman run` flags that work here: host networking (the test redis-server is on 127.0.0.1),
+# and limits no higher than the current ones (without CAP_SYS_RESOURCE the runtime may only
+# lower them).
+RUN_FLAGS = ("--network", "host", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
 
 
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -125,7 +142,23 @@ def built_image() -> Figures:
     WORK.mkdir(exist_ok=True)
     base_s = build_base_image()
     started = time.monotonic()
-    build = podman(
+    build(PLATFORM_IMAGE, ROOT / "worker_image", BASE_IMAGE=BASE)
+    platform_s = time.monotonic() - started
+    build(IMAGE, SAMPLE_APP_DIR, **{BASE_IMAGE_ARG: PLATFORM_IMAGE})
+    app_s = time.monotonic() - started - platform_s
+    size = int(podman("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout.strip())
+    base_size = int(podman("image", "inspect", BASE, "--format", "{{.Size}}").stdout.strip())
+    return {
+        "base_bootstrap_s": None if base_s is None else round(base_s, 1),
+        "build_s": round(platform_s, 1),
+        "app_build_s": round(app_s, 1),
+        "image_bytes": size,
+        "base_bytes": base_size,
+    }
+
+
+def build(tag: str, context: Path, **build_args: str) -> None:
+    result = podman(
         "build",
         "--format",
         "docker",  # keeps the HEALTHCHECK, which the OCI format drops
@@ -133,23 +166,27 @@ def built_image() -> Figures:
         "chroot",
         "--network",
         "host",
-        "--build-arg",
-        f"BASE_IMAGE={BASE}",
+        *[arg for key, value in build_args.items() for arg in ("--build-arg", f"{key}={value}")],
         "--tag",
-        IMAGE,
-        str(ROOT / "worker_image"),
+        tag,
+        str(context),
         check=False,
     )
-    build_s = time.monotonic() - started
-    assert build.returncode == 0, f"image build failed:\n{build.stdout[-4000:]}{build.stderr}"
-    size = int(podman("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout.strip())
-    base_size = int(podman("image", "inspect", BASE, "--format", "{{.Size}}").stdout.strip())
-    return {
-        "base_bootstrap_s": None if base_s is None else round(base_s, 1),
-        "build_s": round(build_s, 1),
-        "image_bytes": size,
-        "base_bytes": base_size,
-    }
+    assert result.returncode == 0, f"{tag} build failed:\n{result.stdout[-4000:]}{result.stderr}"
+
+
+def test_the_platform_image_holds_the_runtime_and_no_app(built_image: Figures) -> None:
+    probe = podman(
+        "run",
+        "--rm",
+        *RUN_FLAGS,
+        "--entrypoint",
+        "python",
+        PLATFORM_IMAGE,
+        "-c",
+        "import celery_service.contract, importlib.util as u; print(u.find_spec('samples'))",
+    )
+    assert probe.stdout.strip() == "None", "the samples live in their app image only"
 
 
 def test_image_keeps_its_entrypoint_user_and_healthcheck(built_image: Figures) -> None:
@@ -171,6 +208,7 @@ def test_a_task_completes_inside_the_container(
         "CELERY_BROKER_PORT": str(server.port),
         "CELERY_BROKER_TLS": "false",
         "CELERY_CATALOG": json.dumps(TEST_CATALOG),
+        "CELERY_TASK_MODULES": ",".join(SAMPLE_TASK_MODULES),
         "CELERY_WORKER_GROUP": "general",
     }
     log = tmp_path / "container.log"
@@ -183,13 +221,7 @@ def test_a_task_completes_inside_the_container(
                 "--rm",
                 "--name",
                 name,
-                "--network",
-                "host",  # reach the test redis-server on 127.0.0.1
-                # Without CAP_SYS_RESOURCE the runtime may only lower limits, never raise them.
-                "--ulimit",
-                "nofile=4096:4096",
-                "--ulimit",
-                "nproc=4096:4096",
+                *RUN_FLAGS,
                 *[arg for key, value in environment.items() for arg in ("--env", f"{key}={value}")],
                 IMAGE,
                 "worker",

@@ -24,6 +24,9 @@ from celery_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_DIR = ROOT / "worker_image"
+# The sample app (examples/samples): its package `samples` holds the tasks most tests run.
+SAMPLE_APP_DIR = ROOT / "examples" / "samples"
+SAMPLE_TASK_MODULES = ("samples.tasks",)
 
 # Short limits so redelivery after a crash takes seconds, not an hour. The visibility timeout
 # obeys the same rule as production: hard limit 9 + retry wait 1 + margin 10.
@@ -62,15 +65,15 @@ def base_env(
     port: int,
     tmp: Path,
     catalog: dict[str, Any] | None = None,
-    task_modules: tuple[str, ...] = (),
+    task_modules: tuple[str, ...] = SAMPLE_TASK_MODULES,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DD_", "ECS_"))}
-    if task_modules:
-        env["CELERY_TASK_MODULES"] = ",".join(task_modules)
+    env["CELERY_TASK_MODULES"] = ",".join(task_modules)
     env.update(
         {
-            # The image's code, and the repository for test task modules (tests.worker...).
-            "PYTHONPATH": os.pathsep.join((str(IMAGE_DIR), str(ROOT))),
+            # The image's code, the sample app, and the repository for test task modules
+            # (tests.worker...).
+            "PYTHONPATH": os.pathsep.join((str(IMAGE_DIR), str(SAMPLE_APP_DIR), str(ROOT))),
             "CELERY_BROKER_HOST": "127.0.0.1",
             "CELERY_BROKER_PORT": str(port),
             "CELERY_BROKER_TLS": "false",
@@ -82,7 +85,9 @@ def base_env(
 
 
 def publisher(
-    port: int, catalog: dict[str, Any] | None = None, task_modules: tuple[str, ...] = ()
+    port: int,
+    catalog: dict[str, Any] | None = None,
+    task_modules: tuple[str, ...] = SAMPLE_TASK_MODULES,
 ) -> Celery:
     """An app configured like the workers', for publishing and reading results."""
     settings = Settings.from_env(base_env(port, Path("."), catalog, task_modules))
@@ -165,7 +170,7 @@ def running(
     group: str = "general",
     name: str | None = None,
     catalog: dict[str, Any] | None = None,
-    task_modules: tuple[str, ...] = (),
+    task_modules: tuple[str, ...] = SAMPLE_TASK_MODULES,
     **extra_env: str,
 ) -> Iterator[Process]:
     """A worker of `group`, ready to consume, stopped with SIGTERM at the end."""

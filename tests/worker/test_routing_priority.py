@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from celery_service.contract import PRIORITIES, queue_keys
-from celery_service.tasks.samples import EMAILS_SENT_KEY
+from samples.tasks import EMAILS_SENT_KEY
 from tests.conftest import RedisServer
 from tests.worker.harness import TEST_CATALOG, publisher, running, wait_for
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import chord, group
 
-from celery_service.tasks.samples import EMAILS_SENT_KEY
+from samples.tasks import EMAILS_SENT_KEY
 from tests.conftest import RedisServer
 from tests.worker.harness import TEST_CATALOG, publisher, results_client, running, wait_for
 

@@ -19,7 +19,13 @@ from celery_service.factory import (
 )
 from celery_service.settings import Settings, SettingsError
 from config import available_environments, load_environment
-from tests.worker.harness import IMAGE_DIR, ROOT, TEST_CATALOG
+from tests.worker.harness import (
+    IMAGE_DIR,
+    ROOT,
+    SAMPLE_APP_DIR,
+    SAMPLE_TASK_MODULES,
+    TEST_CATALOG,
+)
 
 TOKEN = "s3cr3t-t0ken-value-0123456789abcdef"
 
@@ -29,6 +35,7 @@ def env(**overrides: str) -> dict[str, str]:
         "CELERY_BROKER_HOST": "broker.example.internal",
         "CELERY_CATALOG": json.dumps(TEST_CATALOG),
         "CELERY_BROKER_AUTH_TOKEN": TOKEN,
+        "CELERY_TASK_MODULES": ",".join(SAMPLE_TASK_MODULES),
     }
     values.update(overrides)
     return {k: v for k, v in values.items() if v != "<unset>"}
@@ -162,7 +169,7 @@ def run_image(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
         env={
             **env(**variables),
             "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": os.pathsep.join((str(IMAGE_DIR), str(ROOT))),
+            "PYTHONPATH": os.pathsep.join((str(IMAGE_DIR), str(SAMPLE_APP_DIR), str(ROOT))),
         },
         capture_output=True,
         text=True,
@@ -175,7 +182,7 @@ def test_a_task_module_that_does_not_import_is_one_line_naming_it() -> None:
     result = run_image(
         "worker",
         CELERY_WORKER_GROUP="general",
-        CELERY_TASK_MODULES="celery_service.tasks.samples,team_app.tasks",
+        CELERY_TASK_MODULES="samples.tasks,team_app.tasks",
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (
@@ -205,7 +212,7 @@ def test_check_fails_when_the_catalog_names_a_task_no_module_registers() -> None
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "settings error: CELERY_CATALOG: tasks samples.send_welcom_email, reports.* match no "
-        "task of CELERY_TASK_MODULES (celery_service.tasks.samples)"
+        "task of CELERY_TASK_MODULES (samples.tasks)"
     )
     assert run_image("check").returncode == 0  # the test catalog's names all register
 

@@ -142,6 +142,9 @@ def autoscaler_state_key(group: str) -> str:
     return f"{KEY_PREFIX}:autoscaler:state:{group}"
 
 
+# RedBeat's keys: `<prefix><schedule name>` hashes (definition, meta with total_run_count),
+# the schedule's sorted set and the lock.
+REDBEAT_KEY_PREFIX: Final = f"{KEY_PREFIX}:redbeat:"
 BEAT_HEARTBEAT_KEY = f"{KEY_PREFIX}:beat:heartbeat"  # epoch seconds of the last tick
 # The heartbeat key expires this long after beat's last tick (seconds): an alarm on its age
 # at or above this could never fire, the key would be gone first.
@@ -149,9 +152,8 @@ BEAT_HEARTBEAT_TTL_S: Final = 300
 PUBLISHED_AT_HEADER = "published_at"  # message header: epoch seconds at publish
 
 
-# CELERY_TASK_MODULES: dotted module names, comma-separated; the sample tasks when unset.
+# CELERY_TASK_MODULES: the app's modules, dotted names, comma-separated.
 MODULE_NAME: Final = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
-DEFAULT_TASK_MODULES: Final = ("celery_service.tasks.samples",)
 
 
 class Env:

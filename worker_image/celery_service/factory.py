@@ -130,7 +130,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_max_loop_interval": BEAT_MAX_LOOP_INTERVAL_S,
         "redbeat_redis_url": url,
         "redbeat_redis_use_ssl": tls,
-        "redbeat_key_prefix": f"{contract.KEY_PREFIX}:redbeat:",
+        "redbeat_key_prefix": contract.REDBEAT_KEY_PREFIX,
         "redbeat_lock_timeout": BEAT_LOCK_TIMEOUT_S,
         "beat_schedule": _beat_schedule(settings),
         "timezone": "UTC",

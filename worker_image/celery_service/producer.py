@@ -83,3 +83,54 @@ def state_of(task_id: str) -> TaskState:
     if isinstance(info, BaseException):
         info = f"{type(info).__name__}: {info}"
     return TaskState(task_id=task_id, state=str(result.state), info=info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m celery_service.producer send <task> [ARG ...] [--wait S]` or `state <id>`:
+    publish or read a task from a shell, configured from the environment like the workers.
+    Each ARG is JSON if it parses (7, "x", [1, 2]), else a string."""
+    import argparse
+    import json
+    import sys
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m celery_service.producer")
+    commands = parser.add_subparsers(dest="command", required=True)
+    send_cmd = commands.add_parser("send", help="publish a task by name; print its id")
+    send_cmd.add_argument("task")
+    send_cmd.add_argument("args", nargs="*")
+    send_cmd.add_argument("--wait", type=float, metavar="S", help="then wait for its result")
+    state_cmd = commands.add_parser("state", help="print a task's state and progress or result")
+    state_cmd.add_argument("task_id")
+    options = parser.parse_args(argv)
+    try:
+        producer_app()
+    except Exception as exc:  # SettingsError: one line per problem
+        for line in str(exc).splitlines():
+            print(f"settings error: {line}", file=sys.stderr)
+        return 2
+
+    def parsed(text: str) -> Any:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+
+    if options.command == "state":
+        state = state_of(options.task_id)
+    else:
+        task_id = send(options.task, *[parsed(a) for a in options.args])
+        print(task_id, flush=True)
+        if options.wait is None:
+            return 0
+        deadline = time.monotonic() + options.wait
+        state = state_of(task_id)
+        while not state.ready and time.monotonic() < deadline:
+            time.sleep(0.1)
+            state = state_of(task_id)
+    print(json.dumps({"state": state.state, "info": state.info}, default=str))
+    return 0 if state.state != "FAILURE" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

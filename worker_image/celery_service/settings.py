@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from celery_service.catalog import Catalog, GroupSpec
-from celery_service.contract import DEFAULT_TASK_MODULES, MODULE_NAME, Env
+from celery_service.contract import MODULE_NAME, Env
 
 # Fargate sends SIGKILL this long after SIGTERM at most (stopTimeout maximum, seconds).
 FARGATE_MAX_STOP_TIMEOUT_S = 120
@@ -50,9 +50,10 @@ class Settings(_Model):
     catalog: Catalog
     # The worker group this process serves (workers only).
     worker_group: str | None = None
-    # Modules whose tasks every process registers (CELERY_TASK_MODULES, comma-separated).
+    # Modules whose tasks every process registers (CELERY_TASK_MODULES, comma-separated):
+    # required by workers, beat and `check`; a producer publishes by name without them.
     task_modules: list[Annotated[str, StringConstraints(pattern=MODULE_NAME)]] = Field(
-        default_factory=lambda: list(DEFAULT_TASK_MODULES), min_length=1
+        default_factory=list
     )
     # SIGTERM budget (seconds): running tasks get this long to finish, the rest is requeued.
     shutdown_budget_s: float = Field(default=90.0, gt=0, lt=FARGATE_MAX_STOP_TIMEOUT_S - 10)
@@ -90,6 +91,11 @@ class Settings(_Model):
 
     def import_task_modules(self) -> None:
         """Import every task module; SettingsError naming the first that does not import."""
+        if not self.task_modules:
+            raise SettingsError(
+                f"{Env.TASK_MODULES}: required: the app's task modules, comma-separated "
+                "(the config's app.task_modules)"
+            )
         for module in self.task_modules:
             try:
                 importlib.import_module(module)

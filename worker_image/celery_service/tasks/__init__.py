@@ -1,1 +1,1 @@
-"""Task modules. Add yours here and list it in factory.TASK_MODULES."""
+"""The platform's task base class and helpers for a team's tasks (celery_service.tasks.base)."""

@@ -1,4 +1,5 @@
-"""Sample tasks, one per pattern. Keep tasks thin: the real work lives in plain functions."""
+"""The sample app's tasks, one per pattern. Keep tasks thin: the real work lives in plain
+functions. They use the runtime package's helpers as any team's tasks can."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from celery_service.idempotency import EffectInProgressError, applied_once
 from celery_service.redis_client import client_for
 from celery_service.tasks.base import PermanentError, PlatformTask, TransientError
 
-# Every task name here has its routing and limits in config/catalog.toml.
+# Every task name here has its routing and limits in the catalog (config/catalog.toml).
 
 log = get_task_logger(__name__)
 
@@ -61,6 +62,12 @@ def build_report(
         self.update_state(state="PROGRESS", meta={"done": done + 1, "total": sections})
         log.info("report section done", extra={"report_id": report_id, "section": done + 1})
     return f"report {report_id}: {sections} sections"
+
+
+@shared_task(base=PlatformTask, name="samples.purge_expired_sessions")
+def purge_expired_sessions() -> int:
+    """A periodic chore (a schedule in the catalog): stand-in for deleting expired rows."""
+    return 0
 
 
 @shared_task(base=PlatformTask, name="samples.square")
