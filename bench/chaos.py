@@ -57,7 +57,7 @@ from bench.chaos_tasks import LEDGER_DIR_ENV, TASKS, WORKER_NAME_ENV
 from celery_service import contract
 from celery_service.dlq import DeadLetterQueues
 from celery_service.factory import create_app
-from celery_service.settings import Settings
+from celery_service.settings import Settings, variables_for
 from tools.local_redis import (
     RedisServerMissingError,
     free_port,
@@ -455,12 +455,14 @@ def chaos_env(broker_port: int) -> dict[str, str]:
     env.update(
         {
             "PYTHONPATH": str(ROOT),
-            "CELERY_TASK_MODULES": "bench.chaos_tasks",
-            "CELERY_BROKER_HOST": "127.0.0.1",
-            "CELERY_BROKER_PORT": str(broker_port),
-            "CELERY_BROKER_TLS": "false",
-            "CELERY_CATALOG": json.dumps(CATALOG),
-            "CELERY_LOG_LEVEL": "WARNING",
+            **variables_for(
+                task_modules=["bench.chaos_tasks"],
+                broker_host="127.0.0.1",
+                broker_port=broker_port,
+                broker_tls=False,
+                catalog=CATALOG,
+                log_level="WARNING",
+            ),
         }
     )
     return env

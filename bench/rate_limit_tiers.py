@@ -17,7 +17,6 @@ Results go to bench/results/rate_limit_tiers.md.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 import redis
 
 from celery_service.factory import create_app
-from celery_service.settings import Settings
+from celery_service.settings import Settings, variables_for
 from tools.local_redis import free_port, redis_server_binary, server_args, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,12 +69,14 @@ def environment(port: int, spec: dict[str, Any]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DD_", "ECS_"))}
     return env | {
         "PYTHONPATH": str(ROOT / "examples" / "samples"),
-        "CELERY_TASK_MODULES": "samples.tasks",
-        "CELERY_BROKER_HOST": "127.0.0.1",
-        "CELERY_BROKER_PORT": str(port),
-        "CELERY_BROKER_TLS": "false",
-        "CELERY_CATALOG": json.dumps(spec),
-        "CELERY_LOG_LEVEL": "WARNING",
+        **variables_for(
+            task_modules=["samples.tasks"],
+            broker_host="127.0.0.1",
+            broker_port=port,
+            broker_tls=False,
+            catalog=spec,
+            log_level="WARNING",
+        ),
     }
 
 

@@ -53,7 +53,7 @@ from celery import Celery
 from bench import bench_tasks
 from celery_service.__main__ import worker_args
 from celery_service.factory import create_app
-from celery_service.settings import Settings
+from celery_service.settings import Settings, variables_for
 from config import load_environment
 from tools.local_redis import (
     RedisServerMissingError,
@@ -389,17 +389,17 @@ class Bench:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def settings_env(self) -> dict[str, str]:
-        return {
-            "CELERY_BROKER_HOST": "127.0.0.1",
-            "CELERY_BROKER_PORT": str(self.port),
-            "CELERY_BROKER_TLS": "false",
-            "CELERY_CATALOG": json.dumps(self.catalog),
-            "CELERY_WORKER_GROUP": BENCH_GROUP,
-            "CELERY_TASK_MODULES": "bench.bench_tasks",
+        return variables_for(
+            broker_host="127.0.0.1",
+            broker_port=self.port,
+            broker_tls=False,
+            catalog=self.catalog,
+            worker_group=BENCH_GROUP,
+            task_modules=["bench.bench_tasks"],
             # The worker is idle when stopped: no need for the 90 s shutdown budget.
-            "CELERY_SHUTDOWN_BUDGET_S": "2",
-            "CELERY_HEARTBEAT_FILE": str(self.workdir / "heartbeat"),
-        }
+            shutdown_budget_s=2,
+            heartbeat_file=self.workdir / "heartbeat",
+        )
 
     def publisher(self, variant: Variant) -> Celery:
         """The app producers would use: the shipped app (create_app) or a plain one."""

@@ -461,9 +461,9 @@ ECR_REPOSITORY = r"^(arn:aws[a-z-]*:ecr:[a-z0-9-]+:\d{12}:repository/)?[a-z0-9][
 
 class ImageConfig(Strict):
     """Where the image of workers, beat and Flower comes from: built by CDK at deploy from
-    a directory whose Dockerfile starts FROM the platform's base image (worker_image/, the
-    default, is that base with the sample tasks), or a prebuilt image by ECR repository and
-    digest, so CI builds once and promotes the same image through every environment."""
+    a directory whose Dockerfile starts FROM the platform's base image, or a prebuilt image
+    by ECR repository and digest, so CI builds once and promotes the same image through
+    every environment."""
 
     build_dir: str | None = None  # relative to the config directory
     build_args: dict[str, str] = Field(default_factory=dict)
@@ -473,6 +473,11 @@ class ImageConfig(Strict):
     @model_validator(mode="after")
     def _one_source(self) -> ImageConfig:
         prebuilt = self.repository is not None or self.digest is not None
+        if not prebuilt and self.build_dir is None:
+            raise ValueError(
+                "set build_dir (a directory whose Dockerfile starts FROM the platform's base "
+                "image) or repository and digest (a prebuilt image)"
+            )
         if prebuilt and self.build_dir is not None:
             raise ValueError("set build_dir or repository and digest, not both")
         if prebuilt and (self.repository is None or self.digest is None):
@@ -493,8 +498,22 @@ class AppConfig(Strict):
     """The team's Celery code: the modules every worker, beat and Flower imports, and the
     image they are in."""
 
-    task_modules: list[Annotated[str, StringConstraints(pattern=MODULE_NAME)]] = Field(min_length=1)
-    image: ImageConfig = Field(default_factory=ImageConfig)
+    task_modules: list[Annotated[str, StringConstraints(pattern=MODULE_NAME)]] = Field(
+        default_factory=list
+    )
+    # Or, or as well: the app's own Celery settings module (its `imports` name the task
+    # modules); the platform's settings win where both set one.
+    celery_config_module: Annotated[str, StringConstraints(pattern=MODULE_NAME)] | None = None
+    image: ImageConfig
+
+    @model_validator(mode="after")
+    def _tasks_named(self) -> AppConfig:
+        if not self.task_modules and self.celery_config_module is None:
+            raise ValueError(
+                "set task_modules (the modules of the app's tasks) or celery_config_module "
+                "(its Celery settings module, whose `imports` name them)"
+            )
+        return self
 
 
 # Limits a group gets when it sets none and its pool enforces them (seconds).

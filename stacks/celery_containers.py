@@ -21,6 +21,7 @@ from aws_cdk.aws_ecr_assets import Platform
 from constructs import Construct
 
 from celery_service.contract import Env
+from celery_service.settings import variables_for
 from config import EnvironmentConfig
 from config.model import ImageConfig, SecretRef, TaskAccess
 from stacks.checks import acknowledge, acknowledge_wildcard_resource
@@ -104,9 +105,7 @@ def _app_image(
             )
         image = ecs.ContainerImage.from_ecr_repository(repository, tag=source.digest)
         return image, source.digest.removeprefix("sha256:")[:12]
-    if source.build_dir is None:
-        image = ecs.ContainerImage.from_asset(str(IMAGE_DIR), platform=platform)
-        return image, runtime_fingerprint()[:12]
+    assert source.build_dir is not None  # one of the two, by validation
     build_args = {BASE_IMAGE_ARG: BASE_IMAGE_TAG, **source.build_args}
     image = ecs.ContainerImage.from_asset(
         source.build_dir, platform=platform, build_args=build_args
@@ -195,12 +194,15 @@ def add_celery_container(
     """The app container of a worker, beat or Flower task, and the agent sidecar if enabled."""
     config = runtime.config
     env = {
-        Env.BROKER_HOST: runtime.broker.endpoint_address,
-        Env.BROKER_PORT: str(runtime.broker.port),
-        Env.BROKER_TLS: "true",
-        Env.CATALOG: config.runtime_catalog_json(),
-        Env.TASK_MODULES: ",".join(config.app.task_modules),
-        Env.SHUTDOWN_BUDGET_S: str(config.services.stop_timeout_s - SHUTDOWN_MARGIN_S),
+        **variables_for(
+            broker_host=runtime.broker.endpoint_address,
+            broker_port=runtime.broker.port,
+            broker_tls=True,
+            catalog=config.runtime_catalog_json(),
+            task_modules=config.app.task_modules,
+            app_config_module=config.app.celery_config_module,
+            shutdown_budget_s=config.services.stop_timeout_s - SHUTDOWN_MARGIN_S,
+        ),
         "DD_ENV": config.name,
         "DD_SERVICE": service,
         "DD_VERSION": runtime.version,

@@ -12,6 +12,7 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from celery_service.contract import PRODUCER_PARAMETERS, Env, producer_parameter
+from celery_service.settings import variables_for
 from config import EnvironmentConfig
 from stacks.redis_broker import RedisBroker
 
@@ -77,11 +78,9 @@ class ProducerAccess(Construct):
     def container_environment(self) -> dict[str, str]:
         """The plain variables of a producer container in this CDK app (celery_service.producer
         reads them); pair them with `container_secrets()`."""
-        return {
-            Env.BROKER_HOST: self.broker.endpoint_address,
-            Env.BROKER_PORT: str(self.broker.port),
-            Env.BROKER_TLS: "true",
-        }
+        return variables_for(
+            broker_host=self.broker.endpoint_address, broker_port=self.broker.port, broker_tls=True
+        )
 
     def container_secrets(self) -> dict[str, ecs.Secret]:
         """The AUTH token and the catalog, read by ECS at task start."""

@@ -13,7 +13,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from celery_service.contract import Env
+from celery_service.contract import FLOWER_DEFAULT_USER, Env
 from config import EnvironmentConfig, WorkerGroupConfig
 from config.model import ACCESS_FIELDS
 from stacks.celery_containers import (
@@ -29,7 +29,7 @@ from stacks.desired_count import DesiredCountProvider, KeptDesiredCount
 from stacks.network_stack import NetworkStack
 
 FLOWER_PORT = 5555
-FLOWER_USER = "admin"
+FLOWER_USER = FLOWER_DEFAULT_USER
 BEAT_CPU, BEAT_MEMORY_MIB = 256, 512
 FLOWER_CPU, FLOWER_MEMORY_MIB = 256, 512
 

@@ -16,7 +16,8 @@ import pytest
 
 from celery_service import producer
 from celery_service.catalog import is_pattern
-from celery_service.contract import PRIORITIES, PRIORITY_STEPS, Env, queue_keys
+from celery_service.contract import PRIORITIES, PRIORITY_STEPS, queue_keys
+from celery_service.settings import variables_for
 from config import available_environments, load_environment
 from tests.conftest import RedisServer
 from tests.synth import synthesize
@@ -29,14 +30,17 @@ EXAMPLES = {path.name: path for path in sorted((ROOT / "examples").iterdir()) if
 def app_env(example: str, port: int) -> dict[str, str]:
     config = load_environment("dev", EXAMPLES[example] / "config")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DD_", "ECS_"))}
-    return env | {
-        "PYTHONPATH": str(EXAMPLES[example]),
-        Env.BROKER_HOST: "127.0.0.1",
-        Env.BROKER_PORT: str(port),
-        Env.BROKER_TLS: "false",
-        Env.CATALOG: config.runtime_catalog_json(),
-        Env.TASK_MODULES: ",".join(config.app.task_modules),
-    }
+    return (
+        env
+        | {"PYTHONPATH": str(EXAMPLES[example])}
+        | variables_for(
+            broker_host="127.0.0.1",
+            broker_port=port,
+            broker_tls=False,
+            catalog=config.runtime_catalog_json(),
+            task_modules=config.app.task_modules,
+        )
+    )
 
 
 def test_there_are_two_examples_of_different_shapes() -> None:

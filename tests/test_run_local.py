@@ -135,7 +135,7 @@ def test_an_example_app_runs_locally_from_its_config_and_stops_cleanly(
     schedule, Flower behind basic auth, and its producer's chain, chord and progress."""
     config_dir = EXAMPLES[example] / "config"
     config = load_environment("dev", config_dir)
-    process = started_local(config_dir, "--env", "dev", "--duration", "40")
+    process = started_local(config_dir, "--env", "dev")
     output = Output(process)
     values: dict[str, Any] = {}
     try:
@@ -187,6 +187,7 @@ def test_an_example_app_runs_locally_from_its_config_and_stops_cleanly(
             assert status(url + path, (user, "wrong")) == 401
             assert status(url + path, (user, password)) == 200
 
+        process.send_signal(signal.SIGINT)  # Ctrl-C, however long the checks took
         assert process.wait(timeout=90) == 0, output.text
     finally:
         if process.poll() is None:

@@ -77,6 +77,17 @@ def test_a_build_directory_is_built_from_the_platform_base_with_the_team_modules
         assert env["CELERY_TASK_MODULES"] == "team.tasks"
 
 
+def test_an_app_may_bring_its_celery_settings_module_instead(tmp_path: Path) -> None:
+    data = catalog()
+    data["app"] = {"celery_config_module": "team.celeryconfig", "image": data["app"]["image"]}
+    synth = synthesize(parse_environment("qa", data), tmp_path)
+    template = synth.template_json(synth.platform.services)
+    for service in resources(template, "AWS::ECS::Service").values():
+        env = env_of(app_container(task_definition_of(template, service)))
+        assert env["CELERY_APP_CONFIG_MODULE"] == "team.celeryconfig"
+        assert "CELERY_TASK_MODULES" not in env
+
+
 def test_the_version_tag_follows_the_app_code(tmp_path: Path) -> None:
     """DD_VERSION (Datadog's deployment tracking) changes exactly when the image would."""
     app = team_dir(tmp_path)
@@ -179,6 +190,14 @@ def test_per_group_environment_secrets_and_grants_reach_only_that_group(tmp_path
 
 
 BAD_APPS: dict[str, tuple[dict[str, Any], str]] = {
+    "no task modules and no settings module": (
+        {"app": {"task_modules": []}},
+        "app: set task_modules (the modules of the app's tasks) or celery_config_module",
+    ),
+    "no image at all": (
+        {"app": {"image": {}}},
+        "app.image: set build_dir (a directory whose Dockerfile starts FROM the platform's",
+    ),
     "build directory without a Dockerfile": (
         {"app": {"image": {"build_dir": "/nonexistent/team-app"}}},
         "app.image: build_dir '/nonexistent/team-app' has no Dockerfile",

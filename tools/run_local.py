@@ -34,7 +34,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from celery_service.contract import KEYSPACE_EVENTS, Env
+from celery_service.contract import FLOWER_DEFAULT_USER, KEYSPACE_EVENTS, Env
+from celery_service.settings import variables_for
 from config import (
     CONFIG_DIR,
     ConfigError,
@@ -53,7 +54,7 @@ STOP_TIMEOUT_S = 15.0  # SIGTERM, then SIGKILL after this long
 # Ctrl-C gives running tasks this long (seconds) before they are requeued: locally there is
 # no reason to wait as long as on Fargate.
 LOCAL_SHUTDOWN_BUDGET_S = "5"
-FLOWER_USER = "admin"
+FLOWER_USER = FLOWER_DEFAULT_USER
 # Inherited variables that would point the processes at something other than this stack
 # (a real broker, a Datadog agent, the ECS agent).
 FOREIGN_PREFIXES = ("CELERY_", "FLOWER_", "DD_", "ECS_")
@@ -152,29 +153,33 @@ def compose_file(config: EnvironmentConfig) -> dict[str, Any]:
     """A docker compose project of the app: redis, a worker per worker group of its catalog,
     beat and Flower, from the app's image built FROM the platform's base (build that first:
     `make base-image`). The catalog and Flower's password come from the `.env` beside it."""
-    from stacks.celery_containers import BASE_IMAGE_ARG, BASE_IMAGE_TAG, IMAGE_DIR
+    from stacks.celery_containers import BASE_IMAGE_ARG, BASE_IMAGE_TAG
 
-    build_dir = config.app.image.build_dir
     missing = "missing; run make compose"
-    image: dict[str, Any] = {"build": {"context": str(IMAGE_DIR)}}
-    if build_dir is not None:
-        args = {BASE_IMAGE_ARG: BASE_IMAGE_TAG, **config.app.image.build_args}
-        image = {"build": {"context": build_dir, "args": args}}
+    image = config.app.image
+    if image.build_dir is not None:
+        args = {BASE_IMAGE_ARG: BASE_IMAGE_TAG, **image.build_args}
+        source: dict[str, Any] = {"build": {"context": image.build_dir, "args": args}}
+    else:  # the prebuilt image (pull access to its registry is the user's)
+        source = {"image": f"{image.repository}@{image.digest}"}
     celery = {
-        **image,
         "image": f"{config.project}-{config.name}-app:local",
+        **source,
         "depends_on": {"redis": {"condition": "service_healthy"}},
         "restart": "unless-stopped",
     }
     env = {
-        Env.BROKER_HOST: "redis",
-        Env.BROKER_PORT: "6379",
-        Env.BROKER_TLS: "false",
+        **variables_for(
+            broker_host="redis",
+            broker_port=6379,
+            broker_tls=False,
+            task_modules=config.app.task_modules,
+            app_config_module=config.app.celery_config_module,
+            log_level="INFO",
+            # Idle workers wait the whole soft-shutdown budget on stop: keep `down` quick.
+            shutdown_budget_s=2,
+        ),
         Env.CATALOG: f"${{{Env.CATALOG}:?{missing}}}",
-        Env.TASK_MODULES: ",".join(config.app.task_modules),
-        Env.LOG_LEVEL: "INFO",
-        # Idle workers wait the whole soft-shutdown budget on stop: keep `down` quick.
-        Env.SHUTDOWN_BUDGET_S: "2",
     }
     services: dict[str, Any] = {
         "redis": {
@@ -248,16 +253,17 @@ class LocalPlatform:
         self.flower_password = secrets.token_urlsafe(18)
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_PREFIXES)}
         self.base_env.update(
-            {
-                "PYTHONPATH": str(app_dir or ""),
-                "PYTHONUNBUFFERED": "1",
-                Env.BROKER_HOST: "127.0.0.1",
-                Env.BROKER_PORT: str(self.redis_port),
-                Env.BROKER_TLS: "false",
-                Env.CATALOG: config.runtime_catalog_json(),
-                Env.TASK_MODULES: ",".join(config.app.task_modules),
-                Env.SHUTDOWN_BUDGET_S: LOCAL_SHUTDOWN_BUDGET_S,
-            }
+            PYTHONPATH=str(app_dir or ""),
+            PYTHONUNBUFFERED="1",
+            **variables_for(
+                broker_host="127.0.0.1",
+                broker_port=self.redis_port,
+                broker_tls=False,
+                catalog=config.runtime_catalog_json(),
+                task_modules=config.app.task_modules,
+                app_config_module=config.app.celery_config_module,
+                shutdown_budget_s=LOCAL_SHUTDOWN_BUDGET_S,
+            ),
         )
         self.groups = list(config.worker_groups)
 
@@ -354,8 +360,13 @@ class LocalPlatform:
             Env.BROKER_TLS,
             Env.CATALOG,
             Env.TASK_MODULES,
+            Env.APP_CONFIG_MODULE,
         )
-        lines = [f"export {name}={shlex.quote(self.base_env[name])}" for name in names]
+        lines = [
+            f"export {name}={shlex.quote(self.base_env[name])}"
+            for name in names
+            if name in self.base_env
+        ]
         self.env_file.write_text("\n".join(lines) + "\n")
 
     def banner(self) -> str:

@@ -20,7 +20,7 @@ from celery import Celery
 
 from celery_service.catalog import Catalog
 from celery_service.factory import create_app
-from celery_service.settings import Settings
+from celery_service.settings import Settings, variables_for
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_DIR = ROOT / "worker_image"
@@ -68,20 +68,17 @@ def base_env(
     task_modules: tuple[str, ...] = SAMPLE_TASK_MODULES,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DD_", "ECS_"))}
-    env["CELERY_TASK_MODULES"] = ",".join(task_modules)
-    env.update(
-        {
-            # The image's code, the sample app, and the repository for test task modules
-            # (tests.worker...).
-            "PYTHONPATH": os.pathsep.join((str(IMAGE_DIR), str(SAMPLE_APP_DIR), str(ROOT))),
-            "CELERY_BROKER_HOST": "127.0.0.1",
-            "CELERY_BROKER_PORT": str(port),
-            "CELERY_BROKER_TLS": "false",
-            "CELERY_CATALOG": json.dumps(catalog or TEST_CATALOG),
-            "CELERY_LOG_LEVEL": "INFO",
-        }
+    # The image's code, the sample app, and the repository for test task modules
+    # (tests.worker...).
+    env["PYTHONPATH"] = os.pathsep.join((str(IMAGE_DIR), str(SAMPLE_APP_DIR), str(ROOT)))
+    return env | variables_for(
+        broker_host="127.0.0.1",
+        broker_port=port,
+        broker_tls=False,
+        catalog=catalog or TEST_CATALOG,
+        task_modules=task_modules,
+        log_level="INFO",
     )
-    return env
 
 
 def publisher(

@@ -11,13 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+import redis
 from celery import shared_task
+from moto import mock_aws
 
 from celery_service import producer
-from celery_service.contract import PRIORITIES, PRIORITY_SEPARATOR
+from celery_service.contract import PRIORITIES, PRIORITY_SEPARATOR, Env, queue_keys
 from celery_service.settings import SettingsError
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, use_fake_aws_credentials
 from tests.worker.harness import base_env, running, wait_for
 
 
@@ -86,3 +89,26 @@ def test_a_producer_without_the_broker_settings_is_one_clear_error() -> None:
     with pytest.raises(SettingsError) as raised:
         producer.producer_app({"CELERY_CATALOG": "{}"})
     assert "CELERY_BROKER_HOST: required" in str(raised.value)
+
+
+def test_a_lambda_producer_reads_the_token_from_the_secret_arn(
+    redis_server: Callable[..., RedisServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Lambda gets the AUTH secret's ARN (the SSM parameter broker-auth-secret-arn), not
+    the token: the client reads it with the AWS SDK, against a server that requires it."""
+    use_fake_aws_credentials(monkeypatch)
+    server = redis_server()
+    server.client().config_set("requirepass", "t0ken-from-secrets-manager")
+    with mock_aws():
+        arn = boto3.client("secretsmanager").create_secret(
+            Name="celery/broker-auth", SecretString="t0ken-from-secrets-manager"
+        )["ARN"]
+        env = base_env(server.port, tmp_path) | {Env.BROKER_AUTH_SECRET_ARN: arn}
+        producer.producer_app(env)
+        producer.send("samples.send_welcome_email", 7)
+        with pytest.raises(SettingsError, match=r"CELERY_BROKER_AUTH_SECRET_ARN: .* could not be"):
+            producer.producer_app(env | {Env.BROKER_AUTH_SECRET_ARN: arn + "-gone"})
+    client = redis.Redis(host="127.0.0.1", port=server.port, password="t0ken-from-secrets-manager")
+    assert sum(int(client.llen(key)) for key in queue_keys("default")) == 1

@@ -169,7 +169,7 @@ def test_a_worker_names_catalog_entries_that_match_no_task(
     [line] = [r for r in w.json_lines() if "no task module registers" in r.get("message", "")]
     assert line["level"] == "WARNING"
     assert (
-        "semantics.urgnet, nope.*; CELERY_TASK_MODULES: tests.worker.semantics_tasks"
+        "nope.*, semantics.urgnet; CELERY_TASK_MODULES: tests.worker.semantics_tasks"
         in (line["message"])
     )
 

@@ -8,16 +8,18 @@ import ssl
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from celery_service.catalog import Catalog
 from celery_service.contract import PRIORITY_SEPARATOR, PRIORITY_STEPS
 from celery_service.factory import (
     celery_config,
     create_app,
     unregistered_catalog_entries,
 )
-from celery_service.settings import Settings, SettingsError
+from celery_service.settings import Settings, SettingsError, variables_for
 from config import available_environments, load_environment
 from tests.worker.harness import (
     IMAGE_DIR,
@@ -289,3 +291,29 @@ def test_events_started_and_the_results_database_follow_the_catalog() -> None:
     config = celery_config(Settings.from_env(env(CELERY_CATALOG=json.dumps(chosen))))
     assert (config["worker_send_task_events"], config["task_track_started"]) == (True, True)
     assert "/5?" in config["result_backend"]
+
+
+def test_variables_for_is_what_from_env_reads_back() -> None:
+    """The one rendering of settings into variables (stacks, local tools, tests) round-trips."""
+    fields: dict[str, Any] = {
+        "broker_host": "broker.internal",
+        "broker_port": 6380,
+        "broker_tls": False,
+        "catalog": TEST_CATALOG,
+        "worker_group": "batch",
+        "task_modules": ["samples.tasks", "tests.worker.semantics_tasks"],
+        "shutdown_budget_s": 12.5,
+        "service_tags": {"team": "shop"},
+        "emf_metrics": True,
+    }
+    settings = Settings.from_env(variables_for(**fields))
+    for field, value in fields.items():
+        read = getattr(settings, field)
+        if field == "catalog":
+            read = read.model_dump(exclude_none=True, exclude_defaults=True)
+            value = Catalog.model_validate(value).model_dump(
+                exclude_none=True, exclude_defaults=True
+            )
+        assert read == value, field
+    with pytest.raises(KeyError):
+        variables_for(broker_hots="typo")

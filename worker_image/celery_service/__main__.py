@@ -18,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from celery_service.contract import FLOWER_DEFAULT_USER, Env
 from celery_service.settings import Settings, SettingsError
 
 USAGE = __doc__ or ""
@@ -48,7 +49,7 @@ def main(argv: list[str]) -> int:
     if command == "flower":
         # On ECS the password arrives alone (an ECS secret is one value): pair it with the user.
         if os.environ.get("FLOWER_PASSWORD") and not os.environ.get("FLOWER_BASIC_AUTH"):
-            user = os.environ.get("FLOWER_USER", "admin")
+            user = os.environ.get(Env.FLOWER_USER, FLOWER_DEFAULT_USER)
             os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{os.environ.pop('FLOWER_PASSWORD')}"
         if not os.environ.get("FLOWER_BASIC_AUTH") and not os.environ.get("FLOWER_AUTH"):
             print(

@@ -155,6 +155,9 @@ PUBLISHED_AT_HEADER = "published_at"  # message header: epoch seconds at publish
 # CELERY_TASK_MODULES: the app's modules, dotted names, comma-separated.
 MODULE_NAME: Final = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 
+# Flower's basic-auth user when FLOWER_USER is not set (the password is always generated).
+FLOWER_DEFAULT_USER: Final = "admin"
+
 
 class Env:
     """Environment variables of worker, beat and Flower containers and of producers. The
@@ -164,10 +167,15 @@ class Env:
     BROKER_PORT: Final = "CELERY_BROKER_PORT"
     BROKER_TLS: Final = "CELERY_BROKER_TLS"  # "true" or "false"
     BROKER_AUTH_TOKEN: Final = "CELERY_BROKER_AUTH_TOKEN"
+    # For a producer that cannot receive the token as a secret variable (a Lambda): the
+    # secret's ARN, read at start with the AWS SDK.
+    BROKER_AUTH_SECRET_ARN: Final = "CELERY_BROKER_AUTH_SECRET_ARN"
     BROKER_DB: Final = "CELERY_BROKER_DB"
     CATALOG: Final = "CELERY_CATALOG"  # the catalog's JSON form (celery_service.catalog)
     WORKER_GROUP: Final = "CELERY_WORKER_GROUP"
     TASK_MODULES: Final = "CELERY_TASK_MODULES"  # comma-separated
+    # The app's own Celery settings module (celeryconfig style), applied under the platform's.
+    APP_CONFIG_MODULE: Final = "CELERY_APP_CONFIG_MODULE"
     SHUTDOWN_BUDGET_S: Final = "CELERY_SHUTDOWN_BUDGET_S"
     IDLE_POLL_S: Final = "CELERY_IDLE_POLL_S"
     METRIC_TAGS: Final = "CELERY_METRIC_TAGS"
@@ -176,7 +184,7 @@ class Env:
     PROTECTION_MINUTES: Final = "CELERY_PROTECTION_MINUTES"
     HEARTBEAT_FILE: Final = "CELERY_HEARTBEAT_FILE"
     LOG_LEVEL: Final = "CELERY_LOG_LEVEL"
-    FLOWER_USER: Final = "FLOWER_USER"
+    FLOWER_USER: Final = "FLOWER_USER"  # default FLOWER_DEFAULT_USER
     FLOWER_PASSWORD: Final = "FLOWER_PASSWORD"
     STATSD_HOST: Final = "DD_AGENT_HOST"
     STATSD_PORT: Final = "DD_DOGSTATSD_PORT"
@@ -192,7 +200,7 @@ PRODUCER_PARAMETERS: Final[dict[str, str]] = {
     "broker-port": Env.BROKER_PORT,
     "broker-tls": Env.BROKER_TLS,
     "catalog": Env.CATALOG,
-    "broker-auth-secret-arn": "",  # read the secret into Env.BROKER_AUTH_TOKEN
+    "broker-auth-secret-arn": Env.BROKER_AUTH_SECRET_ARN,
     "producer-security-group-id": "",  # join it to reach the broker
 }
 

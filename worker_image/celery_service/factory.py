@@ -9,6 +9,8 @@ RedBeat with a short lock, and a soft shutdown that hands unfinished work back a
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import logging
 import ssl
 from datetime import timedelta
 from typing import Any
@@ -21,6 +23,8 @@ from celery_service.catalog import Catalog
 from celery_service.contract import PRIORITIES, PRIORITY_SEPARATOR, PRIORITY_STEPS
 from celery_service.settings import Settings
 
+log = logging.getLogger(__name__)
+
 BEAT_MAX_LOOP_INTERVAL_S = 5  # beat wakes at least this often (seconds)
 # The RedBeat lock expires this long after its holder stops renewing it (seconds): how long a
 # replacement beat waits after a crash. RedBeat's default (25 minutes) skips schedules.
@@ -29,7 +33,19 @@ BEAT_LOCK_TIMEOUT_S = 5 * BEAT_MAX_LOOP_INTERVAL_S
 
 def create_app(settings: Settings, *, main: str = "celery_service") -> Celery:
     app = Celery(main, include=settings.task_modules, task_cls="celery_service.tasks.base:BaseTask")
-    app.conf.update(celery_config(settings))
+    platform = celery_config(settings)
+    if settings.app_config_module is not None:
+        # The app's celeryconfig first; where it sets what the platform sets, say so once.
+        app.config_from_object(settings.app_config_module)
+        module = importlib.import_module(settings.app_config_module)
+        own = {key for key in platform if hasattr(module, key)}
+        if own:
+            log.warning(
+                "%s sets %s; the platform's values apply (they come from the catalog)",
+                settings.app_config_module,
+                ", ".join(sorted(own)),
+            )
+    app.conf.update(platform)
     app.platform_settings = settings
     from celery_service import signals  # noqa: F401  (connects the handlers, once)
 

@@ -21,6 +21,7 @@ written by the data stack) and reaches Redis by joining the producer security gr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +29,9 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
+from celery_service.contract import Env
 from celery_service.factory import create_app
-from celery_service.settings import Settings
+from celery_service.settings import Settings, SettingsError
 
 _app: Celery | None = None
 
@@ -39,13 +41,30 @@ def producer_app(environ: Mapping[str, str] | None = None) -> Celery:
 
     Raises celery_service.settings.SettingsError (one line per problem) on bad settings.
     Task modules are not imported: a producer publishes by name or through its own
-    `shared_task` functions.
+    `shared_task` functions. Without CELERY_BROKER_AUTH_TOKEN, the token is read from the
+    secret named by CELERY_BROKER_AUTH_SECRET_ARN (boto3, as a Lambda has it).
     """
     global _app
-    app = create_app(Settings.from_env(environ), main="producer")
+    env = dict(os.environ if environ is None else environ)
+    arn = env.get(Env.BROKER_AUTH_SECRET_ARN)
+    if arn and not env.get(Env.BROKER_AUTH_TOKEN):
+        env[Env.BROKER_AUTH_TOKEN] = _read_secret(arn)
+    app = create_app(Settings.from_env(env), main="producer")
     app.set_default()
     _app = app
     return app
+
+
+def _read_secret(arn: str) -> str:
+    import boto3  # the AWS SDK: in every Lambda runtime, not a dependency of the package
+
+    try:
+        value = boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+    except Exception as exc:
+        raise SettingsError(
+            f"{Env.BROKER_AUTH_SECRET_ARN}: {arn} could not be read: {type(exc).__name__}: {exc}"
+        ) from None
+    return str(value)
 
 
 def _current() -> Celery:

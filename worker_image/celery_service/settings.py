@@ -55,6 +55,10 @@ class Settings(_Model):
     task_modules: list[Annotated[str, StringConstraints(pattern=MODULE_NAME)]] = Field(
         default_factory=list
     )
+    # The app's own Celery settings module (CELERY_APP_CONFIG_MODULE): applied first, so its
+    # settings hold where the platform has none (timezone, serializers, its `imports`); the
+    # platform's own (broker, delivery, routes, limits, schedules) win over it.
+    app_config_module: Annotated[str, StringConstraints(pattern=MODULE_NAME)] | None = None
     # SIGTERM budget (seconds): running tasks get this long to finish, the rest is requeued.
     shutdown_budget_s: float = Field(default=90.0, gt=0, lt=FARGATE_MAX_STOP_TIMEOUT_S - 10)
     # How often an idle worker looks for a message when no keyspace notification woke it
@@ -91,17 +95,20 @@ class Settings(_Model):
 
     def import_task_modules(self) -> None:
         """Import every task module; SettingsError naming the first that does not import."""
-        if not self.task_modules:
+        if not self.task_modules and self.app_config_module is None:
             raise SettingsError(
                 f"{Env.TASK_MODULES}: required: the app's task modules, comma-separated "
-                "(the config's app.task_modules)"
+                f"(the config's app.task_modules), or {Env.APP_CONFIG_MODULE}"
             )
-        for module in self.task_modules:
+        for module in [*filter(None, [self.app_config_module]), *self.task_modules]:
             try:
                 importlib.import_module(module)
             except Exception as exc:
+                variable = (
+                    Env.APP_CONFIG_MODULE if module == self.app_config_module else Env.TASK_MODULES
+                )
                 raise SettingsError(
-                    f"CELERY_TASK_MODULES: {module} does not import: {type(exc).__name__}: {exc}"
+                    f"{variable}: {module} does not import: {type(exc).__name__}: {exc}"
                 ) from None
 
     def redis_url(self, *, with_password: bool = True, db: int | None = None) -> str:
@@ -154,6 +161,7 @@ ENV_VARS: dict[str, str] = {
     "catalog": Env.CATALOG,
     "worker_group": Env.WORKER_GROUP,
     "task_modules": Env.TASK_MODULES,
+    "app_config_module": Env.APP_CONFIG_MODULE,
     "shutdown_budget_s": Env.SHUTDOWN_BUDGET_S,
     "idle_poll_s": Env.IDLE_POLL_S,
     "statsd_host": Env.STATSD_HOST,
@@ -166,6 +174,27 @@ ENV_VARS: dict[str, str] = {
     "heartbeat_file": Env.HEARTBEAT_FILE,
     "log_level": Env.LOG_LEVEL,
 }
+
+
+def variables_for(**values: Any) -> dict[str, str]:
+    """The variables from which `Settings.from_env` reads these field values: what the
+    stacks, the local tools, the tests and a producer's launcher set, by field name
+    (`variables_for(broker_host=..., broker_tls=False, task_modules=[...])`). Values may be
+    tokens (text) the CDK resolves at deploy."""
+    env = {}
+    for field, value in values.items():
+        variable = ENV_VARS[field]  # a KeyError names a field Settings does not have
+        if value is None or value in ((), []):
+            continue  # unset: the field's default
+        if isinstance(value, bool):
+            env[variable] = "true" if value else "false"
+        elif isinstance(value, list | tuple):
+            env[variable] = ",".join(str(item) for item in value)
+        elif isinstance(value, dict):
+            env[variable] = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        else:
+            env[variable] = str(value)
+    return env
 
 
 def _var_of(raw: dict[str, Any], exc: json.JSONDecodeError) -> str:
