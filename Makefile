@@ -111,12 +111,12 @@ bench-worker: $(VENV)/.dev-installed redis-server
 
 ## The environment's CloudWatch and Datadog dashboards as a local HTML page (cdk.out/).
 preview-dashboards: $(VENV)/.dev-installed
-	$(BIN)/python -m tools.preview_dashboards --env $(ENV)
+	$(BIN)/python -m tools.preview_dashboards --config-dir $(CONFIG) --env $(ENV)
 
 ## Create or update the environment's Datadog dashboard and monitors through the API
 ## (keys: DD_API_KEY/DD_APP_KEY or Secrets Manager). ARGS="--dry-run" prints them instead.
 datadog-push: $(VENV)/.dev-installed
-	$(BIN)/python -m tools.datadog_push --env $(ENV) $(ARGS)
+	$(BIN)/python -m tools.datadog_push --config-dir $(CONFIG) --env $(ENV) $(ARGS)
 
 ## The dashboards preview test opens the page in headless Chromium; install it if missing.
 chromium:

@@ -346,6 +346,6 @@ def test_no_push_where_cloudformation_owns_them(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = with_datadog(resources="cloudformation")
-    monkeypatch.setattr(datadog_push, "load_environment", lambda _name: config)
+    monkeypatch.setattr(datadog_push, "load_environment", lambda _name, _config_dir: config)
     assert datadog_push.main(["--env", "staging", "--api-host", "http://127.0.0.1:9"]) == 2
     assert "the monitoring stack owns" in capsys.readouterr().err

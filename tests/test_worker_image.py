@@ -1,5 +1,6 @@
 """The worker image without a Docker engine: the Dockerfile (hadolint and its structure),
-pinned dependencies, the entry point's commands, and the local docker-compose.yml."""
+pinned dependencies, the entry point's commands, and the docker compose project generated
+from the config."""
 
 from __future__ import annotations
 

@@ -19,9 +19,10 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from config import ConfigError, EnvironmentConfig, load_environment
+from config import CONFIG_DIR, ConfigError, EnvironmentConfig, load_environment
 from stacks import datadog_definitions as dd
 
 
@@ -149,7 +150,8 @@ def push(config: EnvironmentConfig, client: DatadogApi, *, prune: bool) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--env", default="dev", help="environment name (config/<env>.toml)")
+    parser.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help="the app's config")
+    parser.add_argument("--env", default="dev", help="environment name (<config dir>/<env>.toml)")
     parser.add_argument("--dry-run", action="store_true", help="print the definitions as JSON")
     parser.add_argument("--prune", action="store_true", help="delete stale managed monitors")
     parser.add_argument(
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        config = load_environment(args.env)
+        config = load_environment(args.env, args.config_dir)
         if args.dry_run:
             definitions = {
                 "dashboard": dd.dashboard(config),

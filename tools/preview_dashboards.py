@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from config import ConfigError, EnvironmentConfig, load_environment
+from config import CONFIG_DIR, ConfigError, EnvironmentConfig, load_environment
 from stacks import datadog_definitions as dd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,11 +179,12 @@ def synthesize_monitoring(config: EnvironmentConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help="the app's config")
     parser.add_argument("--env", default="dev")
     parser.add_argument("--out", type=Path, help="default: cdk.out/dashboards-<env>.html")
     args = parser.parse_args(argv)
     try:
-        config = load_environment(args.env)
+        config = load_environment(args.env, args.config_dir)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -214,7 +214,7 @@ def test_check_fails_when_the_catalog_names_a_task_no_module_registers() -> None
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "settings error: CELERY_CATALOG: tasks samples.send_welcom_email, reports.* match no "
-        "task of CELERY_TASK_MODULES (samples.tasks)"
+        "task of the app (CELERY_TASK_MODULES: samples.tasks)"
     )
     assert run_image("check").returncode == 0  # the test catalog's names all register
 

@@ -82,7 +82,7 @@ def check(settings: Settings) -> int:
     if missing:
         print(
             f"settings error: CELERY_CATALOG: tasks {', '.join(missing)} match no task of "
-            f"CELERY_TASK_MODULES ({', '.join(settings.task_modules)})",
+            f"the app ({settings.modules()})",
             file=sys.stderr,
         )
         return 1

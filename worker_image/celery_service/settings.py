@@ -93,6 +93,13 @@ class Settings(_Model):
             raise SettingsError("CELERY_WORKER_GROUP: required for a worker")
         return self.catalog.worker_groups[self.worker_group]
 
+    def modules(self) -> str:
+        """Where the app's tasks come from, for messages."""
+        named = [f"{Env.TASK_MODULES}: {', '.join(self.task_modules)}"] if self.task_modules else []
+        if self.app_config_module:
+            named.append(f"{Env.APP_CONFIG_MODULE}: {self.app_config_module}")
+        return "; ".join(named)
+
     def import_task_modules(self) -> None:
         """Import every task module; SettingsError naming the first that does not import."""
         if not self.task_modules and self.app_config_module is None:

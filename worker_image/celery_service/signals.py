@@ -230,9 +230,9 @@ def _warn_unregistered(**_: Any) -> None:
     if missing:
         log.warning(
             "the catalog names tasks no task module registers (their routing, priority and "
-            "limits apply to nothing): %s; CELERY_TASK_MODULES: %s",
+            "limits apply to nothing): %s; %s",
             ", ".join(missing),
-            ", ".join(_settings().task_modules),
+            _settings().modules(),
         )
 
 
