@@ -66,7 +66,7 @@ local: $(VENV)/.dev-installed redis-server
 	$(BIN)/python -m tools.run_local --config-dir $(CONFIG) --env $(ENV) $(if $(APP),--app-dir $(APP))
 
 ## docker compose files for the app (CONFIG, ENV) in .compose/: `make base-image` first, then
-## `docker compose --project-directory .compose up --build`.
+## `docker compose -f .compose/docker-compose.yml up --build`.
 .PHONY: compose base-image
 compose: $(VENV)/.dev-installed
 	$(BIN)/python -m tools.run_local --config-dir $(CONFIG) --env $(ENV) --compose .compose
