@@ -52,6 +52,24 @@ WILDCARD_ARN_REASONS: tuple[tuple[str, str, str], ...] = (
         "a worker protects its own task from scale-in; task ids exist only once ECS starts "
         "a task, so the policy names every task of this platform's one cluster",
     ),
+    (
+        "s3:GetObject",
+        r"^arn:[^:]+:s3:::[^/]+/[^*]*\*$",
+        "the objects (under a prefix) of a bucket the app's config grants its tasks "
+        "(worker_groups.<group>.grants): object keys are the app's, the bucket is named",
+    ),
+    (
+        "s3:PutObject",
+        r"^arn:[^:]+:s3:::[^/]+/[^*]*\*$",
+        "the objects (under a prefix) of a bucket the app's config grants its tasks "
+        "(worker_groups.<group>.grants): object keys are the app's, the bucket is named",
+    ),
+    (
+        "s3:AbortMultipartUpload",
+        r"^arn:[^:]+:s3:::[^/]+/[^*]*\*$",
+        "the objects (under a prefix) of a bucket the app's config grants its tasks "
+        "(worker_groups.<group>.grants): object keys are the app's, the bucket is named",
+    ),
 )
 
 # AWS-managed policies attached to roles, and why each (with its `*` resources) is needed.
