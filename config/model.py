@@ -62,6 +62,9 @@ FARGATE_SIZES: dict[int, range] = {
     16384: range(32768, 122880 + 1, 8192),
 }
 
+# The largest SSM parameter value (advanced tier, bytes): the catalog producers read.
+SSM_PARAMETER_MAX_BYTES = 8192
+
 # Group names end up in ECS service and CloudFormation names: a safe alphabet (queue names:
 # celery_service.catalog).
 GROUP_NAME = r"^[a-z][a-z0-9-]{0,23}$"
@@ -612,6 +615,13 @@ class EnvironmentConfig(Strict):
         self._check_catalog()
         self._check_visibility_timeout()
         self._check_placement()
+        size = len(self.runtime_catalog_json().encode())
+        if size > SSM_PARAMETER_MAX_BYTES:
+            raise ValueError(
+                f"the catalog's JSON form is {size} bytes; producers read it from an SSM "
+                f"parameter, which holds at most {SSM_PARAMETER_MAX_BYTES}: cover tasks with "
+                'patterns ("billing.*") instead of one entry each'
+            )
         if self.monitoring.max_tasks_alarm_minutes < self.autoscaler.schedule_minutes:
             raise ValueError(
                 f"monitoring.max_tasks_alarm_minutes ({self.monitoring.max_tasks_alarm_minutes}) "

@@ -4,15 +4,17 @@ security group to join, and inside a CDK app one call that grants a service all 
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aws_cdk import App, Environment, Stack
 from aws_cdk import aws_ecs as ecs
 from constructs import Construct
 
 from celery_service.contract import PRODUCER_PARAMETERS, producer_parameter
-from config import load_environment
+from config import CONFIG_DIR, ConfigError, load_environment, parse_environment
 from stacks.platform import Platform
 from tests.synth import Synth, synthesize
 
@@ -130,3 +132,14 @@ def test_one_call_grants_a_producer_service_in_another_stack(tmp_path: Path) -> 
     assert not [
         r for r in of_type(data, "AWS::EC2::SecurityGroupIngress").values() if "team-api" in str(r)
     ], "the data stack does not depend on the producer"
+
+
+def test_a_catalog_too_large_for_its_ssm_parameter_is_one_clear_line() -> None:
+    with (CONFIG_DIR / "catalog.toml").open("rb") as fh:
+        data = tomllib.load(fh)
+    data["tasks"] = {f"shop.task_{n:04}": {"queue": "default"} for n in range(400)}
+    with pytest.raises(ConfigError) as raised:
+        parse_environment("qa", {**data, "region": "eu-west-1"})
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "producers read it from an SSM parameter, which holds at most 8192" in message
