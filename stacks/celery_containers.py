@@ -4,6 +4,7 @@ and what the team's code needs (its environment, secrets and IAM grants)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import re
@@ -36,6 +37,7 @@ DOGSTATSD_PORT = 8125
 SHUTDOWN_MARGIN_S = 15
 
 
+@functools.cache  # the same files for every stack and environment of one synthesis
 def runtime_fingerprint() -> str:
     """A digest of the runtime package's build context (worker_image/ minus what its
     .dockerignore leaves out): it changes exactly when the image built from it does."""

@@ -29,7 +29,6 @@ from stacks.desired_count import DesiredCountProvider, KeptDesiredCount
 from stacks.network_stack import NetworkStack
 
 FLOWER_PORT = 5555
-FLOWER_USER = FLOWER_DEFAULT_USER
 BEAT_CPU, BEAT_MEMORY_MIB = 256, 512
 FLOWER_CPU, FLOWER_MEMORY_MIB = 256, 512
 
@@ -268,7 +267,7 @@ class FlowerService(Construct):
         self.password = secretsmanager.Secret(
             self,
             "Password",
-            description=f"Flower basic auth password (user {FLOWER_USER})",
+            description=f"Flower basic auth password (user {FLOWER_DEFAULT_USER})",
             generate_secret_string=secretsmanager.SecretStringGenerator(
                 password_length=32, exclude_punctuation=True
             ),
@@ -295,7 +294,7 @@ class FlowerService(Construct):
             environment={
                 "FLOWER_PORT": str(FLOWER_PORT),
                 "FLOWER_ADDRESS": "0.0.0.0",  # the task's own interface, behind the ALB
-                "FLOWER_USER": FLOWER_USER,
+                Env.FLOWER_USER: FLOWER_DEFAULT_USER,
             },
             secrets={"FLOWER_PASSWORD": ecs.Secret.from_secrets_manager(self.password)},
             port=FLOWER_PORT,

@@ -54,7 +54,6 @@ STOP_TIMEOUT_S = 15.0  # SIGTERM, then SIGKILL after this long
 # Ctrl-C gives running tasks this long (seconds) before they are requeued: locally there is
 # no reason to wait as long as on Fargate.
 LOCAL_SHUTDOWN_BUDGET_S = "5"
-FLOWER_USER = FLOWER_DEFAULT_USER
 # Inherited variables that would point the processes at something other than this stack
 # (a real broker, a Datadog agent, the ECS agent).
 FOREIGN_PREFIXES = ("CELERY_", "FLOWER_", "DD_", "ECS_")
@@ -142,7 +141,7 @@ def compose_env(config: EnvironmentConfig) -> str:
         "# Regenerate after changing the config. Keep this file out of git: it holds Flower's "
         "password.\n"
         f"CELERY_CATALOG='{catalog}'\n"
-        f"FLOWER_BASIC_AUTH='{FLOWER_USER}:{password}'\n"
+        f"FLOWER_BASIC_AUTH='{FLOWER_DEFAULT_USER}:{password}'\n"
     )
 
 
@@ -326,7 +325,7 @@ class LocalPlatform:
             Env.HEARTBEAT_FILE: str(self.workdir / "heartbeat-flower"),
             "FLOWER_ADDRESS": "127.0.0.1",
             "FLOWER_PORT": str(self.flower_port),
-            "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{self.flower_password}",
+            "FLOWER_BASIC_AUTH": f"{FLOWER_DEFAULT_USER}:{self.flower_password}",
         }
         service = self._spawn("flower", [*command, "flower"], env, self.workdir)
         health = f"http://127.0.0.1:{self.flower_port}/healthcheck"
@@ -377,7 +376,8 @@ class LocalPlatform:
         )
         return (
             f"\nLocal platform ({self.env_name}) is up, on 127.0.0.1 only.\n"
-            f"  Flower:  {self.flower_url}  user {FLOWER_USER}  password {self.flower_password}\n"
+            f"  Flower:  {self.flower_url}  user {FLOWER_DEFAULT_USER}  "
+            f"password {self.flower_password}\n"
             f"  broker:  redis://127.0.0.1:{self.redis_port}/0\n"
             f"  workers: {', '.join(self.groups)}; beat; Flower\n"
             f"  logs:    {self.log_dir}\n"

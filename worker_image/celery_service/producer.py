@@ -5,6 +5,7 @@
     app = producer_app()                 # once, at start: from the workers' environment
     task_id = send("reports.build", 42)  # by name: the catalog's queue and priority
     state_of(task_id)                    # TaskState(state="PROGRESS", info={"done": 2, ...})
+    for state in follow(task_id, 60): ...  # each progress update, then the result
 
 `producer_app()` reads the same variables as the workers (celery_service.contract.Env): the
 broker's host, port, TLS and AUTH token, and the catalog (CELERY_CATALOG). It is configured
@@ -22,7 +23,8 @@ written by the data stack) and reaches Redis by joining the producer security gr
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +106,20 @@ def state_of(task_id: str) -> TaskState:
     return TaskState(task_id=task_id, state=str(result.state), info=info)
 
 
+def follow(task_id: str, timeout_s: float, poll_s: float = 0.05) -> Iterator[TaskState]:
+    """Each new state of the task (a PROGRESS update, then its result) until it is ready or
+    `timeout_s` has passed; the last one yielded is where it stands."""
+    deadline = time.monotonic() + timeout_s
+    state = state_of(task_id)
+    yield state
+    while not state.ready and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        current = state_of(task_id)
+        if current != state:
+            yield current
+        state = current
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m celery_service.producer send <task> [ARG ...] [--wait S]` or `state <id>`:
     publish or read a task from a shell, configured from the environment like the workers.
@@ -111,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
     import sys
-    import time
 
     parser = argparse.ArgumentParser(prog="python -m celery_service.producer")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -142,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(task_id, flush=True)
         if options.wait is None:
             return 0
-        deadline = time.monotonic() + options.wait
-        state = state_of(task_id)
-        while not state.ready and time.monotonic() < deadline:
-            time.sleep(0.1)
-            state = state_of(task_id)
+        *_, state = follow(task_id, options.wait, poll_s=0.1)
     print(json.dumps({"state": state.state, "info": state.info}, default=str))
     return 0 if state.state != "FAILURE" else 1
 

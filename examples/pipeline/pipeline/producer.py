@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from celery import chain, chord
 
-from celery_service.producer import producer_app, send, state_of
+from celery_service.producer import follow, producer_app, send
 
 SOURCES = ["alpha", "beta", "gamma", "delta"]
 
@@ -22,14 +21,9 @@ def main() -> int:
     per_source = [chain(fetch.clone(args=(s,)), parse.clone()) for s in SOURCES]
     dataset = chord(per_source, app.signature("pipeline.merge")).apply_async().get(timeout=60)
     task_id = send("pipeline.export", dataset, 3, 0.3)
-    progress = []
-    deadline = time.monotonic() + 60
-    state = state_of(task_id)
-    while not state.ready and time.monotonic() < deadline:
-        if state.state == "PROGRESS" and state.info not in progress:
-            progress.append(state.info)
-        time.sleep(0.05)
-        state = state_of(task_id)
+    states = list(follow(task_id, timeout_s=60))
+    progress = [s.info for s in states if s.state == "PROGRESS"]
+    state = states[-1]
     summary = {"chain": one, "chord": dataset, "export": state.info, "progress": progress}
     print(json.dumps(summary))
     good = (

@@ -12,24 +12,18 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from celery import chain, chord, group
 
-from celery_service.producer import producer_app, send, state_of
+from celery_service.producer import follow, producer_app, send
 
 
 def main() -> int:
     app = producer_app()
     task_id = send("samples.build_report", "demo", 3, 0.3)  # returns at once
-    progress = []
-    deadline = time.monotonic() + 60
-    state = state_of(task_id)
-    while not state.ready and time.monotonic() < deadline:
-        if state.state == "PROGRESS" and state.info not in progress:
-            progress.append(state.info)
-        time.sleep(0.05)
-        state = state_of(task_id)
+    states = list(follow(task_id, timeout_s=60))  # what a client's polling sees
+    progress = [s.info for s in states if s.state == "PROGRESS"]
+    state = states[-1]
     square = app.signature("samples.square")
     chained = chain(square.clone(args=(2,)), square.clone()).apply_async().get(timeout=60)
     chorded = chord(
