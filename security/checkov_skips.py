@@ -50,24 +50,6 @@ SKIPS: tuple[Skip, ...] = (
     Skip(
         "CKV_AWS_116",
         "AWS::Lambda::Function",
-        r"DesiredCountKeeper",
-        _nist("LambdaDLQ", "DesiredCountKeeper"),
-    ),
-    Skip(
-        "CKV_AWS_115",
-        "AWS::Lambda::Function",
-        r"DesiredCountKeeper",
-        _nist("LambdaConcurrency", "DesiredCountKeeper"),
-    ),
-    Skip(
-        "CKV_AWS_117",
-        "AWS::Lambda::Function",
-        r"DesiredCountKeeper",
-        _nist("LambdaInsideVPC", "DesiredCountKeeper"),
-    ),
-    Skip(
-        "CKV_AWS_116",
-        "AWS::Lambda::Function",
         r"CustomVpcRestrictDefaultSGCustomResourceProviderHandler",
         f"{_CDK_SG_HANDLER}: a failure fails the deployment, so no event is lost.",
     ),
@@ -86,7 +68,7 @@ SKIPS: tuple[Skip, ...] = (
     Skip(
         "CKV_AWS_173",
         "AWS::Lambda::Function",
-        r"(Function[0-9A-F]{8}$|DesiredCountKeeper)",
+        r"Function[0-9A-F]{8}$",
         "Lambda encrypts environment variables at rest with an AWS-managed key; these hold "
         "names, ARNs and the queue catalog, never a secret value (the autoscaler reads the "
         "AUTH token from Secrets Manager at run time), so a customer key would protect nothing.",

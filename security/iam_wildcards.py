@@ -29,18 +29,6 @@ STAR_ACTION_REASONS: dict[str, str] = {
 # Wildcard ARNs: (action, regex on the ARN rendered with intrinsics as <Ref>) -> reason.
 WILDCARD_ARN_REASONS: tuple[tuple[str, str, str], ...] = (
     (
-        "ecs:DescribeServices",
-        r":service/<Cluster[^>]*>/\*$",
-        "services of this platform's one cluster: the desired-count keeper reads the service "
-        "it is created for, whose ARN exists only after it, so the cluster is the bound",
-    ),
-    (
-        "lambda:InvokeFunction",
-        r"^<DesiredCountKeeperFunction[^>]*\.Arn>:\*$",
-        "CDK's custom-resource provider invokes versions and aliases of its one handler "
-        "function (ARN suffix :*), never another function",
-    ),
-    (
         "ecs:GetTaskProtection",
         r":task/<Cluster[^>]*>/\*$",
         "a worker protects its own task from scale-in; task ids exist only once ECS starts "

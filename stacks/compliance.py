@@ -65,30 +65,6 @@ ACCEPTED: tuple[Accepted, ...] = (
         path=r"-autoscaler/Function/",
     ),
     Accepted(
-        "LambdaDLQ",
-        "AWS::Lambda::Function",
-        "A CloudFormation custom-resource handler: CloudFormation waits for its answer and "
-        "fails (and rolls back) the deployment when it errors, so there is no lost event for "
-        "a dead-letter queue to keep.",
-        path=r"/DesiredCountKeeper/",
-    ),
-    Accepted(
-        "LambdaConcurrency",
-        "AWS::Lambda::Function",
-        "A custom-resource handler runs only while CloudFormation deploys this stack, one "
-        "invocation per resource event; reserving concurrency for it would take capacity "
-        "from the account for nothing and fail in accounts with the default quota of 10.",
-        path=r"/DesiredCountKeeper/",
-    ),
-    Accepted(
-        "LambdaInsideVPC",
-        "AWS::Lambda::Function",
-        "This custom-resource handler calls only the ECS and CloudFormation control-plane "
-        "APIs and reaches no resource in the VPC; inside it, it would need a NAT gateway or "
-        "interface endpoints just to reach those public AWS endpoints.",
-        path=r"/DesiredCountKeeper/",
-    ),
-    Accepted(
         "VPCSubnetAutoAssignPublicIpDisabled",
         "AWS::EC2::Subnet",
         "Public subnets hold only the NAT gateways and an internet-facing load balancer; "

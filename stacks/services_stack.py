@@ -15,7 +15,6 @@ from constructs import Construct
 
 from celery_service.contract import FLOWER_DEFAULT_USER, Env
 from config import EnvironmentConfig, WorkerGroupConfig
-from config.model import ACCESS_FIELDS
 from stacks.celery_containers import (
     Runtime,
     add_celery_container,
@@ -25,7 +24,6 @@ from stacks.celery_containers import (
 )
 from stacks.checks import acknowledge, acknowledge_wildcard_resource
 from stacks.data_stack import DataStack
-from stacks.desired_count import DesiredCountProvider, KeptDesiredCount
 from stacks.network_stack import NetworkStack
 
 FLOWER_PORT = 5555
@@ -55,9 +53,6 @@ class ServicesStack(Stack):
             enable_fargate_capacity_providers=True,
         )
         runtime = build_runtime(self, config, data.broker)
-        keeper = DesiredCountProvider(
-            self, "DesiredCountKeeper", cluster_name=self.cluster.cluster_name
-        )
         prefix = f"{config.project}-{config.name}"
         self.workers: dict[str, WorkerService] = {}
         for name, group in config.worker_groups.items():
@@ -70,7 +65,6 @@ class ServicesStack(Stack):
                 group_name=name,
                 group=group,
                 service_name=f"{prefix}-worker-{name}",
-                keeper=keeper,
             )
         self.beat = BeatService(
             self,
@@ -135,7 +129,6 @@ class WorkerService(Construct):
         group_name: str,
         group: WorkerGroupConfig,
         service_name: str,
-        keeper: DesiredCountProvider,
     ) -> None:
         super().__init__(scope, construct_id)
         config = runtime.config
@@ -165,7 +158,10 @@ class WorkerService(Construct):
             cluster=cluster,
             service_name=service_name,
             task_definition=self.task_definition,
-            desired_count=group.min_tasks,  # replaced below by the kept live count
+            # No DesiredCount: CloudFormation starts a new service with one task and keeps
+            # the live count on every update, so a deploy never undoes the autoscaler, which
+            # brings the count into min_tasks..max_tasks on its next run.
+            desired_count=None,
             vpc_subnets=subnets,
             assign_public_ip=False,
             capacity_provider_strategies=[
@@ -177,24 +173,6 @@ class WorkerService(Construct):
             enable_execute_command=config.services.enable_exec,
             propagate_tags=ecs.PropagatedTagSource.SERVICE,
         )
-        kept = KeptDesiredCount(
-            self,
-            "DesiredCount",
-            provider=keeper,
-            cluster_name=cluster.cluster_name,
-            service_name=service_name,
-            min_tasks=group.min_tasks,
-            max_tasks=group.max_tasks,
-            initial=group.min_tasks,
-            task_definition_arn=self.task_definition.task_definition_arn,
-            service_settings={
-                "group": group.model_dump(exclude=set(ACCESS_FIELDS)),
-                "services": config.services.model_dump(),
-            },
-        )
-        cfn_service = self.service.node.default_child
-        assert isinstance(cfn_service, ecs.CfnService)
-        cfn_service.add_property_override("DesiredCount", kept.desired_count)
         _acknowledge_task_definition(self.task_definition, runtime.config)
 
 

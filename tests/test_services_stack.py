@@ -13,6 +13,7 @@ import pytest
 from config import CONFIG_DIR, load_environment, parse_environment
 from stacks.celery_containers import APP_CONTAINER
 from tests.synth import Synth, synthesize
+from tests.test_config import merged
 from tests.test_data_stack import own_ingress
 
 
@@ -76,37 +77,38 @@ def test_beat_can_never_run_two_tasks(env_synth: Synth) -> None:
     assert deployment["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
 
 
-def test_worker_desired_count_comes_from_the_keeper_not_the_template(env_synth: Synth) -> None:
-    """A literal DesiredCount would reset the autoscaler's count on every deploy."""
+def test_worker_services_leave_the_desired_count_to_the_autoscaler(env_synth: Synth) -> None:
+    """Without `DesiredCount`, CloudFormation keeps the live count on every update (a literal
+    one would reset the autoscaler's count on each deploy); there is no resource that reads
+    it back, so nothing can fail during an update or a rollback."""
     template = services_template(env_synth)
-    keepers = resources(template, "Custom::KeptDesiredCount")
-    assert len(keepers) == len(env_synth.config.worker_groups)
     for service in services_by_command(template)["worker"]:
-        props = service["Properties"]
-        logical, attribute = props["DesiredCount"]["Fn::GetAtt"]
-        assert attribute == "DesiredCount"
-        keeper = keepers[logical]["Properties"]
-        group = env_of(app_container(task_definition_of(template, service)))["CELERY_WORKER_GROUP"]
-        spec = env_synth.config.worker_groups[group]
-        assert (keeper["MinTasks"], keeper["MaxTasks"]) == (spec.min_tasks, spec.max_tasks)
-        assert keeper["InitialCount"] == spec.min_tasks
-        assert keeper["Service"] == props["ServiceName"]
-        # A new image means a new task definition: the keeper re-reads the live count first.
-        assert keeper["TaskDefinition"] == {"Ref": props["TaskDefinition"]["Ref"]}
-        assert props["DeploymentConfiguration"]["DeploymentCircuitBreaker"]["Rollback"] is True
+        assert "DesiredCount" not in service["Properties"]
+        assert service["Properties"]["DeploymentConfiguration"]["DeploymentCircuitBreaker"] == {
+            "Enable": True,
+            "Rollback": True,
+        }
+    assert not [r for r in template["Resources"].values() if r["Type"].startswith("Custom::")]
 
 
-def test_keeper_reads_only_this_clusters_services(env_synth: Synth) -> None:
-    template = services_template(env_synth)
-    keeper_policies = [
-        p
-        for k, p in resources(template, "AWS::IAM::Policy").items()
-        if k.startswith("DesiredCountKeeperFunction")
-    ]
-    (policy,) = keeper_policies
-    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
-    assert statement["Action"] == "ecs:DescribeServices"
-    assert ":service/" in json.dumps(statement["Resource"])
+UPDATES: dict[str, dict[str, Any]] = {
+    "a new tag": {"tags": {"cost-center": "1234"}},
+    "other services settings": {"services": {"log_retention_days": 90}},
+    "a resized worker group": {"worker_groups": {"general": {"cpu": 2048, "memory_mib": 4096}}},
+    "new scaling bounds": {"worker_groups": {"general": {"min_tasks": 2, "max_tasks": 3}}},
+    "other subnets": {"network": {"cidr": "10.42.0.0/16"}},
+}
+
+
+@pytest.mark.parametrize("change", sorted(UPDATES))
+def test_no_kind_of_update_sets_a_worker_desired_count(change: str, tmp_path: Path) -> None:
+    """Every kind of deploy (tags, settings, a new task definition, new bounds, subnets)
+    leaves the count out, so each one keeps what the autoscaler set."""
+    config = parse_environment("dev", merged(**UPDATES[change]), CONFIG_DIR)
+    synth = synthesize(config, tmp_path, checks=False)
+    workers = services_by_command(services_template(synth))["worker"]
+    assert workers
+    assert all("DesiredCount" not in w["Properties"] for w in workers)
 
 
 def test_every_container_stops_at_the_fargate_maximum_with_the_token_as_a_secret(

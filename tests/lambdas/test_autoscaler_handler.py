@@ -193,6 +193,35 @@ def test_boto_ecs_describes_and_updates_only_named_services(aws: Any) -> None:
     assert service["desiredCount"] == 5
 
 
+@pytest.mark.parametrize(
+    ("live", "bounds", "expected"),
+    [
+        (1, (2, 4), 2),  # a new service: CloudFormation started it with one task
+        (9, (1, 4), 4),  # a deploy lowered max_tasks under the live count
+        (0, (1, 4), 1),  # a deploy raised min_tasks
+    ],
+)
+def test_the_next_run_brings_a_deployed_count_into_the_new_bounds(
+    redis_server: Callable[..., RedisServer],
+    aws: Any,
+    live: int,
+    bounds: tuple[int, int],
+    expected: int,
+) -> None:
+    """The services carry no DesiredCount, so a deploy keeps the live count: the autoscaler
+    clamps it into the bounds the deploy brought, with an empty queue."""
+    service = "celery-test-worker-general"
+    aws.update_service(cluster="celery-test", service=service, desiredCount=live)
+    low, high = bounds
+    targets = {"general": {**CONFIG["targets"]["general"], "min_tasks": low, "max_tasks": high}}
+    server = redis_server()
+    settings = settings_for(server.port, targets=targets)
+    (result,) = run_once(settings, server.client(), BotoEcs("celery-test"), now=1000.0)
+    assert (result.before, result.desired) == (live, expected)
+    (described,) = aws.describe_services(cluster="celery-test", services=[service])["services"]
+    assert described["desiredCount"] == expected
+
+
 def test_handler_dry_run_reads_ecs_and_changes_nothing(
     seeded: RedisServer,
     aws: Any,
