@@ -43,6 +43,7 @@ class AutoscalerStack(Stack):
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
+        self.add_dependency(services)  # it names the worker services by their literal names
         scaler = config.autoscaler
         arm = config.services.architecture == "arm64"
         self.security_group = ec2.SecurityGroup(
@@ -76,7 +77,7 @@ class AutoscalerStack(Stack):
                 "AUTOSCALER_CONFIG": json.dumps(
                     config.autoscaler_config(
                         services.cluster.cluster_name,
-                        {name: w.service.service_name for name, w in services.workers.items()},
+                        {name: w.service_name for name, w in services.workers.items()},
                     )
                 ),
                 "REDIS_HOST": data.broker.endpoint_address,
@@ -90,13 +91,20 @@ class AutoscalerStack(Stack):
                 self, "Logs", retention=log_retention(config.services.log_retention_days)
             ),
         )
-        data.broker.grant_connect(self.function, "autoscaler to the broker")
+        data.broker.grant_connect(self.function)
         data.broker.auth_secret.grant_read(self.function)
         # Worker services only: the autoscaler cannot touch beat or Flower.
         self.function.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["ecs:DescribeServices", "ecs:UpdateService"],
-                resources=[w.service.service_arn for w in services.workers.values()],
+                resources=[
+                    self.format_arn(
+                        service="ecs",
+                        resource="service",
+                        resource_name=f"{services.cluster.cluster_name}/{w.service_name}",
+                    )
+                    for w in services.workers.values()
+                ],
             )
         )
         self.rule = events.Rule(

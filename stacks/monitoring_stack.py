@@ -250,7 +250,10 @@ class MonitoringStack(Stack):
             self.config.monitoring.max_tasks_alarm_minutes / self.config.autoscaler.schedule_minutes
         )
         for name, group in self.config.worker_groups.items():
-            service = services.workers[name].service
+            ecs_dimensions = {
+                "ClusterName": services.cluster.cluster_name,
+                "ServiceName": services.workers[name].service_name,
+            }
             self.dashboard.add_widgets(
                 cw.GraphWidget(
                     title=f"Group {name}: tasks",
@@ -282,8 +285,14 @@ class MonitoringStack(Stack):
                 cw.GraphWidget(
                     title=f"Group {name}: ECS CPU and memory (%)",
                     left=[
-                        service.metric_cpu_utilization(period=FIVE_MINUTES),
-                        service.metric_memory_utilization(period=FIVE_MINUTES),
+                        cw.Metric(
+                            namespace="AWS/ECS",
+                            metric_name=metric,
+                            dimensions_map=ecs_dimensions,
+                            statistic="Average",
+                            period=FIVE_MINUTES,
+                        )
+                        for metric in ("CPUUtilization", "MemoryUtilization")
                     ],
                     left_y_axis=cw.YAxisProps(min=0, max=100),
                     width=6,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Stack
+from aws_cdk import CfnResource, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from constructs import Construct
@@ -53,6 +53,13 @@ class NetworkStack(Stack):
 
         # Private subnets for tasks, Lambdas and Redis: nothing in them is publicly addressable.
         self.app_subnets = ec2.SubnetSelection(subnet_type=private_type)
+        if net.vpc_id is None and config.redis.removal_policy == "retain":
+            # A retained broker outlives the stacks: its subnets and VPC must outlive them too.
+            subnets = self.vpc.select_subnets(subnet_type=private_type).subnets
+            for construct in (self.vpc, *subnets):
+                resource = construct.node.default_child
+                assert isinstance(resource, CfnResource)
+                resource.apply_removal_policy(RemovalPolicy.RETAIN)
 
         # S3 gateway endpoint: free, and ECR serves image layers from S3.
         self.vpc.add_gateway_endpoint(

@@ -30,12 +30,16 @@ class Platform:
 def build_platform(app: App, config: EnvironmentConfig) -> Platform:
     prefix = f"{config.project}-{config.name}"
     env = Environment(account=config.account, region=config.region)
+    # Where data must survive (removal policy snapshot or retain), deleting the stateful
+    # stacks takes turning termination protection off first.
+    protected = config.redis.removal_policy != "destroy"
     network = NetworkStack(
         app,
         f"{prefix}-network",
         config=config,
         env=env,
         description=f"Celery platform {config.name}: VPC, flow logs, endpoints",
+        termination_protection=protected,
     )
     data = DataStack(
         app,
@@ -44,6 +48,7 @@ def build_platform(app: App, config: EnvironmentConfig) -> Platform:
         network=network,
         env=env,
         description=f"Celery platform {config.name}: Redis broker (stateful)",
+        termination_protection=protected,
     )
     services = ServicesStack(
         app,

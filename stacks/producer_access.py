@@ -8,6 +8,7 @@ from __future__ import annotations
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
@@ -29,21 +30,9 @@ class ProducerAccess(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.broker = broker
-        # Stable: producers in other stacks or accounts' tooling reference it by id (from its
-        # SSM parameter). Its only egress is the broker port.
-        self.security_group = ec2.SecurityGroup(
-            self,
-            "SecurityGroup",
-            vpc=vpc,
-            description="Celery producers: members reach the broker port",
-            allow_all_outbound=False,
-        )
-        self.security_group.add_egress_rule(
-            broker.security_group, ec2.Port.tcp(broker.port), "producers to the broker"
-        )
-        broker.security_group.add_ingress_rule(
-            self.security_group, ec2.Port.tcp(broker.port), "members of the producer group"
-        )
+        # Producers in other stacks or accounts reference the clients group by id (from its
+        # SSM parameter).
+        self.security_group = broker.client_security_group
         values = {
             "broker-host": broker.endpoint_address,
             "broker-port": str(broker.port),
@@ -66,14 +55,18 @@ class ProducerAccess(Construct):
             for key, value in values.items()
         }
 
-    def grant(self, producer: iam.IGrantable, connectable: ec2.IConnectable | None = None) -> None:
+    def grant(
+        self,
+        producer: iam.IGrantable,
+        connectable: ecs.BaseService | lambda_.Function | None = None,
+    ) -> None:
         """Let `producer` read the broker settings and AUTH token, and admit `connectable`
-        (its service or function) on the broker port, with the rule in its own stack."""
+        (its service or function) on the broker port."""
         for parameter in self.parameters.values():
             parameter.grant_read(producer)
         self.broker.auth_secret.grant_read(producer)
         if connectable is not None:
-            self.broker.grant_connect(connectable, "a producer to the broker")
+            self.broker.grant_connect(connectable)
 
     def container_environment(self) -> dict[str, str]:
         """The plain variables of a producer container in this CDK app (celery_service.producer

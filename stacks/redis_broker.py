@@ -10,9 +10,11 @@ an idle worker waits on them for the next message (worker_image/celery_service/d
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import CfnResource, RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticache as elasticache
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
@@ -35,7 +37,7 @@ _REMOVAL = {
 
 class RedisBroker(Construct):
     """Exposes what consumers need: `endpoint_address`, `port`, `auth_secret`,
-    `security_group`, and `grant_connect()` to let a consumer in."""
+    `client_security_group`, and `grant_connect()` to let a consumer in."""
 
     def __init__(
         self,
@@ -54,13 +56,30 @@ class RedisBroker(Construct):
             RemovalPolicy.DESTROY if data_removal == RemovalPolicy.DESTROY else RemovalPolicy.RETAIN
         )
 
-        # No ingress until a consumer is granted access; Redis never initiates connections.
+        # Redis never initiates connections. Its only ingress is from the clients group, and
+        # that rule lives here: replacing either group updates the rule in the same deploy,
+        # and no other stack references the broker's own group.
         self.security_group = ec2.SecurityGroup(
             self,
             "SecurityGroup",
             vpc=vpc,
             description="Celery broker: ingress only from granted consumers",
             allow_all_outbound=False,
+        )
+        # Every consumer (workers, beat, Flower, the autoscaler, a team's producers) joins
+        # this group in addition to its own; its only egress is the broker port.
+        self.client_security_group = ec2.SecurityGroup(
+            self,
+            "ClientSecurityGroup",
+            vpc=vpc,
+            description="Celery broker clients: members reach the broker port",
+            allow_all_outbound=False,
+        )
+        self.client_security_group.add_egress_rule(
+            self.security_group, ec2.Port.tcp(config.port), "clients to the broker"
+        )
+        self.security_group.add_ingress_rule(
+            self.client_security_group, ec2.Port.tcp(config.port), "members of the clients group"
         )
 
         self.auth_secret = secretsmanager.Secret(
@@ -139,6 +158,12 @@ class RedisBroker(Construct):
             ],
         )
         self.replication_group.apply_removal_policy(data_removal)
+        if data_removal == RemovalPolicy.RETAIN:
+            # A kept broker keeps what it stands on, or the stack's deletion fails on them.
+            # (Its subnets and VPC are kept by the network stack; a snapshot needs neither.)
+            for kept in (subnet_group, parameters, self.security_group.node.default_child):
+                assert isinstance(kept, CfnResource)
+                kept.apply_removal_policy(RemovalPolicy.RETAIN)
 
         acknowledge(
             self.replication_group,
@@ -157,18 +182,24 @@ class RedisBroker(Construct):
         self.endpoint_address: str = self.replication_group.attr_primary_end_point_address
         self.reader_endpoint_address: str = self.replication_group.attr_reader_end_point_address
 
-    def grant_connect(self, consumer: ec2.IConnectable, description: str) -> None:
-        """Admit `consumer` on the broker port, and only on it.
+    def grant_connect(self, consumer: ecs.BaseService | lambda_.Function) -> None:
+        """Admit `consumer` on the broker port, and only on it: it joins the clients group.
 
-        Called on the consumer's side, so the ingress rule is created in the consumer's
-        stack: the stateful stack never depends on the services that use it.
+        The group is attached to the service's or function's network configuration, not added
+        to its `connections`, so rules that others add there (the load balancer's to Flower)
+        stay on the consumer's own group. The consumer's stack references the group (an
+        export); the stateful stack gains no rule and no dependency per consumer.
         """
-        # remote_rule: the rule lives in the consumer's stack. No egress rule is added to the
-        # consumer: its own group decides what it may reach.
-        for group in consumer.connections.security_groups:
-            self.security_group.add_ingress_rule(
-                group, ec2.Port.tcp(self.port), description, remote_rule=True
-            )
+        cfn, path = (
+            (consumer.node.default_child, "NetworkConfiguration.AwsvpcConfiguration.SecurityGroups")
+            if isinstance(consumer, ecs.BaseService)
+            else (consumer.node.default_child, "VpcConfig.SecurityGroupIds")
+        )
+        assert isinstance(cfn, CfnResource)
+        # The groups it was built with (its own), then the clients group.
+        groups = [g.security_group_id for g in consumer.connections.security_groups]
+        groups.append(self.client_security_group.security_group_id)
+        cfn.add_property_override(path, groups)
 
 
 def _log_delivery(

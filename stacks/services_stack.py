@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import CfnOutput, Duration, RemovalPolicy, SecretValue, Stack
+import jsii
+from aws_cdk import (
+    AspectPriority,
+    Aspects,
+    CfnOutput,
+    Duration,
+    IAspect,
+    RemovalPolicy,
+    SecretValue,
+    Stack,
+)
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
-from constructs import Construct
+from constructs import Construct, IConstruct
 
 from celery_service.contract import FLOWER_DEFAULT_USER, Env
 from config import EnvironmentConfig, WorkerGroupConfig
@@ -83,15 +93,41 @@ class ServicesStack(Stack):
             service_name=f"{prefix}-flower",
         )
 
+        services = [
+            *(w.service for w in self.workers.values()),
+            self.beat.service,
+            self.flower.service,
+        ]
+        Aspects.of(self.cluster).add(
+            _AfterCapacityProviders(services),
+            priority=AspectPriority.DEFAULT,  # after CDK's own, which creates the association
+        )
+
         scheme = "https" if config.flower.internet_facing else "http"
         CfnOutput(self, "FlowerUrl", value=f"{scheme}://{self.flower.alb.load_balancer_dns_name}/")
         CfnOutput(self, "FlowerPasswordSecretArn", value=self.flower.password.secret_arn)
         CfnOutput(self, "ClusterName", value=self.cluster.cluster_name)
 
-        for name, worker in self.workers.items():
-            data.broker.grant_connect(worker.service, f"worker group {name} to the broker")
-        data.broker.grant_connect(self.beat.service, "beat to the broker")
-        data.broker.grant_connect(self.flower.service, "Flower to the broker")
+        for worker in self.workers.values():
+            data.broker.grant_connect(worker.service)
+        data.broker.grant_connect(self.beat.service)
+        data.broker.grant_connect(self.flower.service)
+
+
+@jsii.implements(IAspect)
+class _AfterCapacityProviders:
+    """Makes the services depend on the cluster's capacity-provider association, so
+    `cdk destroy` deletes them first: deleting the association while a service still uses
+    it fails ("capacity provider is in use"). CDK creates the association in an aspect of
+    its own, hence one here too."""
+
+    def __init__(self, services: list[ecs.FargateService]) -> None:
+        self.services = services
+
+    def visit(self, node: IConstruct) -> None:
+        if isinstance(node, ecs.CfnClusterCapacityProviderAssociations):
+            for service in self.services:
+                service.node.add_dependency(node)
 
 
 def _task_protection_policy(
@@ -133,6 +169,9 @@ class WorkerService(Construct):
         super().__init__(scope, construct_id)
         config = runtime.config
         self.group_name = group_name
+        # Other stacks name the service by this literal, not by an export: removing a group
+        # then needs no export to be released first.
+        self.service_name = service_name
         self.task_definition = ecs.FargateTaskDefinition(
             self,
             "Task",

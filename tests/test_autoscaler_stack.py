@@ -7,6 +7,7 @@ from typing import Any
 
 from stacks.celery_containers import IMAGE_DIR
 from tests.synth import Synth
+from tests.test_data_stack import joins_the_clients_group
 
 
 def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -54,7 +55,11 @@ def test_it_may_only_touch_worker_services_and_read_the_redis_secret(env_synth: 
     (statement,) = ecs
     assert sorted(statement["Action"]) == ["ecs:DescribeServices", "ecs:UpdateService"]
     resources_text = json.dumps(statement["Resource"])
-    assert resources_text.count("Worker") == len(env_synth.config.worker_groups)
+    prefix = f"{env_synth.config.project}-{env_synth.config.name}"
+    for group in env_synth.config.worker_groups:
+        # By literal name, not an export: removing a group releases nothing in use.
+        assert f'"/{prefix}-worker-{group}"' in resources_text
+    assert len(statement["Resource"]) == len(env_synth.config.worker_groups)
     assert "Beat" not in resources_text
     assert "Flower" not in resources_text
     assert "*" not in resources_text
@@ -63,12 +68,11 @@ def test_it_may_only_touch_worker_services_and_read_the_redis_secret(env_synth: 
     assert "BrokerAuthToken" in json.dumps(secret["Resource"])
 
 
-def test_redis_admits_the_autoscaler(env_synth: Synth) -> None:
+def test_the_autoscaler_joins_the_broker_clients_group(env_synth: Synth) -> None:
     template = autoscaler(env_synth)
-    (rule,) = resources(template, "AWS::EC2::SecurityGroupIngress")
-    port = env_synth.config.redis.port
-    assert (rule["Properties"]["FromPort"], rule["Properties"]["ToPort"]) == (port, port)
-    assert "BrokerSecurityGroup" in json.dumps(rule["Properties"]["GroupId"])
+    (function,) = resources(template, "AWS::Lambda::Function")
+    assert joins_the_clients_group(function["Properties"]["VpcConfig"]["SecurityGroupIds"])
+    assert not resources(template, "AWS::EC2::SecurityGroupIngress")
 
 
 def test_alarms_on_errors_and_on_missed_runs(env_synth: Synth) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from aws_cdk import App, Environment, Stack
-from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk.assertions import Match
 
 from celery_service.contract import KEYSPACE_EVENTS
@@ -91,29 +91,44 @@ def test_the_local_redis_server_notifies_as_the_broker_does(
     assert set(flags) == set(KEYSPACE_EVENTS) == {"K", "l"}, flags
 
 
+def broker_groups(data_template: dict[str, Any]) -> tuple[str, str]:
+    """Logical ids of the broker's own security group and of its clients group."""
+    groups = resources(data_template, "AWS::EC2::SecurityGroup")
+
+    def named(prefix: str) -> str:
+        (found,) = [
+            k for k, g in groups.items() if g["Properties"]["GroupDescription"].startswith(prefix)
+        ]
+        return found
+
+    return named("Celery broker:"), named("Celery broker clients")
+
+
+def joins_the_clients_group(group_ids: list[Any]) -> bool:
+    """A consumer's security groups include the broker's clients group (by export)."""
+    return any("BrokerClientSecurityGroup" in json.dumps(g) for g in group_ids)
+
+
 def own_ingress(data_template: dict[str, Any]) -> list[dict[str, Any]]:
-    """The data stack's own ingress rules: only the producer group's members (a consumer's
-    rule lives in the consumer's stack)."""
-    rules = list(resources(data_template, "AWS::EC2::SecurityGroupIngress").values())
-    producers = [
-        k
-        for k, g in resources(data_template, "AWS::EC2::SecurityGroup").items()
-        if g["Properties"]["GroupDescription"].startswith("Celery producers")
+    """The broker's only ingress: one rule, from the clients group, in the data stack, so a
+    replaced group of either side updates it in the same deploy."""
+    broker, clients = broker_groups(data_template)
+    rules = [
+        r["Properties"] for r in resources(data_template, "AWS::EC2::SecurityGroupIngress").values()
     ]
-    assert [r["Properties"]["SourceSecurityGroupId"] for r in rules] == [
-        {"Fn::GetAtt": [producers[0], "GroupId"]}
+    assert [(r["GroupId"], r["SourceSecurityGroupId"]) for r in rules] == [
+        ({"Fn::GetAtt": [broker, "GroupId"]}, {"Fn::GetAtt": [clients, "GroupId"]})
     ]
     return rules
 
 
-def test_security_group_admits_only_producers_and_has_no_egress(env_synth: Synth) -> None:
+def test_security_group_admits_only_its_clients_and_has_no_egress(env_synth: Synth) -> None:
     template = env_synth.template_json(env_synth.platform.data)
-    own_ingress(template)
-    (group,) = [
-        g
-        for g in resources(template, "AWS::EC2::SecurityGroup").values()
-        if g["Properties"]["GroupDescription"].startswith("Celery broker")
-    ]
+    (rule,) = own_ingress(template)
+    port = env_synth.config.redis.port
+    assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", port, port)
+    broker, _ = broker_groups(template)
+    group = resources(template, "AWS::EC2::SecurityGroup")[broker]
     assert "SecurityGroupIngress" not in group["Properties"]
     # CDK's placeholder for "no egress": a rule that matches no traffic.
     assert group["Properties"]["SecurityGroupEgress"] == [
@@ -170,7 +185,7 @@ def test_broker_lives_in_private_subnets_of_the_network_stack(env_synth: Synth) 
     }
     assert len(subnet_ids) == env_synth.config.network.az_count
     for ref in subnet_ids:
-        # A cross-stack reference (Fn::GetStackOutput or Fn::ImportValue) names the subnet.
+        # A cross-stack reference (Fn::ImportValue of an export) names the subnet.
         text = json.dumps(ref)
         assert any(logical in text for logical in private), f"{text} is not a private subnet"
 
@@ -191,34 +206,35 @@ def test_outputs_expose_endpoint_and_secret_arn_but_no_secret_value(env_synth: S
 
 
 class ConsumerStack(Stack):
-    """Stands in for the services stack: one consumer security group granted access."""
+    """Stands in for the services stack: one function in the VPC granted access."""
 
     def __init__(self, app: App, platform: Platform) -> None:
         super().__init__(app, "consumer", env=Environment(region=platform.data.region))
-        self.group = ec2.SecurityGroup(
-            self, "Worker", vpc=platform.network.vpc, allow_all_outbound=False
+        self.function = lambda_.Function(
+            self,
+            "Consumer",
+            runtime=lambda_.Runtime.PYTHON_3_13,
+            handler="index.handler",
+            code=lambda_.Code.from_inline("def handler(event, context): pass"),
+            vpc=platform.network.vpc,
+            vpc_subnets=platform.network.app_subnets,
         )
-        platform.data.broker.grant_connect(self.group, "workers to the broker")
+        platform.data.broker.grant_connect(self.function)
 
 
-def test_grant_connect_admits_only_the_consumer_on_the_broker_port(tmp_path: Path) -> None:
-    holder: dict[str, ConsumerStack] = {}
-
+def test_grant_connect_makes_the_consumer_a_member_of_the_clients_group(tmp_path: Path) -> None:
     def add_consumer(app: App, platform: Platform) -> None:
-        holder["stack"] = ConsumerStack(app, platform)
+        ConsumerStack(app, platform)
 
-    synth = synthesize(load_environment("dev"), tmp_path, extend=add_consumer)
+    synth = synthesize(load_environment("dev"), tmp_path, extend=add_consumer, checks=False)
     consumer = synth.assembly.get_stack_by_name("consumer").template
-    port = synth.config.redis.port
-
-    ingress = resources(consumer, "AWS::EC2::SecurityGroupIngress")
-    assert len(ingress) == 1
-    rule = next(iter(ingress.values()))["Properties"]
-    assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", port, port)
-    assert rule["SourceSecurityGroupId"]["Fn::GetAtt"][1] == "GroupId"
-    assert "CidrIp" not in rule
-    assert "BrokerSecurityGroup" in json.dumps(rule["GroupId"]), "the rule targets the broker"
+    (function,) = resources(consumer, "AWS::Lambda::Function").values()
+    groups = function["Properties"]["VpcConfig"]["SecurityGroupIds"]
+    (own,) = resources(consumer, "AWS::EC2::SecurityGroup")
+    assert groups[0] == {"Fn::GetAtt": [own, "GroupId"]}, "its own group stays first"
+    assert joins_the_clients_group(groups[1:])
+    assert "Fn::ImportValue" in groups[1], "an export: the data stack cannot drop it in use"
+    assert not resources(consumer, "AWS::EC2::SecurityGroupIngress")
     # The stateful stack is unchanged: it gains no rule and no dependency on its consumer.
-    data = synth.template_json(synth.platform.data)
-    own_ingress(data)
+    own_ingress(synth.template_json(synth.platform.data))
     assert "consumer" not in {d.stack_name for d in synth.platform.data.dependencies}

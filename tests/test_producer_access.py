@@ -17,6 +17,7 @@ from celery_service.contract import PRODUCER_PARAMETERS, producer_parameter
 from config import CONFIG_DIR, ConfigError, load_environment, parse_environment
 from stacks.platform import Platform
 from tests.synth import Synth, synthesize
+from tests.test_data_stack import broker_groups, joins_the_clients_group, own_ingress
 
 
 def of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
@@ -47,35 +48,29 @@ def test_broker_settings_and_catalog_are_ssm_parameters_with_stable_names(
         assert "SecretString" not in json.dumps(value), "the token's ARN, never its value"
 
 
-def test_members_of_the_producer_group_reach_the_broker_port_and_nothing_else(
+def test_producers_join_the_clients_group_which_reaches_the_broker_port_only(
     env_synth: Synth,
 ) -> None:
     template = env_synth.template_json(env_synth.platform.data)
-    groups = of_type(template, "AWS::EC2::SecurityGroup")
-    (producer_id,) = [
-        k for k, g in groups.items() if "producers" in g["Properties"]["GroupDescription"]
-    ]
-    member_of_producers = {"Fn::GetAtt": [producer_id, "GroupId"]}
-    assert "SecurityGroupEgress" not in groups[producer_id]["Properties"], "no open egress"
+    broker, clients = broker_groups(template)
+    name = producer_parameter(
+        env_synth.config.project, env_synth.config.name, "producer-security-group-id"
+    )
+    parameters = {
+        p["Properties"]["Name"]: p["Properties"]
+        for p in of_type(template, "AWS::SSM::Parameter").values()
+    }
+    assert parameters[name]["Value"] == {"Fn::GetAtt": [clients, "GroupId"]}
+    group = of_type(template, "AWS::EC2::SecurityGroup")[clients]
+    assert "SecurityGroupEgress" not in group["Properties"], "no open egress"
     (egress,) = [
-        r["Properties"]
-        for r in of_type(template, "AWS::EC2::SecurityGroupEgress").values()
-        if r["Properties"]["GroupId"] == member_of_producers
+        r["Properties"] for r in of_type(template, "AWS::EC2::SecurityGroupEgress").values()
     ]
     port = env_synth.config.redis.port
+    assert egress["GroupId"] == {"Fn::GetAtt": [clients, "GroupId"]}
     assert (egress["FromPort"], egress["ToPort"], egress["IpProtocol"]) == (port, port, "tcp")
-    (broker_id,) = [
-        k
-        for k, g in groups.items()
-        if g["Properties"]["GroupDescription"].startswith("Celery broker")
-    ]
-    assert egress["DestinationSecurityGroupId"] == {"Fn::GetAtt": [broker_id, "GroupId"]}
-    ingress = [
-        r["Properties"]
-        for r in of_type(template, "AWS::EC2::SecurityGroupIngress").values()
-        if r["Properties"].get("SourceSecurityGroupId") == member_of_producers
-    ]
-    assert [(r["FromPort"], r["ToPort"]) for r in ingress] == [(port, port)]
+    assert egress["DestinationSecurityGroupId"] == {"Fn::GetAtt": [broker, "GroupId"]}
+    own_ingress(template)
 
 
 class ApiStack(Stack):
@@ -112,8 +107,10 @@ def test_one_call_grants_a_producer_service_in_another_stack(tmp_path: Path) -> 
     synth = synthesize(config, tmp_path, extend=add_api, checks=False)
     template = synth.template_json(stacks[0])
     text = json.dumps(template)
-    (rule,) = of_type(template, "AWS::EC2::SecurityGroupIngress").values()
-    assert rule["Properties"]["FromPort"] == config.redis.port, "the rule lives in its stack"
+    (service,) = of_type(template, "AWS::ECS::Service").values()
+    assert joins_the_clients_group(
+        service["Properties"]["NetworkConfiguration"]["AwsvpcConfiguration"]["SecurityGroups"]
+    )
     assert "ssm:GetParameter" in text
     assert "secretsmanager:GetSecretValue" in text
     (task,) = of_type(template, "AWS::ECS::TaskDefinition").values()
@@ -128,10 +125,8 @@ def test_one_call_grants_a_producer_service_in_another_stack(tmp_path: Path) -> 
         "CELERY_BROKER_AUTH_TOKEN",
         "CELERY_CATALOG",
     }
-    data = synth.template_json(synth.platform.data)
-    assert not [
-        r for r in of_type(data, "AWS::EC2::SecurityGroupIngress").values() if "team-api" in str(r)
-    ], "the data stack does not depend on the producer"
+    own_ingress(synth.template_json(synth.platform.data))
+    assert "team-api" not in {d.stack_name for d in synth.platform.data.dependencies}
 
 
 def test_a_catalog_too_large_for_its_ssm_parameter_is_one_clear_line() -> None:

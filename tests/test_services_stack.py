@@ -14,7 +14,7 @@ from config import CONFIG_DIR, load_environment, parse_environment
 from stacks.celery_containers import APP_CONTAINER
 from tests.synth import Synth, synthesize
 from tests.test_config import merged
-from tests.test_data_stack import own_ingress
+from tests.test_data_stack import joins_the_clients_group, own_ingress
 
 
 def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
@@ -146,26 +146,15 @@ def test_workers_may_protect_only_tasks_of_their_cluster(env_synth: Synth) -> No
         assert '"Ref": "Cluster' in resource
 
 
-def test_redis_admits_only_the_service_groups_on_its_port(env_synth: Synth) -> None:
+def test_every_service_joins_the_broker_clients_group(env_synth: Synth) -> None:
     template = services_template(env_synth)
-    port = env_synth.config.redis.port
-    rules = [
-        r["Properties"]
-        for r in resources(template, "AWS::EC2::SecurityGroupIngress").values()
-        if "BrokerSecurityGroup" in json.dumps(r["Properties"]["GroupId"])
-    ]
-    service_groups = {
-        json.dumps(
-            s["Properties"]["NetworkConfiguration"]["AwsvpcConfiguration"]["SecurityGroups"][0]
-        )
-        for s in resources(template, "AWS::ECS::Service").values()
-    }
-    assert len(rules) == len(service_groups) == len(env_synth.config.worker_groups) + 2
-    for rule in rules:
-        assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", port, port)
-        assert "CidrIp" not in rule
-        assert json.dumps(rule["SourceSecurityGroupId"]) in service_groups
-    # And nothing else reaches it: the data stack itself admits only the producer group.
+    services = resources(template, "AWS::ECS::Service").values()
+    assert len(services) == len(env_synth.config.worker_groups) + 2
+    for service in services:
+        groups = service["Properties"]["NetworkConfiguration"]["AwsvpcConfiguration"]
+        assert joins_the_clients_group(groups["SecurityGroups"])
+    # No rule on the broker lives here: the data stack admits the clients group, only.
+    assert "BrokerSecurityGroup" not in json.dumps(template)
     own_ingress(env_synth.template_json(env_synth.platform.data))
 
 

@@ -34,8 +34,6 @@ def resolve(value: Any) -> Any:
         if function == "Fn::Join":
             separator, parts = argument
             return separator.join(str(resolve(part)) for part in parts)
-        if function == "Fn::GetStackOutput":
-            return f"${{{argument.get('StackName')}.{argument.get('OutputName')}}}"
         if function == "Fn::ImportValue":
             return f"${{import {resolve(argument)}}}"
         if function == "Fn::Select":
