@@ -5,7 +5,6 @@ and what the team's code needs (its environment, secrets and IAM grants)."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import re
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from aws_cdk import Duration, FileSystem, IgnoreMode, Stack
 from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
@@ -93,8 +93,8 @@ def build_runtime(scope: Construct, config: EnvironmentConfig, broker: RedisBrok
 def _app_image(
     scope: Construct, source: ImageConfig, platform: Platform
 ) -> tuple[ecs.ContainerImage, str]:
-    """The image and its version for Datadog's unified tags (from files or the digest, so it
-    changes exactly when the image does; no git call at synth)."""
+    """The image and its version for Datadog's unified tags (the asset's hash or the digest,
+    so it changes exactly when the image does; no git call at synth)."""
     image: ecs.ContainerImage
     if source.repository is not None and source.digest is not None:
         if source.repository.startswith("arn:"):
@@ -108,13 +108,18 @@ def _app_image(
         image = ecs.ContainerImage.from_ecr_repository(repository, tag=source.digest)
         return image, source.digest.removeprefix("sha256:")[:12]
     assert source.build_dir is not None  # one of the two, by validation
-    build_args = {BASE_IMAGE_ARG: BASE_IMAGE_TAG, **source.build_args}
-    image = ecs.ContainerImage.from_asset(
-        source.build_dir, platform=platform, build_args=build_args
+    asset = ecr_assets.DockerImageAsset(
+        scope,
+        "AppImage",
+        directory=source.build_dir,
+        platform=platform,
+        build_args={BASE_IMAGE_ARG: BASE_IMAGE_TAG, **source.build_args},
+        # The base it builds FROM is another directory: its changes must rebuild this too.
+        extra_hash=runtime_fingerprint(),
     )
-    # The team's files and the base they build on.
-    digest = FileSystem.fingerprint(source.build_dir, ignore_mode=IgnoreMode.DOCKER)
-    return image, hashlib.sha256(f"{digest}{runtime_fingerprint()}".encode()).hexdigest()[:12]
+    # The asset's own hash: the files its .dockerignore keeps, the build arguments, the
+    # platform and the base. A README or a __pycache__ changes nothing, so restarts nothing.
+    return ecs.ContainerImage.from_docker_image_asset(asset), asset.asset_hash[:12]
 
 
 def container_secret(scope: Construct, variable: str, ref: SecretRef) -> ecs.Secret:

@@ -12,18 +12,29 @@ from constructs import Construct
 from config import EnvironmentConfig
 from stacks.retention import log_retention
 
-# What a private Fargate task or Lambda calls without a NAT gateway: image pulls (ECR API
-# and registry), logs, secrets, the ECS agent's three endpoints and CloudWatch metrics.
+# What a private Fargate task or the autoscaler calls without a NAT gateway, and who calls it.
+# Not here: the ECS agent and telemetry endpoints (EC2 container instances only; Fargate's
+# agent is AWS's), and CloudWatch metrics (every metric is an EMF log line).
 INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
-    "EcrApi": ec2.InterfaceVpcEndpointAwsService.ECR,
-    "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
-    "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
-    "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
-    "Ecs": ec2.InterfaceVpcEndpointAwsService.ECS,
-    "EcsAgent": ec2.InterfaceVpcEndpointAwsService.ECS_AGENT,
-    "EcsTelemetry": ec2.InterfaceVpcEndpointAwsService.ECS_TELEMETRY,
-    "Monitoring": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING,
+    "EcrApi": ec2.InterfaceVpcEndpointAwsService.ECR,  # image pulls: auth and manifests
+    "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,  # (layers: the S3 gateway)
+    "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,  # container logs, EMF metrics
+    "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,  # ECS secrets, token
+    "Ecs": ec2.InterfaceVpcEndpointAwsService.ECS,  # the autoscaler's Describe/UpdateService
 }
+# Only where the config uses them.
+SSM_ENDPOINT = ("Ssm", ec2.InterfaceVpcEndpointAwsService.SSM)  # secrets from SSM parameters
+EXEC_ENDPOINT = ("SsmMessages", ec2.InterfaceVpcEndpointAwsService.SSM_MESSAGES)  # ECS Exec
+
+
+def interface_endpoints(config: EnvironmentConfig) -> dict[str, ec2.InterfaceVpcEndpointAwsService]:
+    endpoints = dict(INTERFACE_ENDPOINTS)
+    accesses = [*config.worker_groups.values(), config.beat]
+    if any(ref.ssm is not None for access in accesses for ref in access.secrets.values()):
+        endpoints.update([SSM_ENDPOINT])
+    if config.services.enable_exec:
+        endpoints.update([EXEC_ENDPOINT])
+    return endpoints
 
 
 class NetworkStack(Stack):
@@ -77,7 +88,7 @@ class NetworkStack(Stack):
                 allow_all_outbound=False,
             )
             endpoints_sg.add_ingress_rule(ec2.Peer.ipv4(cidr), ec2.Port.HTTPS, "HTTPS from the VPC")
-            for name, service in INTERFACE_ENDPOINTS.items():
+            for name, service in interface_endpoints(config).items():
                 self.vpc.add_interface_endpoint(
                     name,
                     service=service,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import compileall
 import json
+from pathlib import Path
 from typing import Any
 
+from config import load_environment
+from stacks.autoscaler_stack import CODE_DIR
 from stacks.celery_containers import IMAGE_DIR
-from tests.synth import Synth
+from tests.synth import Synth, synthesize
 from tests.test_data_stack import joins_the_clients_group
 
 
@@ -102,3 +106,16 @@ def test_the_image_installs_the_runtime_for_its_wire_contract(env_synth: Synth) 
     staged = env_synth.outdir / asset["directory"]
     dockerfile = (staged / "Dockerfile").read_text()
     assert "COPY --from=runtime celery_service/" in dockerfile
+
+
+def test_staged_assets_leave_bytecode_out(tmp_path: Path) -> None:
+    """What a test run or an editor leaves in the source folders never reaches an image:
+    it would change the asset hash (a rebuild and a restart for nothing)."""
+    compileall.compile_dir(str(CODE_DIR), quiet=1)  # as importing the handler in tests does
+    assert list(CODE_DIR.glob("__pycache__/*.pyc")), "the source has bytecode to leave out"
+    synth = synthesize(load_environment("dev"), tmp_path, checks=False)
+    staged = [p for p in synth.outdir.glob("asset.*") if p.is_dir()]
+    assert staged
+    for asset in staged:
+        leftovers = [p for p in asset.rglob("*") if p.name == "__pycache__" or p.suffix == ".pyc"]
+        assert not leftovers, leftovers

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from config import CONFIG_DIR, parse_environment
-from stacks.network_stack import INTERFACE_ENDPOINTS
+import pytest
+
+from config import CONFIG_DIR, EnvironmentConfig, parse_environment
+from stacks.network_stack import INTERFACE_ENDPOINTS, interface_endpoints
 from tests.synth import Synth, synthesize
+from tests.test_config import merged
 
 
 def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -66,11 +70,30 @@ def test_interface_endpoints_only_where_configured(env_synth: Synth) -> None:
     if not env_synth.config.network.interface_endpoints:
         assert interface == []
         return
-    assert len(interface) == len(INTERFACE_ENDPOINTS)
-    services = " ".join(str(e["Properties"]["ServiceName"]) for e in interface)
-    for short in ("ecr.api", "ecr.dkr", "logs", "secretsmanager", "ecs-agent", "monitoring"):
-        assert short in services
+    assert len(interface) == len(interface_endpoints(env_synth.config))
+    services = json.dumps([e["Properties"]["ServiceName"] for e in interface])
+    for short in ("ecr.api", "ecr.dkr", "logs", "secretsmanager", "ecs"):
+        assert f".{short}" in services, short
+    # Fargate needs no agent or telemetry endpoint; metrics are EMF log lines.
+    for unused in ("ecs-agent", "ecs-telemetry", "monitoring"):
+        assert f".{unused}" not in services, unused
     assert all(e["Properties"]["PrivateDnsEnabled"] is True for e in interface)
+
+
+@pytest.mark.parametrize(
+    ("changes", "extra"),
+    [
+        ({"services": {"enable_exec": True}}, "ssmmessages"),
+        ({"beat": {"secrets": {"TEAM_TOKEN": {"ssm": "/team/token"}}}}, "ssm"),
+    ],
+)
+def test_endpoints_follow_what_the_config_uses(changes: dict[str, Any], extra: str) -> None:
+    def short_names(config: EnvironmentConfig) -> set[str]:
+        return {s.short_name for s in interface_endpoints(config).values()}
+
+    base = short_names(parse_environment("qa", merged()))
+    assert extra not in base
+    assert short_names(parse_environment("qa", merged(**changes))) - base == {extra}
 
 
 def test_endpoint_security_group_admits_only_https_from_the_vpc(synth_env: Any) -> None:

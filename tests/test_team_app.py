@@ -100,10 +100,19 @@ def test_the_version_tag_follows_the_app_code(tmp_path: Path) -> None:
         service = next(iter(resources(template, "AWS::ECS::Service").values()))
         return str(env_of(app_container(task_definition_of(template, service)))["DD_VERSION"])
 
+    (app / ".dockerignore").write_text("README.md\n**/__pycache__\n")
     first = version("a")
     assert version("b") == first
+    # What the image leaves out restarts nothing.
+    (app / "README.md").write_text("# notes\n")
+    (app / "team" / "__pycache__").mkdir()
+    (app / "team" / "__pycache__" / "tasks.cpython-313.pyc").write_bytes(b"\0")
+    assert version("c") == first
     (app / "team" / "tasks.py").write_text("X = 1\n")
-    assert version("c") != first
+    changed = version("d")
+    assert changed != first
+    data["app"]["image"]["build_args"] = {"EXTRA": "1"}
+    assert version("e") not in (first, changed), "a build argument is part of the image"
 
 
 def test_a_prebuilt_image_is_pulled_by_digest_and_nothing_is_built(tmp_path: Path) -> None:
