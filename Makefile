@@ -14,12 +14,17 @@ BIN := $(VENV)/bin
 CDK := node_modules/.bin/cdk
 SECURITY_VENV := .venv-security
 
-# jsii prints an end-of-life banner for old Node versions on every run unless the value
-# names the running major version.
-export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := $(shell node -p 'process.versions.node.split(".")[0]' 2>/dev/null)
 export CDK_DISABLE_CLI_TELEMETRY := true
-# The CDK CLI runs `python3 app.py` (cdk.json): make that the project's interpreter.
-export PATH := $(CURDIR)/$(BIN):$(PATH)
+# The pinned Node.js (package.json: a maintained LTS) runs the CDK CLI and jsii, whatever
+# node the machine has; the CDK CLI runs `.venv/bin/python app.py` (cdk.json).
+export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(BIN):$(PATH)
+# A prebuilt app image for this deploy (the config names its repository): CI builds once
+# and promotes the same digest through every environment.
+IMAGE_DIGEST ?=
+CDK_CONTEXT = --context env=$(ENV) --context config_dir=$(abspath $(CONFIG)) \
+	$(if $(IMAGE_DIGEST),--context image_digest=$(IMAGE_DIGEST))
+# cdk deploy's approval of security-sensitive changes: CI, which has no terminal, sets never.
+APPROVAL ?= broadening
 
 .PHONY: synth test lint typecheck pytest setup redis-server chromium clean local bench-worker \
 	autoscale-once bench-autoscaler preview-dashboards datadog-push security test-image chaos \
@@ -27,8 +32,22 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 ## Synthesize one environment (ENV=dev|staging|prod) into cdk.out/ and list its stacks.
 synth: $(VENV)/.runtime-installed $(CDK)
-	$(CDK) synth --quiet --no-notices --context env=$(ENV) --context config_dir=$(abspath $(CONFIG))
+	$(CDK) synth --quiet --no-notices $(CDK_CONTEXT)
 	@$(BIN)/python -m stacks.list_stacks cdk.out
+
+## What a deploy of ENV would change, stack by stack, after the preflight checks.
+.PHONY: diff deploy preflight
+diff: preflight
+	$(CDK) diff --no-notices $(CDK_CONTEXT)
+
+## Deploy every stack of ENV (CONFIG=, IMAGE_DIGEST=, APPROVAL=never in CI) after the
+## preflight checks: credentials, bootstrap, Docker and its build platform.
+deploy: preflight
+	$(CDK) deploy --all --no-notices --require-approval $(APPROVAL) $(CDK_CONTEXT)
+
+preflight: $(VENV)/.dev-installed $(CDK)
+	$(BIN)/python -m tools.preflight --config-dir $(CONFIG) --env $(ENV) \
+		$(if $(IMAGE_DIGEST),--image-digest $(IMAGE_DIGEST))
 
 ## Every check: lint, format, types, then all tests (CDK assertions, cdk-nag, cfn-lint, Redis).
 test: setup lint typecheck pytest
@@ -57,7 +76,7 @@ $(VENV)/.dev-installed: requirements-dev.txt worker_image/requirements.txt lambd
 	@touch $@
 
 $(CDK): package.json package-lock.json
-	@command -v npm >/dev/null || { echo "npm (Node.js 20 or newer) is needed for the CDK CLI"; exit 1; }
+	@command -v npm >/dev/null || { echo "npm is needed to install the CDK CLI and its Node.js"; exit 1; }
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 

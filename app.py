@@ -3,6 +3,8 @@
 
 `-c config_dir=<path>` reads the environment files from another directory (default: the
 sample app's, examples/samples/config; `make synth CONFIG=<path>` passes it).
+`-c image_digest=sha256:...` deploys that prebuilt image of the config's `app.image.repository`
+(`make deploy IMAGE_DIGEST=...`), so CI builds once and promotes the digest.
 `-c compliance=true` adds cdk-nag's NIST 800-53 rev. 5 pack (as `make security` does).
 """
 
@@ -22,7 +24,11 @@ def main() -> int:
     env_name = str(app.node.try_get_context("env") or "dev")
     config_dir = Path(app.node.try_get_context("config_dir") or CONFIG_DIR)
     try:
-        config = load_environment(env_name, config_dir=config_dir)
+        config = load_environment(
+            env_name,
+            config_dir=config_dir,
+            image_digest=app.node.try_get_context("image_digest") or None,
+        )
     except ConfigError as exc:
         for line in str(exc).splitlines():
             print(f"config error: {line}", file=sys.stderr)

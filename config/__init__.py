@@ -61,8 +61,11 @@ def available_environments(config_dir: Path = CONFIG_DIR) -> list[str]:
     return sorted(p.stem for p in config_dir.glob("*.toml") if p.name != CATALOG_FILE)
 
 
-def load_environment(name: str, config_dir: Path = CONFIG_DIR) -> EnvironmentConfig:
-    """Read, merge and validate the settings of environment `name`."""
+def load_environment(
+    name: str, config_dir: Path = CONFIG_DIR, image_digest: str | None = None
+) -> EnvironmentConfig:
+    """Read, merge and validate the settings of environment `name`; `image_digest` (a
+    deploy's `IMAGE_DIGEST`) sets `app.image.digest` of a config that names a repository."""
     env_file = config_dir / f"{name}.toml"
     if name == Path(CATALOG_FILE).stem or not env_file.is_file():
         known = ", ".join(available_environments(config_dir)) or "none"
@@ -70,7 +73,10 @@ def load_environment(name: str, config_dir: Path = CONFIG_DIR) -> EnvironmentCon
     catalog = _read_toml(name, config_dir / CATALOG_FILE)
     overrides = _read_toml(name, env_file)
     _check_overrides(name, env_file.name, catalog, overrides)
-    return parse_environment(name, _deep_merge(catalog, overrides), config_dir)
+    merged = _deep_merge(catalog, overrides)
+    if image_digest:
+        merged = _deep_merge(merged, {"app": {"image": {"digest": image_digest}}})
+    return parse_environment(name, merged, config_dir)
 
 
 def parse_environment(

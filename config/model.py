@@ -486,7 +486,8 @@ class ImageConfig(Strict):
         if prebuilt and (self.repository is None or self.digest is None):
             raise ValueError(
                 "a prebuilt image needs both repository (an ECR repository's name or ARN) and "
-                "digest (sha256:...): a tag could change under a deployed service"
+                "digest (sha256:..., in the config or as IMAGE_DIGEST at deploy): a tag could "
+                "change under a deployed service"
             )
         if self.build_args and self.build_dir is None:
             raise ValueError("build_args need build_dir")

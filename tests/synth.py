@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -24,18 +23,10 @@ ENVIRONMENTS = ("dev", "staging", "prod")
 
 
 def subprocess_env() -> dict[str, str]:
-    """The environment for a child that runs jsii (app.py, the CDK CLI): with the running
-    Node major version named, jsii skips its end-of-life banner, as the Makefile arranges."""
+    """The environment for a child that runs jsii (app.py, the CDK CLI): the project's pinned
+    Node.js first on PATH, as the Makefile arranges."""
     env = dict(os.environ)
-    node = shutil.which("node")
-    if node and "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION" not in env:
-        major = subprocess.run(
-            [node, "-p", "process.versions.node.split('.')[0]"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        env["JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION"] = major
+    env["PATH"] = os.pathsep.join([str(ROOT / "node_modules" / ".bin"), env.get("PATH", "")])
     return env
 
 

@@ -4,6 +4,7 @@ its task modules, and per worker group and beat its environment, secrets and IAM
 from __future__ import annotations
 
 import json
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from config import CONFIG_DIR, ConfigError, load_environment, parse_environment
 from security.iam_wildcards import grants_in_template
-from tests.synth import Synth, synthesize
+from tests.synth import Synth, run_app, synthesize
 from tests.test_services_stack import (
     app_container,
     env_of,
@@ -129,6 +130,39 @@ def test_a_prebuilt_image_is_pulled_by_digest_and_nothing_is_built(tmp_path: Pat
         assert env_of(app_container(task))["DD_VERSION"] == DIGEST.removeprefix("sha256:")[:12]
     assert "ecr:BatchGetImage" in text, "the execution roles may pull from that repository"
     assert ":repository/team/app" in text
+
+
+def prebuilt_config_dir(tmp_path: Path) -> Path:
+    """The sample config naming an ECR repository and leaving the digest to each deploy."""
+    config_dir = Path(shutil.copytree(CONFIG_DIR, tmp_path / "config"))
+    catalog_file = config_dir / "catalog.toml"
+    text = catalog_file.read_text()
+    assert 'build_dir = ".."' in text
+    catalog_file.write_text(text.replace('build_dir = ".."', 'repository = "team/app"'))
+    return config_dir
+
+
+def test_a_deploy_supplies_the_digest_ci_built(tmp_path: Path) -> None:
+    """`make deploy IMAGE_DIGEST=...`: the same image, promoted from one environment to the
+    next, with nothing built at deploy."""
+    config_dir = prebuilt_config_dir(tmp_path)
+    context = {"env": "prod", "config_dir": str(config_dir)}
+    result = run_app(tmp_path / "out", {**context, "image_digest": DIGEST})
+    assert result.returncode == 0, result.stderr
+    template = json.loads((tmp_path / "out" / "celery-prod-services.template.json").read_text())
+    for service in resources(template, "AWS::ECS::Service").values():
+        image = json.dumps(app_container(task_definition_of(template, service))["Image"])
+        assert f"/team/app@{DIGEST}" in image, image
+    assets = json.loads((tmp_path / "out" / "celery-prod-services.assets.json").read_text())
+    assert not assets.get("dockerImages"), "nothing to build"
+
+    missing = run_app(tmp_path / "missing", context)
+    assert missing.returncode == 1
+    assert "Traceback" not in missing.stderr
+    assert "IMAGE_DIGEST" in missing.stderr.strip().splitlines()[-1]
+    bad = run_app(tmp_path / "bad", {**context, "image_digest": "latest"})
+    assert bad.returncode == 1
+    assert "app.image.digest" in bad.stderr
 
 
 def test_per_group_environment_secrets_and_grants_reach_only_that_group(tmp_path: Path) -> None:
