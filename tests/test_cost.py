@@ -217,3 +217,22 @@ def test_unknown_resource_type_is_listed_not_priced_rather_than_ignored() -> Non
         "s/Db (AWS::RDS::DBInstance): a resource type this estimate does not know"
     ]
     assert "Not priced: s/Db (AWS::RDS::DBInstance)" in cost.render([est], CONFIG_DIR)
+
+
+def test_a_count_decided_at_deploy_is_listed_not_priced() -> None:
+    est = price(
+        {
+            "Broker": {
+                "Type": "AWS::ElastiCache::ReplicationGroup",
+                "Properties": {
+                    "CacheNodeType": "cache.t4g.micro",
+                    "NumCacheClusters": {"Ref": "N"},
+                },
+            }
+        }
+    )
+    assert est.lines == []
+    assert est.not_priced == [
+        "s/Broker (AWS::ElastiCache::ReplicationGroup): its NumCacheClusters is not a number in "
+        "the template"
+    ]

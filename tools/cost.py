@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config import (
     CONFIG_DIR,
@@ -26,6 +26,11 @@ from config import (
     available_environments,
     load_environment,
 )
+
+if TYPE_CHECKING:
+    from aws_cdk import cx_api
+
+    from stacks.platform import Platform
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "cost.md"
@@ -228,6 +233,24 @@ class NotPricedError(Exception):
     """A resource of a priced type that this estimate cannot price; the message says why."""
 
 
+def number(props: Mapping[str, Any], key: str, default: int) -> int:
+    """A count or size the template states literally (not a token resolved at deploy)."""
+    value = props.get(key, default)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise NotPricedError(f"its {key} is not a number in the template")
+    return value
+
+
+def items(props: Mapping[str, Any], key: str) -> list[Any]:
+    """A list the template states literally, such as an endpoint's subnets."""
+    value = props.get(key, [])
+    if not isinstance(value, list):
+        raise NotPricedError(f"its {key} is not a list in the template")
+    return value
+
+
 def monthly(hourly_usd: float, count: float = 1) -> float:
     return round(hourly_usd * count * HOURS_PER_MONTH, 2)
 
@@ -252,11 +275,10 @@ def price_replication_group(r: Resource, inputs: Inputs, est: Estimate) -> None:
     node_type = str(r.props.get("CacheNodeType"))
     engine = str(r.props.get("Engine", "redis")).lower()
     if "NumCacheClusters" in r.props:
-        nodes = int(r.props["NumCacheClusters"])
+        nodes = number(r.props, "NumCacheClusters", 1)
     else:  # cluster mode: shards x (primary + replicas)
-        nodes = int(r.props.get("NumNodeGroups", 1)) * (
-            1 + int(r.props.get("ReplicasPerNodeGroup", 0))
-        )
+        shards = number(r.props, "NumNodeGroups", 1)
+        nodes = shards * (1 + number(r.props, "ReplicasPerNodeGroup", 0))
     price = PRICES.get(f"elasticache.{node_type}")
     if price is None:
         raise NotPricedError(f"node type {node_type} is not in the price table")
@@ -297,16 +319,15 @@ def price_service(r: Resource, inputs: Inputs, est: Estimate) -> None:
     td = task.get("Properties", {})
     if "FARGATE" not in td.get("RequiresCompatibilities", []):
         raise NotPricedError("not a Fargate task definition")
-    try:
-        vcpu, gb = int(td["Cpu"]) / 1024, int(td["Memory"]) / 1024
-    except (KeyError, TypeError, ValueError):
-        raise NotPricedError("the task's CPU or memory is not a number in the template") from None
+    vcpu, gb = number(td, "Cpu", 0) / 1024, number(td, "Memory", 0) / 1024
+    if not vcpu or not gb:
+        raise NotPricedError("its task definition sets no task-level Cpu and Memory")
     arch = str(td.get("RuntimePlatform", {}).get("CpuArchitecture", "X86_64")).upper()
     if f"fargate.vcpu.{arch}" not in PRICES:
         raise NotPricedError(f"CPU architecture {arch} is not in the price table")
     count, source, bounds = _task_count(r, inputs)
     hourly = _fargate_hourly(vcpu, gb, arch)
-    storage_gb = int(td.get("EphemeralStorage", {}).get("SizeInGiB", FARGATE_FREE_STORAGE_GB))
+    storage_gb = number(td.get("EphemeralStorage", {}), "SizeInGiB", FARGATE_FREE_STORAGE_GB)
     hourly += max(0, storage_gb - FARGATE_FREE_STORAGE_GB) * PRICES["fargate.storage"].usd
     name = str(r.props.get("ServiceName", r.logical_id))
     est.lines.append(
@@ -370,16 +391,21 @@ def price_eips(rs: Sequence[Resource], est: Estimate) -> None:
 
 
 def price_endpoints(rs: Sequence[Resource], est: Estimate) -> None:
-    interface = [r for r in rs if r.props.get("VpcEndpointType") == "Interface"]
+    interface, azs = [], 0
     for r in rs:
         kind = r.props.get("VpcEndpointType", "Gateway")
         if kind == "Gateway":
             est.free[f"{r.type} (gateway endpoints)"] += 1
         elif kind != "Interface":
             est.not_priced.append(f"{r.where} ({r.type}): endpoint type {kind}")
+        else:
+            try:
+                azs += len(items(r.props, "SubnetIds"))
+                interface.append(r)
+            except NotPricedError as exc:
+                est.not_priced.append(f"{r.where} ({r.type}): {exc}")
     if not interface:
         return
-    azs = sum(len(r.props.get("SubnetIds", [])) for r in interface)
     names = sorted(_endpoint_service(r) for r in interface)
     est.lines.append(
         Line(
@@ -415,7 +441,7 @@ def price_load_balancer(r: Resource, inputs: Inputs, est: Estimate) -> None:
         )
     )
     if r.props.get("Scheme") == "internet-facing":
-        azs = len(r.props.get("Subnets", r.props.get("SubnetMappings", [])))
+        azs = len(items(r.props, "Subnets" if "Subnets" in r.props else "SubnetMappings"))
         est.lines.append(
             Line(
                 "Load balancer",
@@ -454,7 +480,7 @@ def price_function(r: Resource, inputs: Inputs, est: Estimate, schedule: str | N
         raise NotPricedError(f"schedule {schedule} is not a rate() the estimate reads")
     every_min = int(match[1]) * MINUTES[match[2].rstrip("s")]
     runs = HOURS_PER_MONTH * 60 // every_min
-    gb = int(r.props.get("MemorySize", 128)) / 1024
+    gb = number(r.props, "MemorySize", 128) / 1024
     arch = (r.props.get("Architectures") or ["x86_64"])[0]
     gb_seconds = runs * inputs.lambda_run_s * gb
     cost = gb_seconds * PRICES[f"lambda.gb_second.{arch}"].usd
@@ -478,8 +504,12 @@ def _alarm_metrics(props: Mapping[str, Any]) -> int:
 
 
 def price_alarms(rs: Sequence[Resource], est: Estimate) -> None:
-    standard = sum(_alarm_metrics(r.props) for r in rs if int(r.props.get("Period", 60)) >= 60)
-    high = sum(_alarm_metrics(r.props) for r in rs if int(r.props.get("Period", 60)) < 60)
+    def high_resolution(r: Resource) -> bool:
+        period = r.props.get("Period", 60)  # metric-math alarms set theirs per query
+        return isinstance(period, int) and period < 60
+
+    standard = sum(_alarm_metrics(r.props) for r in rs if not high_resolution(r))
+    high = sum(_alarm_metrics(r.props) for r in rs if high_resolution(r))
     for key, metrics in (
         ("cloudwatch.alarm", standard),
         ("cloudwatch.alarm_high_resolution", high),
@@ -610,10 +640,12 @@ def estimate(inputs: Inputs) -> Estimate:
 # ---------------------------------------------------------------- from a synthesized app
 
 
-def inputs_from(config: EnvironmentConfig, platform: Any, assembly: Any) -> Inputs:
-    """The pricing inputs of a synthesized platform (stacks.platform.Platform and its cloud
-    assembly): its templates, and each worker service's bounds from the config's catalog,
-    since a template must not fix an autoscaled service's count."""
+def inputs_from(
+    config: EnvironmentConfig, platform: Platform, assembly: cx_api.CloudAssembly
+) -> Inputs:
+    """The pricing inputs of a synthesized platform: its templates, and each worker
+    service's bounds from the config's catalog, since a template must not fix an autoscaled
+    service's count."""
     from aws_cdk import Stack
     from aws_cdk import aws_ecs as ecs
 
