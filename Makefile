@@ -96,6 +96,17 @@ base-image: $(VENV)/.runtime-installed
 	docker build $(if $(PLATFORM),--platform $(PLATFORM)) \
 		-t $$($(BIN)/python -c 'from stacks.celery_containers import BASE_IMAGE_TAG; print(BASE_IMAGE_TAG)') worker_image
 
+## Print that tag, for an app build's --build-arg CELERY_PLATFORM_IMAGE (CI: `make -s base-image-tag`).
+.PHONY: base-image-tag
+base-image-tag: $(VENV)/.runtime-installed
+	@$(BIN)/python -c 'from stacks.celery_containers import BASE_IMAGE_TAG; print(BASE_IMAGE_TAG)'
+
+## Monthly list-price cost of every environment of the config (CONFIG), priced from its
+## synthesized templates, into docs/cost.md (OUT=<file> to write elsewhere).
+.PHONY: cost
+cost: $(VENV)/.runtime-installed
+	$(BIN)/python -m tools.cost --config-dir $(CONFIG) $(if $(OUT),--out $(OUT))
+
 ## Run the autoscaler once against a local Redis (sample backlog) with a dry-run ECS.
 autoscale-once: $(VENV)/.dev-installed redis-server
 	$(BIN)/python -m tools.autoscale_once --config-dir $(CONFIG) --env $(ENV)
