@@ -440,8 +440,11 @@ class MonitoringStack(Stack):
         self.errors_alarm = self._alarm(
             "AutoscalerErrorsAlarm",
             alarm_description="The Celery autoscaler failed or reported an error",
+            # A sum with an operand missing has no datapoint: a run that crashes before the
+            # autoscaler reports (Lambda counts the error, the autoscaler publishes nothing)
+            # would look like no error. Each count is zero where it has no datapoint.
             metric=cw.MathExpression(
-                expression="lambdaErrors + reported",
+                expression="FILL(lambdaErrors, 0) + FILL(reported, 0)",
                 using_metrics={
                     "lambdaErrors": function.metric_errors(period=interval),
                     "reported": self._metric(m.AUTOSCALER_ERRORS, "Sum"),
