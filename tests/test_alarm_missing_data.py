@@ -66,8 +66,15 @@ CASES: dict[frozenset[str], Case] = {
     reads(f"{PLATFORM}/{m.DESIRED_TASKS}"): Case(
         healthy=lambda a: {m.DESIRED_TASKS: a.threshold - 1},
         breaching=lambda a: {m.DESIRED_TASKS: a.threshold},
-        all_missing="OK",
+        all_missing="KEEP",
         more=(
+            Scenario(
+                "the autoscaler stops while pinned",
+                lambda a: {
+                    m.DESIRED_TASKS: [a.threshold] * (a.evaluation_periods - 1) + [None] * 3
+                },
+                "KEEP",
+            ),
             Scenario(
                 "one run below max in the window",
                 lambda a: {
@@ -92,17 +99,24 @@ CASES: dict[frozenset[str], Case] = {
     reads("AWS/ElastiCache/DatabaseMemoryUsagePercentage"): Case(
         healthy=lambda a: {"DatabaseMemoryUsagePercentage": a.threshold / 2},
         breaching=lambda a: {"DatabaseMemoryUsagePercentage": a.threshold + 1},
-        all_missing="OK",
+        all_missing="KEEP",
+        more=(
+            Scenario(
+                "the node stops reporting while full",
+                lambda a: {"DatabaseMemoryUsagePercentage": [a.threshold + 1, None, None, None]},
+                "KEEP",
+            ),
+        ),
     ),
     reads("AWS/ElastiCache/Evictions"): Case(
         healthy=lambda a: {"Evictions": 0},
         breaching=lambda a: {"Evictions": 3},
-        all_missing="OK",
+        all_missing="KEEP",
     ),
     reads("AWS/ElastiCache/EngineCPUUtilization"): Case(
         healthy=lambda a: {"EngineCPUUtilization": a.threshold / 2},
         breaching=lambda a: {"EngineCPUUtilization": a.threshold + 1},
-        all_missing="OK",
+        all_missing="KEEP",
     ),
     reads("AWS/Lambda/Errors", f"{PLATFORM}/{m.AUTOSCALER_ERRORS}"): Case(
         # A good run: Lambda counts no error, the autoscaler publishes none.
