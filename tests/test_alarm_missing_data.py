@@ -2,11 +2,13 @@
 all, and the gaps that matter for it (a crash before the autoscaler reports its error).
 
 Each kind of alarm, named by the metrics it reads, has a case below; an alarm without one
-fails the coverage test, so a new alarm comes with a decision on what its gaps mean.
+fails the coverage test, so a new alarm comes with a decision on what its gaps mean. The case
+also names the Datadog monitor that must make the same decision.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
@@ -15,8 +17,11 @@ from typing import Literal
 import pytest
 
 from celery_service import contract as m
+from config import load_environment
+from stacks import datadog_definitions as dd
+from stacks.missing_data import MissingData
 from tests.alarm_eval import Alarm, Gaps, State, alarms_in
-from tests.synth import Synth
+from tests.synth import ENVIRONMENTS, Synth
 
 Outcome = Literal["OK", "ALARM", "INSUFFICIENT_DATA", "KEEP"]  # KEEP: the state before stays
 # Per metric name: one value for every period of the range, or the whole range (oldest first).
@@ -35,9 +40,11 @@ class Scenario:
 
 @dataclass(frozen=True)
 class Case:
-    """One kind of alarm: its metrics when healthy and when breaching, and what the alarm
-    does when none of them has a datapoint."""
+    """One kind of alarm: its metrics when healthy and when breaching, what the alarm does
+    when none of them has a datapoint, and its Datadog monitors (the key, or the prefix of
+    one per queue or worker group)."""
 
+    monitor: str
     healthy: Values
     breaching: Values
     all_missing: Outcome
@@ -59,11 +66,13 @@ def reads(*metrics: str) -> frozenset[str]:
 
 CASES: dict[frozenset[str], Case] = {
     reads(f"{PLATFORM}/{m.DLQ_DEPTH}"): Case(
+        monitor="dlq",
         healthy=lambda a: {m.DLQ_DEPTH: 0},
         breaching=lambda a: {m.DLQ_DEPTH: 2},
         all_missing="KEEP",
     ),
     reads(f"{PLATFORM}/{m.DESIRED_TASKS}"): Case(
+        monitor="pinned",
         healthy=lambda a: {m.DESIRED_TASKS: a.threshold - 1},
         breaching=lambda a: {m.DESIRED_TASKS: a.threshold},
         all_missing="KEEP",
@@ -85,6 +94,7 @@ CASES: dict[frozenset[str], Case] = {
         ),
     ),
     reads(f"{PLATFORM}/{m.GROUP_ESTIMATED_WAIT_S}"): Case(
+        monitor="backlog",
         healthy=lambda a: {m.GROUP_ESTIMATED_WAIT_S: a.threshold},
         breaching=lambda a: {m.GROUP_ESTIMATED_WAIT_S: 2 * a.threshold},
         all_missing="KEEP",
@@ -97,6 +107,7 @@ CASES: dict[frozenset[str], Case] = {
         ),
     ),
     reads("AWS/ElastiCache/DatabaseMemoryUsagePercentage"): Case(
+        monitor="redis-memory",
         healthy=lambda a: {"DatabaseMemoryUsagePercentage": a.threshold / 2},
         breaching=lambda a: {"DatabaseMemoryUsagePercentage": a.threshold + 1},
         all_missing="KEEP",
@@ -109,16 +120,19 @@ CASES: dict[frozenset[str], Case] = {
         ),
     ),
     reads("AWS/ElastiCache/Evictions"): Case(
+        monitor="redis-evictions",
         healthy=lambda a: {"Evictions": 0},
         breaching=lambda a: {"Evictions": 3},
         all_missing="KEEP",
     ),
     reads("AWS/ElastiCache/EngineCPUUtilization"): Case(
+        monitor="redis-engine-cpu",
         healthy=lambda a: {"EngineCPUUtilization": a.threshold / 2},
         breaching=lambda a: {"EngineCPUUtilization": a.threshold + 1},
         all_missing="KEEP",
     ),
     reads("AWS/Lambda/Errors", f"{PLATFORM}/{m.AUTOSCALER_ERRORS}"): Case(
+        monitor="autoscaler-errors",
         # A good run: Lambda counts no error, the autoscaler publishes none.
         healthy=lambda a: {"Errors": 0, m.AUTOSCALER_ERRORS: None},
         breaching=lambda a: {"Errors": 0, m.AUTOSCALER_ERRORS: 1},
@@ -133,21 +147,25 @@ CASES: dict[frozenset[str], Case] = {
         ),
     ),
     reads("AWS/Lambda/Invocations"): Case(
+        monitor="autoscaler-not-running",
         healthy=lambda a: {"Invocations": 3},
         breaching=lambda a: {"Invocations": 0},
         all_missing="ALARM",
     ),
     reads(f"{PLATFORM}/{m.BEAT_HEARTBEAT_AGE_S}"): Case(
+        monitor="beat-heartbeat",
         healthy=lambda a: {m.BEAT_HEARTBEAT_AGE_S: 5},
         breaching=lambda a: {m.BEAT_HEARTBEAT_AGE_S: a.threshold + 1},
         all_missing="ALARM",
     ),
     reads("AWS/ApplicationELB/HTTPCode_ELB_5XX_Count"): Case(
+        monitor="flower-elb-5xx",
         healthy=lambda a: {"HTTPCode_ELB_5XX_Count": a.threshold - 1},
         breaching=lambda a: {"HTTPCode_ELB_5XX_Count": a.threshold},
         all_missing="OK",
     ),
     reads("AWS/ApplicationELB/HTTPCode_Target_5XX_Count"): Case(
+        monitor="flower-target-5xx",
         healthy=lambda a: {"HTTPCode_Target_5XX_Count": a.threshold - 1},
         breaching=lambda a: {"HTTPCode_Target_5XX_Count": a.threshold},
         all_missing="OK",
@@ -221,3 +239,44 @@ def test_a_math_alarm_has_a_datapoint_whenever_one_of_its_metrics_has(env_synth:
             for absent in combinations(names, count):
                 data = {name: [None if name in absent else 1.0] for name in names}
                 assert alarm.values(data) != [None], (alarm.expression_text, absent)
+
+
+def monitors_of(case: Case, monitors: list[dd.Monitor]) -> list[dd.Monitor]:
+    return [
+        monitor
+        for monitor in monitors
+        if monitor.key == case.monitor or monitor.key.startswith(f"{case.monitor}-")
+    ]
+
+
+def test_datadog_monitors_make_the_same_missing_data_decision(env_synth: Synth) -> None:
+    monitors = dd.monitors(env_synth.config)
+    claimed: set[str] = set()
+    for alarm in all_alarms(env_synth):
+        case = CASES.get(alarm.metric_names)
+        if case is None:
+            continue  # reported by the coverage test
+        matching = monitors_of(case, monitors)
+        assert matching, f"{alarm.logical_id}: no Datadog monitor {case.monitor!r}"
+        for monitor in matching:
+            assert monitor.missing.value == alarm.treat_missing_data, (
+                f"{alarm.logical_id} treats missing data as {alarm.treat_missing_data}, "
+                f"Datadog's {monitor.key} as {monitor.missing}"
+            )
+        claimed |= {monitor.key for monitor in matching}
+    assert claimed == {monitor.key for monitor in monitors}, "monitors without an alarm"
+
+
+# A metric in a Datadog query, and whether default_zero() wraps it.
+METRIC_IN_QUERY = re.compile(r"(default_zero\()?(?:sum|max|min|avg):[a-z0-9_.]+\{")
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_datadog_reads_a_gap_as_zero_exactly_where_cloudwatch_fills(env: str) -> None:
+    for monitor in dd.monitors(load_environment(env)):
+        wrapped = METRIC_IN_QUERY.findall(monitor.query)
+        assert wrapped, monitor.query
+        if monitor.missing is MissingData.MEANS_ZERO:
+            assert all(wrapped), f"{monitor.key}: a count without default_zero()"
+        else:
+            assert not any(wrapped), f"{monitor.key}: default_zero() hides a gap"
