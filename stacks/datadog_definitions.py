@@ -95,6 +95,11 @@ class _Filters:
         self.platform = f"environment:{config.name}"  # CeleryPlatform dimensions
         self.aws = f"project:{config.project},environment:{config.name}"  # resource tags
 
+    def autoscaler_function(self) -> str:
+        # The autoscaler stack tags its function with the service name; Datadog's AWS
+        # integration carries the tag onto aws.lambda.* metrics.
+        return f"{self.aws},service:{m.AUTOSCALER_SERVICE}"
+
     def worker_service(self, group: str) -> str:
         # ECS service names are fixed by the services stack: <project>-<env>-worker-<group>.
         return f"servicename:{self.config.project}-{self.config.name}-worker-{group}"
@@ -366,12 +371,15 @@ def monitors(config: EnvironmentConfig) -> list[Monitor]:
         settings.redis_engine_cpu_percent,
         missing=MissingData.NO_NEWS,
     )
+    # A run that crashes counts only in Lambda's errors: the autoscaler reports nothing.
+    crashed = _zero(f"sum:aws.lambda.errors{{{f.autoscaler_function()}}}.as_count()")
     reported = _zero(f"sum:{m.datadog_name(m.AUTOSCALER_ERRORS)}{{{f.platform}}}.as_count()")
     add(
         "autoscaler-errors",
         "Autoscaler errors",
-        f"sum(last_{minutes}m):{reported} > 0",
-        "The Celery autoscaler reported an error (Redis, ECS or a worker group); see its logs.",
+        f"sum(last_{minutes}m):{crashed} + {reported} > 0",
+        "The Celery autoscaler failed or reported an error (Redis, ECS or a worker group); "
+        "see its logs.",
         0,
         missing=MissingData.MEANS_ZERO,
     )
