@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Duration, Stack
+from aws_cdk import Duration, Stack, Tags
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -119,7 +119,9 @@ class AutoscalerStack(Stack):
                 )
             ],
         )
-        # Its alarms are in the monitoring stack, next to the dashboard that shows them.
+        # Its alarms are in the monitoring stack, next to the dashboard that shows them. Datadog's
+        # errors monitor finds the function's aws.lambda.* metrics by this resource tag.
+        Tags.of(self.function).add("service", contract.AUTOSCALER_SERVICE)
         role = self.function.role
         assert role is not None
         acknowledge(

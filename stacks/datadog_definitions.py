@@ -23,6 +23,7 @@ from typing import Any
 
 from celery_service import contract as m
 from config import EnvironmentConfig
+from stacks.missing_data import MissingData
 
 MANAGED_BY_TAG = "managed-by:celery-platform"
 
@@ -37,10 +38,18 @@ class Monitor:
     message: str
     tags: tuple[str, ...]
     critical: float
-    notify_no_data: bool
-    no_data_minutes: int | None = None
+    missing: MissingData  # the same decision as the matching CloudWatch alarm
+    no_data_minutes: int | None = None  # the no-data window, when a gap is the failure
     priority: int = 3
     type: str = "query alert"
+
+    def __post_init__(self) -> None:
+        if (self.no_data_minutes is not None) != self.notify_no_data:
+            raise ValueError(f"monitor {self.key}: no_data_minutes is for IS_FAILURE only")
+
+    @property
+    def notify_no_data(self) -> bool:
+        return self.missing is MissingData.IS_FAILURE
 
     def api_body(self) -> dict[str, Any]:
         options: dict[str, Any] = {
@@ -86,6 +95,11 @@ class _Filters:
         self.platform = f"environment:{config.name}"  # CeleryPlatform dimensions
         self.aws = f"project:{config.project},environment:{config.name}"  # resource tags
 
+    def autoscaler_function(self) -> str:
+        # The autoscaler stack tags its function with the service name; Datadog's AWS
+        # integration carries the tag onto aws.lambda.* metrics.
+        return f"{self.aws},service:{m.AUTOSCALER_SERVICE}"
+
     def worker_service(self, group: str) -> str:
         # ECS service names are fixed by the services stack: <project>-<env>-worker-<group>.
         return f"servicename:{self.config.project}-{self.config.name}-worker-{group}"
@@ -93,6 +107,12 @@ class _Filters:
 
 def _platform(metric: str, scope: str, aggregation: str = "max") -> str:
     return f"{aggregation}:{m.datadog_name(metric)}{{{scope}}}"
+
+
+def _zero(query: str) -> str:
+    """A count that is published only when something happens: no data reads as 0, as FILL
+    does in the CloudWatch alarm."""
+    return f"default_zero({query})"
 
 
 def _timeseries(
@@ -298,7 +318,7 @@ def monitors(config: EnvironmentConfig) -> list[Monitor]:
             f"Queue {queue} has dead letters to inspect or replay "
             "(`python -m celery_service dlq list`).",
             0,
-            notify_no_data=False,
+            missing=MissingData.NO_NEWS,
         )
     for name, group in sorted(config.worker_groups.items()):
         scope = f"{f.platform},worker_group:{name}"
@@ -310,7 +330,7 @@ def monitors(config: EnvironmentConfig) -> list[Monitor]:
             f"Worker group {name}'s backlog takes longer than its target wait "
             f"({group.target_wait_s} s) to drain, two runs in a row.",
             group.target_wait_s,
-            notify_no_data=False,
+            missing=MissingData.NO_NEWS,
         )
         add(
             f"pinned-{name}",
@@ -320,7 +340,7 @@ def monitors(config: EnvironmentConfig) -> list[Monitor]:
             f"Worker group {name} has wanted its max_tasks ({group.max_tasks}) for "
             f"{settings.max_tasks_alarm_minutes} minutes: raise max_tasks or look at the work.",
             group.max_tasks,
-            notify_no_data=False,
+            missing=MissingData.NO_NEWS,
         )
     by_node = f"{{{f.aws}}} by {{cacheclusterid}}"
     add(
@@ -331,7 +351,7 @@ def monitors(config: EnvironmentConfig) -> list[Monitor]:
         "A Redis node uses more than the configured share of its memory; at 100 % "
         "publishing fails (the broker never evicts).",
         settings.redis_memory_percent,
-        notify_no_data=False,
+        missing=MissingData.NO_NEWS,
     )
     add(
         "redis-evictions",
@@ -339,7 +359,7 @@ def monitors(config: EnvironmentConfig) -> list[Monitor]:
         f"sum(last_10m):sum:aws.elasticache.evictions{by_node}.as_count() > 0",
         "A Redis node evicted keys: queued work may be lost.",
         0,
-        notify_no_data=False,
+        missing=MissingData.NO_NEWS,
         priority=1,
     )
     add(
@@ -349,16 +369,19 @@ def monitors(config: EnvironmentConfig) -> list[Monitor]:
         f"> {settings.redis_engine_cpu_percent}",
         "A Redis node's engine thread is busy beyond the configured share.",
         settings.redis_engine_cpu_percent,
-        notify_no_data=False,
+        missing=MissingData.NO_NEWS,
     )
+    # A run that crashes counts only in Lambda's errors: the autoscaler reports nothing.
+    crashed = _zero(f"sum:aws.lambda.errors{{{f.autoscaler_function()}}}.as_count()")
+    reported = _zero(f"sum:{m.datadog_name(m.AUTOSCALER_ERRORS)}{{{f.platform}}}.as_count()")
     add(
         "autoscaler-errors",
         "Autoscaler errors",
-        f"sum(last_{minutes}m):sum:{m.datadog_name(m.AUTOSCALER_ERRORS)}{{{f.platform}}}"
-        ".as_count() > 0",
-        "The Celery autoscaler reported an error (Redis, ECS or a worker group); see its logs.",
+        f"sum(last_{minutes}m):{crashed} + {reported} > 0",
+        "The Celery autoscaler failed or reported an error (Redis, ECS or a worker group); "
+        "see its logs.",
         0,
-        notify_no_data=False,
+        missing=MissingData.MEANS_ZERO,
     )
     add(
         "autoscaler-not-running",
@@ -366,7 +389,7 @@ def monitors(config: EnvironmentConfig) -> list[Monitor]:
         f"sum(last_{3 * minutes}m):sum:{m.datadog_name(m.RUNS)}{{{f.platform}}}.as_count() < 1",
         "The Celery autoscaler has not run for three intervals: worker counts are frozen.",
         1,
-        notify_no_data=True,
+        missing=MissingData.IS_FAILURE,
         no_data_minutes=3 * minutes,
         priority=2,
     )
@@ -378,7 +401,7 @@ def monitors(config: EnvironmentConfig) -> list[Monitor]:
         f"Celery beat has not ticked for more than {settings.beat_heartbeat_max_age_s} s: "
         "schedules are skipped.",
         1,
-        notify_no_data=True,
+        missing=MissingData.IS_FAILURE,
         no_data_minutes=heartbeat_minutes,
         priority=2,
     )
@@ -386,13 +409,13 @@ def monitors(config: EnvironmentConfig) -> list[Monitor]:
         ("flower-elb-5xx", "httpcode_elb_5xx", "the load balancer"),
         ("flower-target-5xx", "httpcode_target_5xx", "Flower"),
     ):
+        responses = _zero(f"sum:aws.applicationelb.{metric}{{{f.aws}}}.as_count()")
         add(
             key,
             f"Flower 5xx from {source}",
-            f"sum(last_5m):sum:aws.applicationelb.{metric}{{{f.aws}}}.as_count() "
-            f">= {settings.flower_5xx_per_5_minutes}",
+            f"sum(last_5m):{responses} >= {settings.flower_5xx_per_5_minutes}",
             f"{source} returned {settings.flower_5xx_per_5_minutes}+ 5xx responses in 5 minutes.",
             settings.flower_5xx_per_5_minutes,
-            notify_no_data=False,
+            missing=MissingData.MEANS_ZERO,
         )
     return result

@@ -28,6 +28,7 @@ from config import EnvironmentConfig
 from stacks import datadog_definitions as dd
 from stacks.autoscaler_stack import AutoscalerStack
 from stacks.data_stack import DataStack
+from stacks.missing_data import MissingData
 from stacks.services_stack import ServicesStack
 
 GE = cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
@@ -36,6 +37,11 @@ LT = cw.ComparisonOperator.LESS_THAN_THRESHOLD
 FIVE_MINUTES = Duration.minutes(5)
 WIDTH = 24  # dashboard grid width
 PERCENTILES = ("p50", "p95", "p99")
+TREAT_MISSING_DATA = {
+    MissingData.MEANS_ZERO: cw.TreatMissingData.NOT_BREACHING,
+    MissingData.NO_NEWS: cw.TreatMissingData.IGNORE,
+    MissingData.IS_FAILURE: cw.TreatMissingData.BREACHING,
+}
 
 
 def redis_node_ids(replication_group_id: str, replicas: int) -> list[str]:
@@ -146,8 +152,12 @@ class MonitoringStack(Stack):
             label=f"{name} {statistic}",
         )
 
-    def _alarm(self, construct_id: str, **props: Any) -> cw.Alarm:
-        alarm = cw.Alarm(self, construct_id, **props)
+    def _alarm(self, construct_id: str, *, missing: MissingData, **props: Any) -> cw.Alarm:
+        """An alarm that notifies the topic; `missing` says what a gap in its metric means
+        (the matching Datadog monitor makes the same decision)."""
+        alarm = cw.Alarm(
+            self, construct_id, treat_missing_data=TREAT_MISSING_DATA[missing], **props
+        )
         alarm.add_alarm_action(cw_actions.SnsAction(self.topic))
         self.alarms.append(alarm)
         return alarm
@@ -179,9 +189,9 @@ class MonitoringStack(Stack):
                 threshold=0,
                 evaluation_periods=1,
                 comparison_operator=GT,
-                # Depth is published every run; a gap only means the autoscaler did not run
-                # (its own alarm says so) and says nothing about the DLQ: keep the state.
-                treat_missing_data=cw.TreatMissingData.IGNORE,
+                # Published every run: a gap is the autoscaler not running or not reading
+                # Redis (its own alarms say so), no news about the dead letters.
+                missing=MissingData.NO_NEWS,
             )
         self.dashboard.add_widgets(*widgets)
 
@@ -308,9 +318,9 @@ class MonitoringStack(Stack):
                 threshold=group.max_tasks,
                 evaluation_periods=pinned_periods,
                 comparison_operator=GE,
-                # A gap means the autoscaler did not run, which its own alarm reports; it is
-                # no evidence of being pinned.
-                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                # Published every run, idle or not: a gap is the autoscaler down (its alarms
+                # say so) while the service keeps the count it had, so the state stays.
+                missing=MissingData.NO_NEWS,
             )
             self._alarm(
                 f"BacklogAgeAlarm-{name}",
@@ -322,9 +332,9 @@ class MonitoringStack(Stack):
                 threshold=group.target_wait_s,
                 evaluation_periods=2,
                 comparison_operator=GT,
-                # Not published when no rate was measured (first run, nothing completed):
-                # no estimate is no news either way, so keep the state.
-                treat_missing_data=cw.TreatMissingData.IGNORE,
+                # Absent when no rate was measured (a group's first run, nothing completed
+                # since the last run) or the autoscaler is down: no estimate, no news.
+                missing=MissingData.NO_NEWS,
             )
 
     def _redis(self, data: DataStack) -> None:
@@ -377,9 +387,10 @@ class MonitoringStack(Stack):
             )
         self.dashboard.add_widgets(*widgets)
 
-        # A node reports every minute while it exists: a gap is a replacement under way,
-        # which ElastiCache events report, not a memory or CPU problem.
-        quiet = cw.TreatMissingData.NOT_BREACHING
+        # ElastiCache reports each node every minute, zeros included: a gap is the node being
+        # replaced or gone, no news about its memory, evictions or CPU (a broker the
+        # autoscaler cannot read is its errors alarm's).
+        node_gap = MissingData.NO_NEWS
         for index, (memory, evictions, engine_cpu) in enumerate(
             zip(
                 per_node("DatabaseMemoryUsagePercentage", "Maximum", labelled=False),
@@ -399,7 +410,7 @@ class MonitoringStack(Stack):
                 threshold=settings.redis_memory_percent,
                 evaluation_periods=2,
                 comparison_operator=GT,
-                treat_missing_data=quiet,
+                missing=node_gap,
             )
             self._alarm(
                 f"RedisEvictionsAlarm{index}",
@@ -408,7 +419,7 @@ class MonitoringStack(Stack):
                 threshold=0,
                 evaluation_periods=1,
                 comparison_operator=GT,
-                treat_missing_data=quiet,
+                missing=node_gap,
             )
             self._alarm(
                 f"RedisEngineCpuAlarm{index}",
@@ -420,7 +431,7 @@ class MonitoringStack(Stack):
                 threshold=settings.redis_engine_cpu_percent,
                 evaluation_periods=3,
                 comparison_operator=GT,
-                treat_missing_data=quiet,
+                missing=node_gap,
             )
 
     def _autoscaler(self, autoscaler: AutoscalerStack) -> None:
@@ -449,8 +460,11 @@ class MonitoringStack(Stack):
         self.errors_alarm = self._alarm(
             "AutoscalerErrorsAlarm",
             alarm_description="The Celery autoscaler failed or reported an error",
+            # A sum with an operand missing has no datapoint: a run that crashes before the
+            # autoscaler reports (Lambda counts the error, the autoscaler publishes nothing)
+            # would look like no error. Each count is zero where it has no datapoint.
             metric=cw.MathExpression(
-                expression="lambdaErrors + reported",
+                expression="FILL(lambdaErrors, 0) + FILL(reported, 0)",
                 using_metrics={
                     "lambdaErrors": function.metric_errors(period=interval),
                     "reported": self._metric(m.AUTOSCALER_ERRORS, "Sum"),
@@ -460,8 +474,9 @@ class MonitoringStack(Stack):
             threshold=1,
             evaluation_periods=1,
             comparison_operator=GE,
-            # Errors are only published when they happen: no data is no error.
-            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            # Lambda counts errors only when invoked (no invocations: the not-running alarm),
+            # the autoscaler only when one happens: a gap in either is no error.
+            missing=MissingData.MEANS_ZERO,
         )
         self.not_running_alarm = self._alarm(
             "AutoscalerNotRunningAlarm",
@@ -473,8 +488,8 @@ class MonitoringStack(Stack):
             threshold=1,
             evaluation_periods=1,
             comparison_operator=LT,
-            # No invocations means no data points: that is exactly the failure.
-            treat_missing_data=cw.TreatMissingData.BREACHING,
+            # No invocations means no datapoints: that is exactly the failure.
+            missing=MissingData.IS_FAILURE,
         )
 
     def _beat(self) -> None:
@@ -496,8 +511,9 @@ class MonitoringStack(Stack):
             threshold=limit,
             evaluation_periods=1,
             comparison_operator=GT,
-            # The age is missing when beat's key expired (no beat for minutes): breaching.
-            treat_missing_data=cw.TreatMissingData.BREACHING,
+            # Absent when beat's key expired (no beat for minutes), and while the autoscaler
+            # that reads it is down: either way no one vouches for beat.
+            missing=MissingData.IS_FAILURE,
         )
 
     def _flower(self, services: ServicesStack) -> None:
@@ -521,8 +537,8 @@ class MonitoringStack(Stack):
                 threshold=threshold,
                 evaluation_periods=1,
                 comparison_operator=GE,
-                # The ALB publishes these counts only when they are non-zero.
-                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                # The load balancer publishes these counts only when they are non-zero.
+                missing=MissingData.MEANS_ZERO,
             )
 
     def _alarm_widgets(self) -> None:

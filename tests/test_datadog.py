@@ -112,6 +112,24 @@ def test_monitors_follow_the_config(registry_synth: Synth) -> None:
     assert all(f"environment:{config.name}" in monitor.tags for monitor in by_key.values())
 
 
+def test_the_errors_monitor_sees_a_crash_as_the_alarm_does(synth_env: Any) -> None:
+    """A run that crashes before the autoscaler reports counts only in Lambda's errors: the
+    monitor reads those of the autoscaler's function, found by its resource tag."""
+    synth: Synth = synth_env("dev")
+    errors = {monitor.key: monitor for monitor in dd.monitors(synth.config)}["autoscaler-errors"]
+    selector = f"service:{m.AUTOSCALER_SERVICE}"
+    assert re.search(r"default_zero\(sum:aws\.lambda\.errors\{[^}]*" + selector, errors.query)
+    tag = {"Key": "service", "Value": m.AUTOSCALER_SERVICE}
+    tagged = [
+        stack.stack_name
+        for stack in synth.assembly.stacks
+        for function in resources_of(stack.template, "AWS::Lambda::Function")
+        if tag in function["Properties"].get("Tags", [])
+    ]
+    # Only the autoscaler's function, of all the environment's (custom resources have more).
+    assert tagged == [synth.platform.autoscaler.stack_name]
+
+
 def queries(value: Any) -> list[str]:
     found: list[str] = []
     if isinstance(value, dict):

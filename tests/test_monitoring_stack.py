@@ -166,7 +166,7 @@ def test_thresholds_and_missing_data_follow_the_config(env_synth: Synth) -> None
         assert pinned["EvaluationPeriods"] == math.ceil(
             settings.max_tasks_alarm_minutes / config.autoscaler.schedule_minutes
         )
-        assert pinned["TreatMissingData"] == "notBreaching"
+        assert pinned["TreatMissingData"] == "ignore"
         backlog = by_metric[m.GROUP_ESTIMATED_WAIT_S]
         assert backlog["Threshold"] == group.target_wait_s
         assert backlog["Period"] == interval
@@ -182,7 +182,7 @@ def test_thresholds_and_missing_data_follow_the_config(env_synth: Synth) -> None
         matching = [a for a in redis if a["MetricName"] == metric]
         assert len(matching) == nodes, metric
         assert {a["Threshold"] for a in matching} == {threshold}
-        assert {a["TreatMissingData"] for a in matching} == {"notBreaching"}
+        assert {a["TreatMissingData"] for a in matching} == {"ignore"}
         assert len({json.dumps(a["Dimensions"]) for a in matching}) == nodes
     (beat,) = [a for a in found.values() if a.get("MetricName") == m.BEAT_HEARTBEAT_AGE_S]
     assert beat["Threshold"] == settings.beat_heartbeat_max_age_s
