@@ -796,6 +796,14 @@ class EnvironmentConfig(Strict):
                         f"{where}.policy_statements.{i}: {', '.join(wild)} grants more than one "
                         "action or resource; name them if you can"
                     )
+        for name, settings in self.worker_groups.items():
+            if settings.protection_max_minutes * 60 < settings.longest_s:
+                lines.append(
+                    f"worker_groups.{name}: protection_max_minutes "
+                    f"({settings.protection_max_minutes}) is shorter than its longest task "
+                    f"({settings.longest_s} s): a deploy may stop such a task, which then runs "
+                    "again from the start"
+                )
         for name, spec in self.tasks.items():
             if spec.rate_limit is None:
                 continue

@@ -24,7 +24,8 @@ from tests.synth import synthesize
 from tests.worker.harness import IMAGE_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = {path.name: path for path in sorted((ROOT / "examples").iterdir()) if path.is_dir()}
+# The example apps: each has its config directory (examples/ci is a workflow, not an app).
+EXAMPLES = {path.parent.name: path.parent for path in sorted((ROOT / "examples").glob("*/config"))}
 
 
 def app_env(example: str, port: int) -> dict[str, str]:

@@ -84,7 +84,8 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-EXAMPLES = {path.name: path for path in sorted((ROOT / "examples").iterdir()) if path.is_dir()}
+# The example apps: each has its config directory (examples/ci is a workflow, not an app).
+EXAMPLES = {path.parent.name: path.parent for path in sorted((ROOT / "examples").glob("*/config"))}
 
 
 def started_local(config_dir: Path, *extra: str, stdout: Any = subprocess.PIPE) -> Any:

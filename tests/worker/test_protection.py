@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from celery_service.protection import AGENT_TIMEOUT_S, TaskMonitor
 from tests.conftest import RedisServer
-from tests.worker.harness import publisher, running, wait_for
+from tests.worker.harness import TEST_CATALOG, publisher, running, wait_for
 from tests.worker.http_standin import standin
 
 
@@ -22,9 +23,12 @@ def test_busy_worker_protects_its_task_and_releases_when_idle(
 ) -> None:
     server = redis_server()
     app = publisher(server.port)
+    # The group's bound reaches the worker through the catalog: the lease ends by it.
+    catalog = copy.deepcopy(TEST_CATALOG)
+    catalog["worker_groups"]["batch"]["protection_max_minutes"] = 30
     with (
         standin([(200, {"protection": {"ProtectionEnabled": True}})]) as agent,
-        running(server.port, tmp_path, group="batch", ECS_AGENT_URI=agent.url),
+        running(server.port, tmp_path, group="batch", catalog=catalog, ECS_AGENT_URI=agent.url),
     ):
         assert agent.requests == [], "an idle worker asks for nothing"
         result = app.send_task("samples.build_report", args=["r-protect", 3, 1.0])
@@ -35,7 +39,7 @@ def test_busy_worker_protects_its_task_and_releases_when_idle(
     assert [r["path"] for r in agent.requests[:2]] == ["/task-protection/v1/state"] * 2
     assert [r["method"] for r in agent.requests[:2]] == ["PUT", "PUT"]
     assert bodies(agent.requests[:2]) == [
-        {"ProtectionEnabled": True, "ExpiresInMinutes": 60},
+        {"ProtectionEnabled": True, "ExpiresInMinutes": 30},
         {"ProtectionEnabled": False},
     ]
     assert protected_at < time.time()
@@ -81,3 +85,77 @@ def test_protection_is_renewed_before_it_expires_and_retried_after_failure() -> 
         monitor.step()
         assert len(agent.requests) == 3
     assert AGENT_TIMEOUT_S <= 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_busy_worker_releases_its_protection_at_the_bound_then_waits_for_idle() -> None:
+    """ECS never stops a protected task: without a bound a deploy would wait for as long
+    as the worker keeps finding work. Each lease ends by the bound; at it the worker lets
+    go, busy or not, and protects again only after an idle spell."""
+    clock = Clock()
+    busy = [1]
+    with standin([(200, {})] * 6) as agent:
+        monitor = TaskMonitor(
+            busy=lambda: busy[0],
+            agent_uri=agent.url,
+            protection_minutes=60,
+            heartbeat_file=None,
+            max_minutes=90,
+            clock=clock,
+        )
+        monitor.step()
+        clock.now += 31 * 60  # past half-life: renewed, but only up to the bound
+        monitor.step()
+        clock.now += 59 * 60  # 90 minutes of work
+        monitor.step()
+        assert monitor.protected_until == 0.0
+        clock.now += 60
+        monitor.step()  # still busy: no new protection
+        busy[0] = 0
+        monitor.step()
+        clock.now += 6  # idle past the grace period: the bound starts again
+        monitor.step()
+        busy[0] = 1
+        monitor.step()
+        leases = bodies(agent.requests)
+    assert leases == [
+        {"ProtectionEnabled": True, "ExpiresInMinutes": 60},
+        {"ProtectionEnabled": True, "ExpiresInMinutes": 59},  # ends at the 90-minute bound
+        {"ProtectionEnabled": False},
+        {"ProtectionEnabled": True, "ExpiresInMinutes": 60},
+    ]
+
+
+def test_an_idle_worker_releases_without_being_told_to_stop() -> None:
+    """Protection ends with the work, not with a SIGTERM: a scale-in or a deploy can then
+    take the task at once."""
+    clock = Clock()
+    busy = [2]
+    with standin([(200, {})] * 2) as agent:
+        monitor = TaskMonitor(
+            busy=lambda: busy[0],
+            agent_uri=agent.url,
+            protection_minutes=60,
+            heartbeat_file=None,
+            clock=clock,
+        )
+        monitor.step()
+        busy[0] = 0
+        monitor.step()
+        clock.now += 4
+        monitor.step()  # within the grace period: still protected
+        assert monitor.protected_until > 0
+        clock.now += 2
+        monitor.step()
+        assert monitor.protected_until == 0.0
+    assert bodies(agent.requests) == [
+        {"ProtectionEnabled": True, "ExpiresInMinutes": 60},
+        {"ProtectionEnabled": False},
+    ]

@@ -87,6 +87,10 @@ class GroupSpec(CatalogModel):
     # exceeds this (prefork): a leaking task library cannot grow for ever.
     max_tasks_per_child: int | None = Field(default=None, ge=1)
     max_memory_per_child_mib: int | None = Field(default=None, ge=16)
+    # The longest a busy worker keeps itself protected from scale-in, renewals included:
+    # what a deploy or scale-in may wait for it (celery_service.protection). Past it, ECS
+    # may replace the worker; its unfinished tasks go back to their queue and run again.
+    protection_max_minutes: int = Field(default=120, ge=5, le=2880)
 
     @model_validator(mode="after")
     def _pool_rules(self) -> GroupSpec:

@@ -4,12 +4,19 @@ While any message is reserved or running, the worker keeps its ECS task protecte
 the agent's endpoint, so neither a scale-in nor a deployment stops it mid-task; once idle it
 releases the protection. Calls run on a background thread with short timeouts: a slow or
 failing agent delays protection, never a task. Outside ECS (no ECS_AGENT_URI) it does nothing.
+
+ECS never stops a protected task, and a busy worker keeps taking work, so without a bound a
+deployment (or a scale-in) could wait for as long as the queue stays busy. The bound is
+`max_minutes` of continuous protection: each lease ends by then, and at the bound the
+worker releases it, busy or not, and asks for none until it has been idle. A deploy then
+replaces it; its unfinished tasks go back to their queue at SIGTERM (late acks).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import urllib.error
@@ -34,13 +41,19 @@ class TaskMonitor:
         agent_uri: str | None,
         protection_minutes: int,
         heartbeat_file: str | None,
+        max_minutes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.busy = busy
         self.agent_uri = agent_uri.rstrip("/") if agent_uri else None
-        self.minutes = protection_minutes
+        self.minutes = protection_minutes  # one lease: its expiry if the worker dies
+        self.max_minutes = max_minutes  # continuous protection, renewals included
         self.heartbeat_file = Path(heartbeat_file) if heartbeat_file else None
+        self.clock = clock
         self.protected_until = 0.0  # monotonic; 0 means not protected
+        self.lease_s = 0.0  # length of the current lease
         self.idle_since: float | None = None
+        self.busy_since: float | None = None  # start of the current busy stretch
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="task-monitor", daemon=True)
@@ -69,26 +82,50 @@ class TaskMonitor:
             self._wake.clear()
 
     def step(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if self.heartbeat_file is not None:
             self.heartbeat_file.touch()
         if self.agent_uri is None:
             return
         if self.busy() > 0:
             self.idle_since = None
+            self.busy_since = now if self.busy_since is None else self.busy_since
+            left_s = self._left_s(now)
+            if left_s <= 0:
+                if self.protected_until and self._set_protection(False):
+                    self.protected_until = 0.0
+                    log.warning(
+                        "scale-in protection released after %s minutes of work: a deploy or "
+                        "scale-in may now replace this task",
+                        self.max_minutes,
+                    )
+                return
             # Renew at half-life so a long task never outlives its protection.
-            renew_due = now > self.protected_until - self.minutes * 30
-            if renew_due and self._set_protection(True):
-                self.protected_until = now + self.minutes * 60
-        elif self.protected_until:
-            self.idle_since = self.idle_since or now
-            if now - self.idle_since >= IDLE_GRACE_S and self._set_protection(False):
-                self.protected_until = 0.0
+            if now <= self.protected_until - self.lease_s / 2:
+                return
+            lease = (
+                self.minutes if left_s == math.inf else min(self.minutes, math.ceil(left_s / 60))
+            )
+            if self._set_protection(True, lease):
+                self.protected_until = now + lease * 60
+                self.lease_s = lease * 60
+            return
+        self.idle_since = self.idle_since or now
+        if now - self.idle_since < IDLE_GRACE_S:
+            return
+        self.busy_since = None  # idle: the next busy stretch starts a new bound
+        if self.protected_until and self._set_protection(False):
+            self.protected_until = 0.0
 
-    def _set_protection(self, enabled: bool) -> bool:
+    def _left_s(self, now: float) -> float:
+        if self.max_minutes is None or self.busy_since is None:
+            return math.inf
+        return self.max_minutes * 60 - (now - self.busy_since)
+
+    def _set_protection(self, enabled: bool, minutes: int | None = None) -> bool:
         body: dict[str, object] = {"ProtectionEnabled": enabled}
         if enabled:
-            body["ExpiresInMinutes"] = self.minutes
+            body["ExpiresInMinutes"] = minutes or self.minutes
         request = urllib.request.Request(
             f"{self.agent_uri}/task-protection/v1/state",
             data=json.dumps(body).encode(),

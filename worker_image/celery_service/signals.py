@@ -244,6 +244,7 @@ def _start_monitor(**_: Any) -> None:
         agent_uri=settings.ecs_agent_uri,
         protection_minutes=settings.protection_minutes,
         heartbeat_file=settings.heartbeat_file,
+        max_minutes=settings.group.protection_max_minutes if settings.worker_group else None,
     )
     monitor.start()
     _monitor.append(monitor)
