@@ -56,6 +56,12 @@ SKIPS: tuple[Skip, ...] = (
     Skip(
         "CKV_AWS_115",
         "AWS::Lambda::Function",
+        r"Function[0-9A-F]{8}$",
+        _nist("LambdaConcurrency", "autoscaler"),
+    ),
+    Skip(
+        "CKV_AWS_115",
+        "AWS::Lambda::Function",
         r"DesiredCountKeeper",
         _nist("LambdaConcurrency", "DesiredCountKeeper"),
     ),

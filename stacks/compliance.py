@@ -75,6 +75,15 @@ ACCEPTED: tuple[Accepted, ...] = (
     Accepted(
         "LambdaConcurrency",
         "AWS::Lambda::Function",
+        "The autoscaler keeps its runs apart with an expiring lock in Redis (an invocation "
+        "that finds it held skips and says so) instead: reserved concurrency fails stack "
+        "creation in accounts with the default quota of 10 and takes capacity from the "
+        "account's other functions, while the schedule invokes it once per interval.",
+        path=r"-autoscaler/Function/",
+    ),
+    Accepted(
+        "LambdaConcurrency",
+        "AWS::Lambda::Function",
         "A custom-resource handler runs only while CloudFormation deploys this stack, one "
         "invocation per resource event; reserving concurrency for it would take capacity "
         "from the account for nothing and fail in accounts with the default quota of 10.",
