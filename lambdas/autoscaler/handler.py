@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from redis.exceptions import LockNotOwnedError, RedisError
+from redis.exceptions import AuthenticationError, LockNotOwnedError, RedisError
 from redis.lock import Lock
 
 from celery_service import contract
@@ -541,18 +541,45 @@ def redis_client_for(settings: Settings, token: str | None) -> Any:
     )
 
 
-_cached: dict[str, Any] = {}
+# How long a sandbox reuses the AUTH token it read (seconds). During a rotation both tokens
+# work until SET: every sandbox reads the new one within this long of the secret's update.
+# A token Redis refuses before then (SET came sooner) is read again at once.
+TOKEN_MAX_AGE_S = 900
 
 
-def _auth_token(settings: Settings) -> str | None:
+def _auth_token(settings: Settings, *, refresh: bool = False) -> str | None:
     if settings.redis_auth_secret_arn is None:
         return None
-    if "token" not in _cached:
-        from aws_lambda_powertools.utilities.parameters import get_secret
+    from aws_lambda_powertools.utilities.parameters import get_secret
 
-        _cached["token"] = get_secret(settings.redis_auth_secret_arn, max_age=3600)
-    token: str = _cached["token"]
+    # Cached by Powertools in this sandbox for TOKEN_MAX_AGE_S; `refresh` reads it now.
+    token = get_secret(settings.redis_auth_secret_arn, max_age=TOKEN_MAX_AGE_S, force_fetch=refresh)
+    if not isinstance(token, str):
+        raise ValueError("REDIS_AUTH_SECRET_ARN must name a secret whose value is a string")
     return token
+
+
+def _run_authenticated(settings: Settings, ecs: EcsApi) -> list[list[GroupResult]] | None:
+    """run_exclusive with the sandbox's AUTH token; if Redis refuses it (rotated since it
+    was read), once more with the secret read again. Taking the lock is the run's first
+    command, so a refusal comes before anything was read or changed."""
+    try:
+        return _run_with_token(settings, ecs, _auth_token(settings))
+    except AuthenticationError:
+        if settings.redis_auth_secret_arn is None:
+            raise
+        logger.warning("redis refused the AUTH token: reading the secret again")
+        return _run_with_token(settings, ecs, _auth_token(settings, refresh=True))
+
+
+def _run_with_token(
+    settings: Settings, ecs: EcsApi, token: str | None
+) -> list[list[GroupResult]] | None:
+    client = redis_client_for(settings, token)
+    try:
+        return run_exclusive(settings, client, ecs)
+    finally:
+        client.close()
 
 
 @metrics.log_metrics
@@ -574,13 +601,10 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     ecs: EcsApi = BotoEcs(settings.cluster)
     if parsed.dry_run:
         ecs = ReadOnlyEcs(ecs)
-    client = redis_client_for(settings, _auth_token(settings))
     try:
-        runs = run_exclusive(settings, client, ecs)
-    except (RedisError, OSError) as exc:  # the lock could not be taken: Redis unreadable
+        runs = _run_authenticated(settings, ecs)
+    except (RedisError, OSError) as exc:  # no lock taken (down, or the token refused twice)
         runs = [_hold(settings, exc)]
-    finally:
-        client.close()
     if runs is None:
         return {"skipped": True, "runs": []}
     metrics.add_metric(
