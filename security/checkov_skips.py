@@ -48,6 +48,12 @@ SKIPS: tuple[Skip, ...] = (
     Skip("CKV_AWS_149", "AWS::SecretsManager::Secret", r".", _nist("SecretsManagerUsingKMSKey")),
     Skip("CKV_AWS_116", "AWS::Lambda::Function", r"Function[0-9A-F]{8}$", _nist("LambdaDLQ")),
     Skip(
+        "CKV_AWS_115",
+        "AWS::Lambda::Function",
+        r"Function[0-9A-F]{8}$",
+        _nist("LambdaConcurrency", "autoscaler"),
+    ),
+    Skip(
         "CKV_AWS_116",
         "AWS::Lambda::Function",
         r"CustomVpcRestrictDefaultSGCustomResourceProviderHandler",

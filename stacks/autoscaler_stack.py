@@ -71,8 +71,8 @@ class AutoscalerStack(Stack):
             security_groups=[self.security_group],
             timeout=Duration.seconds(scaler.timeout_s),
             memory_size=256,
-            # Runs never overlap: one decision per service at a time.
-            reserved_concurrent_executions=1,
+            # No reserved concurrency: it fails stack creation in accounts whose quota is
+            # the default 10. Runs never overlap because each takes a lock in Redis first.
             environment={
                 "AUTOSCALER_CONFIG": json.dumps(
                     config.autoscaler_config(

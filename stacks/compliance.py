@@ -65,6 +65,15 @@ ACCEPTED: tuple[Accepted, ...] = (
         path=r"-autoscaler/Function/",
     ),
     Accepted(
+        "LambdaConcurrency",
+        "AWS::Lambda::Function",
+        "The autoscaler keeps its runs apart with an expiring lock in Redis (an invocation "
+        "that finds it held skips and says so) instead: reserved concurrency fails stack "
+        "creation in accounts with the default quota of 10 and takes capacity from the "
+        "account's other functions, while the schedule invokes it once per interval.",
+        path=r"-autoscaler/Function/",
+    ),
+    Accepted(
         "VPCSubnetAutoAssignPublicIpDisabled",
         "AWS::EC2::Subnet",
         "Public subnets hold only the NAT gateways and an internet-facing load balancer; "

@@ -234,9 +234,10 @@ def dashboard(config: EnvironmentConfig) -> dict[str, Any]:
     ]
     operations = [
         _timeseries(
-            "Autoscaler runs and errors",
+            "Autoscaler runs, skipped runs and errors",
             [
                 _platform(m.RUNS, f.platform, "sum"),
+                _platform(m.RUNS_SKIPPED, f.platform, "sum"),
                 _platform(m.AUTOSCALER_ERRORS, f.platform, "sum"),
             ],
             display="bars",

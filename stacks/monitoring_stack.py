@@ -440,9 +440,11 @@ class MonitoringStack(Stack):
         interval = self.interval
         self.dashboard.add_widgets(
             cw.GraphWidget(
-                title="Autoscaler runs and errors",
+                title="Autoscaler runs, skipped runs and errors",
                 left=[
                     self._metric(m.RUNS, "Sum"),
+                    # Invocations that found another run holding the lock.
+                    self._metric(m.RUNS_SKIPPED, "Sum"),
                     function.metric_invocations(period=interval, statistic="Sum"),
                 ],
                 right=[

@@ -30,11 +30,10 @@ def autoscaler(synth: Synth) -> dict[str, Any]:
     return synth.template_json(synth.platform.autoscaler)
 
 
-def test_function_runs_alone_in_the_vpc_within_its_interval(env_synth: Synth) -> None:
+def test_function_runs_in_the_vpc_within_its_interval(env_synth: Synth) -> None:
     template = autoscaler(env_synth)
     (function,) = resources(template, "AWS::Lambda::Function")
     props = function["Properties"]
-    assert props["ReservedConcurrentExecutions"] == 1
     assert props["PackageType"] == "Image"
     assert props["Timeout"] < env_synth.config.autoscaler.schedule_minutes * 60
     assert props["VpcConfig"]["SubnetIds"]
@@ -46,6 +45,15 @@ def test_function_runs_alone_in_the_vpc_within_its_interval(env_synth: Synth) ->
     (rule,) = resources(template, "AWS::Events::Rule")
     minutes = env_synth.config.autoscaler.schedule_minutes
     assert rule["Properties"]["ScheduleExpression"] == f"rate({minutes} minutes)"
+
+
+def test_no_reserved_concurrency_so_new_accounts_can_create_it(env_synth: Synth) -> None:
+    """Reserving any concurrency fails in accounts whose quota is the default 10 (unreserved
+    may not drop below 10); the Redis run lock keeps runs apart instead."""
+    template = autoscaler(env_synth)
+    functions = resources(template, "AWS::Lambda::Function")
+    assert functions
+    assert [f for f in functions if "ReservedConcurrentExecutions" in f["Properties"]] == []
 
 
 def test_it_may_only_touch_worker_services_and_read_the_redis_secret(env_synth: Synth) -> None:

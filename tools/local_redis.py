@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from celery_service.contract import KEYSPACE_EVENTS
 
@@ -57,13 +59,17 @@ def wait_until_ready(
     port: int, process: subprocess.Popen[bytes], timeout_s: float = 10, poll_s: float = 0.05
 ) -> None:
     """Until the server answers PING (loading an append-only file counts as not yet)."""
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    # No retries inside the client: this loop polls, and redis-py's own retries would hold a
+    # refused AUTH (a server started with --requirepass) for seconds before it is seen.
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
     deadline = time.monotonic() + timeout_s
     try:
         while True:
             try:
                 client.ping()
                 return
+            except redis.AuthenticationError:
+                return  # it answered, asking for the password: it is up
             except (redis.ConnectionError, redis.BusyLoadingError):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start on port {port}") from None

@@ -3,7 +3,8 @@
 Thin by design: settings and the event are parsed by models, the decision is the pure
 `policy.decide`, and the effects (one pipelined Redis read, ECS DescribeServices, an
 UpdateService only when the count changes, the state written back, EMF metrics) sit here.
-Failures never lower capacity: no reading, no change.
+One run at a time: a run takes a lock in Redis first, and an invocation that finds it held
+skips. Failures never lower capacity: no reading, no change.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from redis.exceptions import AuthenticationError, LockNotOwnedError, RedisError
+from redis.lock import Lock
 
 from celery_service import contract
 from celery_service.contract import autoscaler_state_key
@@ -53,6 +56,14 @@ class Target(BaseModel):
         return self
 
 
+# The run lock lasts a run's sleeps between decisions plus this much for the decisions' I/O
+# (seconds; about one when all is well, a hung Redis costs about 16 per round trip). At the
+# tightest schedule the config accepts (the sleeps plus 60 s fill interval_s) it still
+# expires 15 s before the next run is due, so a run killed while holding it never blocks
+# the next one.
+RUN_WORK_S = 45
+
+
 class Settings(BaseModel):
     """`AUTOSCALER_CONFIG` (JSON, rendered by the CDK from the config) plus Redis access."""
 
@@ -70,13 +81,19 @@ class Settings(BaseModel):
     redis_tls: bool = True
     redis_auth_secret_arn: str | None = None
 
+    @property
+    def lock_ttl_s(self) -> int:
+        """How long the run lock lives unless released (seconds): a run's sleeps plus its work."""
+        return (self.decisions_per_run - 1) * self.decision_interval_s + RUN_WORK_S
+
     @model_validator(mode="after")
     def _fits_the_interval(self) -> Settings:
-        busy = (self.decisions_per_run - 1) * self.decision_interval_s
-        if busy >= self.interval_s:
+        if self.lock_ttl_s >= self.interval_s:
+            busy = self.lock_ttl_s - RUN_WORK_S
             raise ValueError(
-                f"decisions_per_run x decision_interval_s ({busy} s) must fit in interval_s "
-                f"({self.interval_s} s): runs would overlap"
+                f"(decisions_per_run - 1) x decision_interval_s ({busy} s) plus {RUN_WORK_S} s "
+                f"of work must fit in interval_s ({self.interval_s} s): the run lock must "
+                "expire before the next run is due"
             )
         return self
 
@@ -156,12 +173,7 @@ def run_once(
     try:
         reading = read_all(redis_client, queues, groups)
     except Exception as exc:  # redis.RedisError, OSError, timeouts: hold everything
-        logger.error("redis unreadable: no change this run", extra={"error": str(exc)})
-        _error_metric(settings, "redis")
-        return [
-            GroupResult(g, t.service, None, None, "redis unreadable: hold", False, str(exc))
-            for g, t in settings.targets.items()
-        ]
+        return _hold(settings, exc)
     _queue_metrics(settings, reading)
     if reading.beat_heartbeat is not None:
         # Absent key: no metric, and the alarm treats the gap as breaching.
@@ -230,6 +242,55 @@ def run_once(
             logger.error("policy state not saved", extra={"error": str(exc)})
             _error_metric(settings, "redis_write")
     return results
+
+
+def run_exclusive(
+    settings: Settings,
+    redis_client: Any,
+    ecs: EcsApi,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[list[GroupResult]] | None:
+    """Every decision of one invocation (`decisions_per_run`, `decision_interval_s` apart)
+    under the run lock; None, with RunsSkipped published, when another run holds it. A
+    Redis error while taking the lock is raised: nothing has been read or changed yet."""
+    lock = redis_client.lock(
+        contract.AUTOSCALER_LOCK_KEY, timeout=settings.lock_ttl_s, blocking=False
+    )
+    if not lock.acquire():
+        logger.info("another run holds the lock: skipped", extra={"key": lock.name})
+        _metric(settings, contract.RUNS_SKIPPED, 1, MetricUnit.Count)
+        return None
+    try:
+        runs = []
+        for index in range(settings.decisions_per_run):
+            if index:
+                sleep(settings.decision_interval_s)
+            runs.append(run_once(settings, redis_client, ecs))
+        return runs
+    finally:
+        _release(settings, lock)
+
+
+def _release(settings: Settings, lock: Lock) -> None:
+    """Give the lock back (only if it still holds this run's token: redis-py's Lua)."""
+    try:
+        lock.release()
+    except LockNotOwnedError:
+        # The run outlasted lock_ttl_s: another invocation may have run alongside its end.
+        logger.error("the run outlasted its lock", extra={"lock_ttl_s": settings.lock_ttl_s})
+        _error_metric(settings, "lock_expired")
+    except (RedisError, OSError) as exc:
+        # Harmless: it expires by itself before the next scheduled run.
+        logger.warning("run lock not released: it expires", extra={"error": str(exc)})
+
+
+def _hold(settings: Settings, exc: BaseException) -> list[GroupResult]:
+    logger.error("redis unreadable: no change this run", extra={"error": str(exc)})
+    _error_metric(settings, "redis")
+    return [
+        GroupResult(g, t.service, None, None, "redis unreadable: hold", False, str(exc))
+        for g, t in settings.targets.items()
+    ]
 
 
 def _observe(
@@ -480,18 +541,45 @@ def redis_client_for(settings: Settings, token: str | None) -> Any:
     )
 
 
-_cached: dict[str, Any] = {}
+# How long a sandbox reuses the AUTH token it read (seconds). During a rotation both tokens
+# work until SET: every sandbox reads the new one within this long of the secret's update.
+# A token Redis refuses before then (SET came sooner) is read again at once.
+TOKEN_MAX_AGE_S = 900
 
 
-def _auth_token(settings: Settings) -> str | None:
+def _auth_token(settings: Settings, *, refresh: bool = False) -> str | None:
     if settings.redis_auth_secret_arn is None:
         return None
-    if "token" not in _cached:
-        from aws_lambda_powertools.utilities.parameters import get_secret
+    from aws_lambda_powertools.utilities.parameters import get_secret
 
-        _cached["token"] = get_secret(settings.redis_auth_secret_arn, max_age=3600)
-    token: str = _cached["token"]
+    # Cached by Powertools in this sandbox for TOKEN_MAX_AGE_S; `refresh` reads it now.
+    token = get_secret(settings.redis_auth_secret_arn, max_age=TOKEN_MAX_AGE_S, force_fetch=refresh)
+    if not isinstance(token, str):
+        raise ValueError("REDIS_AUTH_SECRET_ARN must name a secret whose value is a string")
     return token
+
+
+def _run_authenticated(settings: Settings, ecs: EcsApi) -> list[list[GroupResult]] | None:
+    """run_exclusive with the sandbox's AUTH token; if Redis refuses it (rotated since it
+    was read), once more with the secret read again. Taking the lock is the run's first
+    command, so a refusal comes before anything was read or changed."""
+    try:
+        return _run_with_token(settings, ecs, _auth_token(settings))
+    except AuthenticationError:
+        if settings.redis_auth_secret_arn is None:
+            raise
+        logger.warning("redis refused the AUTH token: reading the secret again")
+        return _run_with_token(settings, ecs, _auth_token(settings, refresh=True))
+
+
+def _run_with_token(
+    settings: Settings, ecs: EcsApi, token: str | None
+) -> list[list[GroupResult]] | None:
+    client = redis_client_for(settings, token)
+    try:
+        return run_exclusive(settings, client, ecs)
+    finally:
+        client.close()
 
 
 @metrics.log_metrics
@@ -504,23 +592,25 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         settings = Settings.from_env(os.environ)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"invalid input: {where}: {first['msg']}") from None
+        # A check across fields (the run lock against the interval) has no field to name.
+        where = ".".join(str(p) for p in first["loc"]) or "AUTOSCALER_CONFIG"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ValueError(f"invalid input: {where}: {message}") from None
     metrics.add_dimension(name="environment", value=settings.environment)
     started = time.monotonic()
-    client = redis_client_for(settings, _auth_token(settings))
     ecs: EcsApi = BotoEcs(settings.cluster)
     if parsed.dry_run:
         ecs = ReadOnlyEcs(ecs)
-    runs = []
-    for index in range(settings.decisions_per_run):
-        if index:
-            time.sleep(settings.decision_interval_s)
-        runs.append([r.__dict__ for r in run_once(settings, client, ecs)])
+    try:
+        runs = _run_authenticated(settings, ecs)
+    except (RedisError, OSError) as exc:  # no lock taken (down, or the token refused twice)
+        runs = [_hold(settings, exc)]
+    if runs is None:
+        return {"skipped": True, "runs": []}
     metrics.add_metric(
         name=contract.RUN_DURATION,
         unit=MetricUnit.Milliseconds,
         value=(time.monotonic() - started) * 1000,
     )
     metrics.add_metric(name=contract.RUNS, unit=MetricUnit.Count, value=1)
-    return {"runs": runs}
+    return {"skipped": False, "runs": [[r.__dict__ for r in run] for run in runs]}

@@ -95,9 +95,16 @@ GROUP_METRICS: Final = (
 # Dimensions: environment, service.
 RUN_DURATION: Final = "RunDuration"
 RUNS: Final = "Runs"
+RUNS_SKIPPED: Final = "RunsSkipped"  # invocations that found another run holding the lock
 AUTOSCALER_ERRORS: Final = "AutoscalerErrors"  # also per kind (and worker_group): detail only
 BEAT_HEARTBEAT_AGE_S: Final = "BeatHeartbeatAgeSeconds"  # absent when beat's key is gone
-ENVIRONMENT_METRICS: Final = (RUN_DURATION, RUNS, AUTOSCALER_ERRORS, BEAT_HEARTBEAT_AGE_S)
+ENVIRONMENT_METRICS: Final = (
+    RUN_DURATION,
+    RUNS,
+    RUNS_SKIPPED,
+    AUTOSCALER_ERRORS,
+    BEAT_HEARTBEAT_AGE_S,
+)
 
 AUTOSCALER_METRICS: Final = frozenset(QUEUE_METRICS + GROUP_METRICS + ENVIRONMENT_METRICS)
 
@@ -140,6 +147,11 @@ def malformed_key(queue: str) -> str:
 def autoscaler_state_key(group: str) -> str:
     """What the autoscaler remembers of a worker group between runs (JSON)."""
     return f"{KEY_PREFIX}:autoscaler:state:{group}"
+
+
+# One autoscaler run at a time: the run holding this key (a random token, with a TTL shorter
+# than the schedule) decides; another invocation meanwhile skips.
+AUTOSCALER_LOCK_KEY: Final = f"{KEY_PREFIX}:autoscaler:lock"
 
 
 # RedBeat's keys: `<prefix><schedule name>` hashes (definition, meta with total_run_count),
