@@ -12,6 +12,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -359,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[EnvResult] = []
     for name in args.envs or ENVIRONMENTS:
         outdir = args.outdir / name
+        # A fresh directory: a previous run's assets would be scanned and counted again.
+        shutil.rmtree(outdir, ignore_errors=True)
         result = EnvResult(name)
         measure_nist(result, args.outdir / f"{name}-without-acceptances")
         synthesize(result, outdir)

@@ -190,11 +190,12 @@ class RedisBroker(Construct):
         stay on the consumer's own group. The consumer's stack references the group (an
         export); the stateful stack gains no rule and no dependency per consumer.
         """
-        cfn, path = (
-            (consumer.node.default_child, "NetworkConfiguration.AwsvpcConfiguration.SecurityGroups")
+        path = (
+            "NetworkConfiguration.AwsvpcConfiguration.SecurityGroups"
             if isinstance(consumer, ecs.BaseService)
-            else (consumer.node.default_child, "VpcConfig.SecurityGroupIds")
+            else "VpcConfig.SecurityGroupIds"
         )
+        cfn = consumer.node.default_child
         assert isinstance(cfn, CfnResource)
         # The groups it was built with (its own), then the clients group.
         groups = [g.security_group_id for g in consumer.connections.security_groups]

@@ -108,10 +108,8 @@ class ServicesStack(Stack):
         CfnOutput(self, "FlowerPasswordSecretArn", value=self.flower.password.secret_arn)
         CfnOutput(self, "ClusterName", value=self.cluster.cluster_name)
 
-        for worker in self.workers.values():
-            data.broker.grant_connect(worker.service)
-        data.broker.grant_connect(self.beat.service)
-        data.broker.grant_connect(self.flower.service)
+        for service in services:
+            data.broker.grant_connect(service)
 
 
 @jsii.implements(IAspect)
