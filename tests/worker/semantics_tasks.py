@@ -117,6 +117,12 @@ def whoami(self: Any, label: str) -> int:
     return os.getpid()
 
 
+@shared_task(bind=True, name="semantics.exhausts_memory")
+def exhausts_memory(self: Any) -> None:
+    """Asks for more memory than any machine has: the allocation raises MemoryError."""
+    bytearray(1 << 60)
+
+
 @shared_task(bind=True, name="semantics.hoard")
 def hoard(self: Any, label: str, mib: int) -> int:
     """Keeps `mib` MiB alive in its pool process after it returns."""

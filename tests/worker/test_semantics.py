@@ -16,6 +16,7 @@ from celery import Celery, chain, chord, group
 
 from celery_service import contract
 from celery_service.contract import queue_keys
+from celery_service.tasks.base import TaskOutOfMemory
 from tests.conftest import RedisServer
 from tests.worker import semantics_tasks as t
 from tests.worker.harness import base_env, publisher, running, start, wait_for
@@ -61,6 +62,7 @@ CATALOG: dict[str, Any] = {
         "semantics.decorated": {"queue": "work"},
         "semantics.whoami": {"queue": "work"},
         "semantics.hoard": {"queue": "work"},
+        "semantics.exhausts_memory": {"queue": "work"},
     },
     "schedules": {},
 }
@@ -224,6 +226,24 @@ def test_every_terminal_failure_leaves_exactly_one_dead_letter_under_its_queue(
     assert work[exhausted.id]["attempts"] == 2  # the first run and its one retry
     assert work["undecodable-1"]["kind"] == "undecodable"
     assert entries("default") == {}
+
+
+def test_a_task_out_of_memory_fails_alone(app: Celery, server: RedisServer, tmp_path: Path) -> None:
+    """Celery lets MemoryError end the pool process and the worker with it, and the message
+    goes back to end the next worker. Here the task fails with one dead letter and the same
+    worker (and pool process) goes on."""
+    client: Any = server.client()
+    with running(server.port, tmp_path, "runner", catalog=CATALOG, task_modules=MODULES) as w:
+        before = t.whoami.delay("before").get(timeout=15)
+        failed = t.exhausts_memory.delay()
+        with pytest.raises(TaskOutOfMemory, match=r"semantics.exhausts_memory ran out of memory"):
+            failed.get(timeout=15)
+        assert t.whoami.delay("after").get(timeout=15) == before, "the same pool process"
+        wait_for(lambda: client.zcard(contract.dlq_index_key("work")) >= 1, 10, "a dead letter")
+        assert w.proc.poll() is None, "the worker still runs"
+    (entry,) = [json.loads(v) for v in client.hvals(contract.dlq_entries_key("work"))]
+    assert entry["task_id"] == failed.id
+    assert "TaskOutOfMemory" in entry["exception"]
 
 
 # ---------------------------------------------------------------- 3. recycling

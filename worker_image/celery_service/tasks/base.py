@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -18,11 +20,29 @@ class PermanentError(Exception):
     """Raise this when retrying cannot help (bad input, 4xx): the task goes to the DLQ now."""
 
 
+class TaskOutOfMemory(Exception):  # noqa: N818 (it names what happened, as MemoryError does)
+    """The task's own allocation failed: this task fails, its worker goes on."""
+
+
 class BaseTask(Task):  # type: ignore[misc]
     """The app's default task class (`shared_task` and `app.task` without a `base`): Celery's
-    Task with the platform's request, so each failure leaves one dead letter."""
+    Task with the platform's request, so each failure leaves one dead letter, and a task
+    that runs out of memory fails alone."""
 
     Request = "celery_service.consumer:PlatformRequest"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Celery lets a MemoryError escape its tracer, which ends the pool process and the
+        # worker with it, and the message goes back to end the next one. By the time it
+        # reaches the task's caller the failed allocation is unwound: fail just the task.
+        # (`run` rather than `__call__`: a custom __call__ sends every task down Celery's
+        # slower tracing path.)
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if isinstance(run, staticmethod):
+            cls.run = staticmethod(_failing_alone(run.__func__, cls))
+        elif callable(run):
+            cls.run = _failing_alone(run, cls)
 
 
 class PlatformTask(BaseTask):
@@ -57,6 +77,17 @@ class PlatformTask(BaseTask):
             if exc.requeue or not isinstance(exc.reason, _BROKER_UNREACHABLE):
                 raise
             raise Reject(exc.reason, requeue=True) from exc
+
+
+def _failing_alone(run: Callable[..., Any], task: type[Task]) -> Callable[..., Any]:
+    @functools.wraps(run)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return run(*args, **kwargs)
+        except MemoryError as exc:
+            raise TaskOutOfMemory(f"{task.name} ran out of memory ({exc!r})") from exc
+
+    return guarded
 
 
 # What publishing raises when the broker cannot be reached (kombu wraps connection errors).
