@@ -45,6 +45,13 @@ diff: preflight
 deploy: preflight
 	$(CDK) deploy --all --no-notices --require-approval $(APPROVAL) $(CDK_CONTEXT)
 
+## Delete every stack of ENV, after a confirmation (docs/operations.md#teardown: what stays;
+## outside dev turn the stateful stacks' termination protection off first). A config that
+## leaves the digest to each deploy needs IMAGE_DIGEST here too; any digest will do.
+.PHONY: destroy
+destroy: $(VENV)/.runtime-installed $(CDK)
+	$(CDK) destroy --all --no-notices $(CDK_CONTEXT)
+
 preflight: $(VENV)/.dev-installed $(CDK)
 	$(BIN)/python -m tools.preflight --config-dir $(CONFIG) --env $(ENV) \
 		$(if $(IMAGE_DIGEST),--image-digest $(IMAGE_DIGEST))
@@ -92,9 +99,9 @@ compose: $(VENV)/.dev-installed
 
 ## The platform's base image, which an app's Dockerfile starts FROM, built with Docker under
 ## the tag CDK passes to app builds (CELERY_PLATFORM_IMAGE). PLATFORM=linux/amd64 to choose.
-base-image: $(VENV)/.runtime-installed
+base-image: $(VENV)/.runtime-installed $(CDK)
 	docker build $(if $(PLATFORM),--platform $(PLATFORM)) \
-		-t $$($(BIN)/python -c 'from stacks.celery_containers import BASE_IMAGE_TAG; print(BASE_IMAGE_TAG)') worker_image
+		$$($(BIN)/python -c 'from stacks.celery_containers import base_image_build_options as o; print(*o())') worker_image
 
 ## Print that tag, for an app build's --build-arg CELERY_PLATFORM_IMAGE (CI: `make -s base-image-tag`).
 .PHONY: base-image-tag
@@ -104,7 +111,7 @@ base-image-tag: $(VENV)/.runtime-installed
 ## Monthly list-price cost of every environment of the config (CONFIG), priced from its
 ## synthesized templates, into docs/cost.md (OUT=<file> to write elsewhere).
 .PHONY: cost
-cost: $(VENV)/.runtime-installed
+cost: $(VENV)/.runtime-installed $(CDK)
 	$(BIN)/python -m tools.cost --config-dir $(CONFIG) $(if $(OUT),--out $(OUT))
 
 ## Run the autoscaler once against a local Redis (sample backlog) with a dry-run ECS.

@@ -34,6 +34,7 @@ from celery_service.catalog import (
     needed_visibility_timeout,
 )
 from celery_service.contract import (
+    AUTOSCALER_RUN_WORK_S,
     BEAT_HEARTBEAT_TTL_S,
     MODULE_NAME,
     PRIORITIES,
@@ -323,8 +324,9 @@ class AutoscalerConfig(Strict):
 
     @property
     def timeout_s(self) -> int:
-        """Lambda timeout: every decision plus a minute, always below the schedule."""
-        return (self.decisions_per_run - 1) * self.decision_interval_s + 60
+        """Lambda timeout: the run's sleeps plus its work, as long as its run lock lasts and
+        at least 15 s below the schedule."""
+        return (self.decisions_per_run - 1) * self.decision_interval_s + AUTOSCALER_RUN_WORK_S
 
 
 class SlackConfig(Strict):

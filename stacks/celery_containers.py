@@ -51,6 +51,14 @@ def runtime_fingerprint() -> str:
 # pushed to its registry, named in app.image.build_args.
 BASE_IMAGE_ARG = "CELERY_PLATFORM_IMAGE"
 BASE_IMAGE_TAG = f"celery-platform-runtime:{importlib.metadata.version('celery-platform-runtime')}"
+# `make base-image` labels the image with the runtime fingerprint it was built from, so the
+# deploy preflight can tell a base image older than worker_image/ (same tag, older code).
+BASE_IMAGE_LABEL = "org.celery-platform.runtime-fingerprint"
+
+
+def base_image_build_options() -> list[str]:
+    """`docker build` options of the base image: its tag and its fingerprint label."""
+    return ["-t", BASE_IMAGE_TAG, "--label", f"{BASE_IMAGE_LABEL}={runtime_fingerprint()}"]
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ ACCEPTED: tuple[Accepted, ...] = (
         "AWS::SecretsManager::Secret",
         "The ElastiCache AUTH token cannot rotate by changing the secret alone: it takes "
         "ModifyReplicationGroup with AuthTokenUpdateStrategy ROTATE, then SET, while clients "
-        "reconnect; rotate it that way by hand (README) until a rotation function ships.",
+        "reconnect; rotate it that way by hand (docs/operations.md) until a rotation "
+        "function ships.",
         path=r"/Broker/AuthToken/",
     ),
     Accepted(

@@ -34,9 +34,9 @@ class DataStack(Stack):
             subnets=network.app_subnets,
             config=config.redis,
         )
-        self.producers = ProducerAccess(
-            self, "Producers", config=config, vpc=network.vpc, broker=self.broker
-        )
+        self.producers = ProducerAccess(self, "Producers", config=config, broker=self.broker)
         CfnOutput(self, "BrokerEndpoint", value=self.broker.endpoint_address)
+        # What `aws elasticache modify-replication-group` takes, to rotate the AUTH token.
+        CfnOutput(self, "BrokerReplicationGroupId", value=self.broker.replication_group.ref)
         CfnOutput(self, "BrokerPort", value=str(self.broker.port))
         CfnOutput(self, "BrokerAuthSecretArn", value=self.broker.auth_secret.secret_arn)

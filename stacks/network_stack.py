@@ -21,17 +21,15 @@ INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
     "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,  # container logs, EMF metrics
     "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,  # ECS secrets, token
     "Ecs": ec2.InterfaceVpcEndpointAwsService.ECS,  # the autoscaler's Describe/UpdateService
+    # ECS secrets from SSM parameters: the producers' catalog (ProducerAccess), team secrets.
+    "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
 }
-# Only where the config uses them.
-SSM_ENDPOINT = ("Ssm", ec2.InterfaceVpcEndpointAwsService.SSM)  # secrets from SSM parameters
-EXEC_ENDPOINT = ("SsmMessages", ec2.InterfaceVpcEndpointAwsService.SSM_MESSAGES)  # ECS Exec
+# Only with services.enable_exec: ECS Exec's session channel.
+EXEC_ENDPOINT = ("SsmMessages", ec2.InterfaceVpcEndpointAwsService.SSM_MESSAGES)
 
 
 def interface_endpoints(config: EnvironmentConfig) -> dict[str, ec2.InterfaceVpcEndpointAwsService]:
     endpoints = dict(INTERFACE_ENDPOINTS)
-    accesses = [*config.worker_groups.values(), config.beat]
-    if any(ref.ssm is not None for access in accesses for ref in access.secrets.values()):
-        endpoints.update([SSM_ENDPOINT])
     if config.services.enable_exec:
         endpoints.update([EXEC_ENDPOINT])
     return endpoints

@@ -5,7 +5,6 @@ the broker's settings and the catalog as SSM parameters with stable names
 
 from __future__ import annotations
 
-from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -25,21 +24,18 @@ class ProducerAccess(Construct):
         construct_id: str,
         *,
         config: EnvironmentConfig,
-        vpc: ec2.IVpc,
         broker: RedisBroker,
     ) -> None:
         super().__init__(scope, construct_id)
         self.broker = broker
-        # Producers in other stacks or accounts reference the clients group by id (from its
-        # SSM parameter).
-        self.security_group = broker.client_security_group
         values = {
             "broker-host": broker.endpoint_address,
             "broker-port": str(broker.port),
             "broker-tls": "true",
             "catalog": config.runtime_catalog_json(),
             "broker-auth-secret-arn": broker.auth_secret.secret_arn,
-            "producer-security-group-id": self.security_group.security_group_id,
+            # Producers in other stacks or accounts join the clients group by this id.
+            "producer-security-group-id": broker.client_security_group.security_group_id,
         }
         assert set(values) == set(PRODUCER_PARAMETERS)
         self.parameters = {
@@ -58,7 +54,7 @@ class ProducerAccess(Construct):
     def grant(
         self,
         producer: iam.IGrantable,
-        connectable: ecs.BaseService | lambda_.Function | None = None,
+        connectable: ecs.FargateService | lambda_.Function | None = None,
     ) -> None:
         """Let `producer` read the broker settings and AUTH token, and admit `connectable`
         (its service or function) on the broker port."""

@@ -10,7 +10,8 @@ an idle worker waits on them for the next message (worker_image/celery_service/d
 
 from __future__ import annotations
 
-from aws_cdk import CfnResource, RemovalPolicy
+import jsii
+from aws_cdk import CfnResource, IStableListProducer, Lazy, RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticache as elasticache
@@ -57,8 +58,9 @@ class RedisBroker(Construct):
         )
 
         # Redis never initiates connections. Its only ingress is from the clients group, and
-        # that rule lives here: replacing either group updates the rule in the same deploy,
-        # and no other stack references the broker's own group.
+        # that rule lives here: replacing the broker's group updates the rule in the same
+        # deploy, and no other stack references it. The clients group is exported, so
+        # CloudFormation refuses to replace it while a consumer still uses it.
         self.security_group = ec2.SecurityGroup(
             self,
             "SecurityGroup",
@@ -88,7 +90,7 @@ class RedisBroker(Construct):
             description="AUTH token of the Celery broker (ElastiCache)",
             generate_secret_string=secretsmanager.SecretStringGenerator(
                 password_length=AUTH_TOKEN_LENGTH,
-                # ElastiCache refuses '/', '"', '@' and spaces; letters and digits are enough.
+                # ElastiCache allows letters, digits and !&#$^<>- only: letters and digits will do.
                 exclude_punctuation=True,
                 include_space=False,
             ),
@@ -99,7 +101,7 @@ class RedisBroker(Construct):
             "AwsSolutions-SMG4",
             "Rotating an ElastiCache AUTH token needs a two-step ROTATE/SET update of the "
             "replication group and a restart of every worker, beat and Flower task; it is a "
-            "planned operation (see README), not an automatic rotation.",
+            "planned operation (docs/operations.md), not an automatic rotation.",
         )
 
         subnet_group = elasticache.CfnSubnetGroup(
@@ -182,7 +184,7 @@ class RedisBroker(Construct):
         self.endpoint_address: str = self.replication_group.attr_primary_end_point_address
         self.reader_endpoint_address: str = self.replication_group.attr_reader_end_point_address
 
-    def grant_connect(self, consumer: ecs.BaseService | lambda_.Function) -> None:
+    def grant_connect(self, consumer: ecs.FargateService | lambda_.Function) -> None:
         """Admit `consumer` on the broker port, and only on it: it joins the clients group.
 
         The group is attached to the service's or function's network configuration, not added
@@ -192,15 +194,26 @@ class RedisBroker(Construct):
         """
         path = (
             "NetworkConfiguration.AwsvpcConfiguration.SecurityGroups"
-            if isinstance(consumer, ecs.BaseService)
+            if isinstance(consumer, ecs.FargateService)
             else "VpcConfig.SecurityGroupIds"
         )
         cfn = consumer.node.default_child
         assert isinstance(cfn, CfnResource)
-        # The groups it was built with (its own), then the clients group.
-        groups = [g.security_group_id for g in consumer.connections.security_groups]
-        groups.append(self.client_security_group.security_group_id)
-        cfn.add_property_override(path, groups)
+        cfn.add_property_override(path, Lazy.list(_MemberOf(consumer, self.client_security_group)))
+
+
+@jsii.implements(IStableListProducer)
+class _MemberOf:
+    """The consumer's own groups, as CDK renders them at synthesis (a group added to its
+    connections later is included), then the clients group."""
+
+    def __init__(self, consumer: ec2.IConnectable, group: ec2.ISecurityGroup) -> None:
+        self.consumer = consumer
+        self.group = group
+
+    def produce(self) -> list[str]:
+        own = [g.security_group_id for g in self.consumer.connections.security_groups]
+        return [*own, self.group.security_group_id]
 
 
 def _log_delivery(

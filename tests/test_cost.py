@@ -131,7 +131,7 @@ def test_service_without_count_anywhere_starts_at_cloudformations_default_of_one
 
 
 def test_count_decided_at_deploy_without_config_bounds_is_not_priced() -> None:
-    est = price(fargate_service("ARM64", DesiredCount={"Fn::GetAtt": ["Keeper", "DesiredCount"]}))
+    est = price(fargate_service("ARM64", DesiredCount={"Fn::GetAtt": ["Counter", "DesiredCount"]}))
     assert est.lines == []
     assert len(est.not_priced) == 1
     assert est.not_priced[0].startswith("s/Svc (AWS::ECS::Service)")

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aws_cdk import App, Environment, Stack
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk.assertions import Match
 
@@ -220,6 +221,10 @@ class ConsumerStack(Stack):
             vpc_subnets=platform.network.app_subnets,
         )
         platform.data.broker.grant_connect(self.function)
+        # A group the consumer joins after the grant still reaches its template.
+        self.function.connections.add_security_group(
+            ec2.SecurityGroup(self, "Later", vpc=platform.network.vpc)
+        )
 
 
 def test_grant_connect_makes_the_consumer_a_member_of_the_clients_group(tmp_path: Path) -> None:
@@ -230,10 +235,11 @@ def test_grant_connect_makes_the_consumer_a_member_of_the_clients_group(tmp_path
     consumer = synth.assembly.get_stack_by_name("consumer").template
     (function,) = resources(consumer, "AWS::Lambda::Function").values()
     groups = function["Properties"]["VpcConfig"]["SecurityGroupIds"]
-    (own,) = resources(consumer, "AWS::EC2::SecurityGroup")
-    assert groups[0] == {"Fn::GetAtt": [own, "GroupId"]}, "its own group stays first"
-    assert joins_the_clients_group(groups[1:])
-    assert "Fn::ImportValue" in groups[1], "an export: the data stack cannot drop it in use"
+    own = [{"Fn::GetAtt": [k, "GroupId"]} for k in resources(consumer, "AWS::EC2::SecurityGroup")]
+    assert len(own) == 2
+    assert groups[:2] == own, "its own groups, the one joined later included, come first"
+    assert joins_the_clients_group(groups[2:])
+    assert "Fn::ImportValue" in groups[2], "an export: the data stack cannot drop it in use"
     assert not resources(consumer, "AWS::EC2::SecurityGroupIngress")
     # The stateful stack is unchanged: it gains no rule and no dependency on its consumer.
     own_ingress(synth.template_json(synth.platform.data))

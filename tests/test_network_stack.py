@@ -7,8 +7,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from config import CONFIG_DIR, EnvironmentConfig, parse_environment
 from stacks.network_stack import INTERFACE_ENDPOINTS, interface_endpoints
 from tests.synth import Synth, synthesize
@@ -72,7 +70,7 @@ def test_interface_endpoints_only_where_configured(env_synth: Synth) -> None:
         return
     assert len(interface) == len(interface_endpoints(env_synth.config))
     services = json.dumps([e["Properties"]["ServiceName"] for e in interface])
-    for short in ("ecr.api", "ecr.dkr", "logs", "secretsmanager", "ecs"):
+    for short in ("ecr.api", "ecr.dkr", "logs", "secretsmanager", "ecs", "ssm"):
         assert f".{short}" in services, short
     # Fargate needs no agent or telemetry endpoint; metrics are EMF log lines.
     for unused in ("ecs-agent", "ecs-telemetry", "monitoring"):
@@ -80,20 +78,14 @@ def test_interface_endpoints_only_where_configured(env_synth: Synth) -> None:
     assert all(e["Properties"]["PrivateDnsEnabled"] is True for e in interface)
 
 
-@pytest.mark.parametrize(
-    ("changes", "extra"),
-    [
-        ({"services": {"enable_exec": True}}, "ssmmessages"),
-        ({"beat": {"secrets": {"TEAM_TOKEN": {"ssm": "/team/token"}}}}, "ssm"),
-    ],
-)
-def test_endpoints_follow_what_the_config_uses(changes: dict[str, Any], extra: str) -> None:
+def test_ecs_exec_brings_its_endpoint() -> None:
     def short_names(config: EnvironmentConfig) -> set[str]:
         return {s.short_name for s in interface_endpoints(config).values()}
 
     base = short_names(parse_environment("qa", merged()))
-    assert extra not in base
-    assert short_names(parse_environment("qa", merged(**changes))) - base == {extra}
+    assert "ssmmessages" not in base
+    exec_on = parse_environment("qa", merged(services={"enable_exec": True}))
+    assert short_names(exec_on) - base == {"ssmmessages"}
 
 
 def test_endpoint_security_group_admits_only_https_from_the_vpc(synth_env: Any) -> None:

@@ -13,7 +13,7 @@ import pytest
 from moto import mock_aws
 
 from config import load_environment, parse_environment
-from stacks.celery_containers import BASE_IMAGE_TAG
+from stacks.celery_containers import BASE_IMAGE_TAG, runtime_fingerprint
 from tests.conftest import use_fake_aws_credentials
 from tests.test_config import merged
 from tools import preflight
@@ -37,6 +37,7 @@ def fake_docker(
     buildx: str | None = BUILDX_X86,
     daemon: bool = True,
     base_image_arch: str | None = "arm64",
+    base_image_fingerprint: str | None = None,
 ) -> Path:
     """A docker CLI for one host: the answers of `version`, `buildx inspect`, `info` and
     `image inspect` that the preflight reads."""
@@ -44,8 +45,11 @@ def fake_docker(
     buildx_branch = (
         f"cat <<'EOF'\n{buildx}EOF\n" if buildx is not None else "echo 'not a command' >&2; exit 1"
     )
+    fingerprint = base_image_fingerprint or runtime_fingerprint()
     image_branch = (
-        f"echo {base_image_arch}" if base_image_arch else "echo 'Error: No such image' >&2; exit 1"
+        f"echo '{base_image_arch} {fingerprint}'"
+        if base_image_arch
+        else "echo 'Error: No such image' >&2; exit 1"
     )
     script.write_text(
         "#!/bin/sh\n"
@@ -178,6 +182,11 @@ def test_the_base_image_must_be_built_for_the_platform(
     )
     (line,) = problems(preflight.check_docker(config))
     assert line.startswith(f"base image: {BASE_IMAGE_TAG} is amd64, not arm64")
+    # Same tag, built before worker_image/ changed: the app would build FROM old code.
+    stale = fake_docker(tmp_path, buildx=BUILDX_X86_WITH_QEMU, base_image_fingerprint="0" * 64)
+    monkeypatch.setenv("CDK_DOCKER", str(stale))
+    (line,) = problems(preflight.check_docker(config))
+    assert "was built from other worker_image/ files than these" in line
 
 
 def test_main_prints_each_problem_on_one_line_and_fails(

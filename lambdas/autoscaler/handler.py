@@ -56,12 +56,7 @@ class Target(BaseModel):
         return self
 
 
-# The run lock lasts a run's sleeps between decisions plus this much for the decisions' I/O
-# (seconds; about one when all is well, a hung Redis costs about 16 per round trip). At the
-# tightest schedule the config accepts (the sleeps plus 60 s fill interval_s) it still
-# expires 15 s before the next run is due, so a run killed while holding it never blocks
-# the next one.
-RUN_WORK_S = 45
+RUN_WORK_S = contract.AUTOSCALER_RUN_WORK_S  # the lock: a run's sleeps plus this
 
 
 class Settings(BaseModel):

@@ -152,6 +152,11 @@ def autoscaler_state_key(group: str) -> str:
 # One autoscaler run at a time: the run holding this key (a random token, with a TTL shorter
 # than the schedule) decides; another invocation meanwhile skips.
 AUTOSCALER_LOCK_KEY: Final = f"{KEY_PREFIX}:autoscaler:lock"
+# What a run may spend beyond its sleeps between decisions (seconds; about one when all is
+# well, a hung Redis costs about 16 per round trip). The run lock and the Lambda's timeout
+# both last the sleeps plus this, so a run can never outlive its lock, and the config keeps
+# them 15 s short of the schedule, so a killed run's lock never blocks the next run.
+AUTOSCALER_RUN_WORK_S: Final = 45
 
 
 # RedBeat's keys: `<prefix><schedule name>` hashes (definition, meta with total_run_count),

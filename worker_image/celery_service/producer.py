@@ -17,7 +17,8 @@ through it from any thread (FastAPI's worker threads, Django views), never to Ce
 built-in default of amqp://localhost.
 
 Outside this CDK app, a producer finds the values in SSM (`/<project>/<env>/celery/...`,
-written by the data stack) and reaches Redis by joining the producer security group.
+written by the data stack) and reaches Redis by joining the broker's clients group (its id
+is the `producer-security-group-id` parameter).
 """
 
 from __future__ import annotations
