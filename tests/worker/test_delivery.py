@@ -121,6 +121,41 @@ def test_the_pop_records_on_a_full_noeviction_server(
     assert client.llen("default") == 0
 
 
+def test_a_worker_acks_on_a_full_noeviction_server_and_keeps_running(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """A broker that fills up while workers run refuses kombu's MULTI acks even though they
+    free memory, and the worker exits on that; acks by script go through, and the worker
+    works on."""
+    from tests.worker import semantics_tasks
+    from tests.worker.test_semantics import CATALOG, MODULES
+
+    server = redis_server(maxmemory_policy="noeviction")
+    client = server.client()
+    app = publisher(server.port, CATALOG, MODULES)
+    marks = [tmp_path / f"ran-{n}" for n in range(3)]
+    with running(server.port, tmp_path, "runner", catalog=CATALOG, task_modules=MODULES) as w:
+        for mark in marks:  # held by the worker until due, then run and acked on a full Redis
+            semantics_tasks.quiet.apply_async((str(mark),), countdown=4)
+        wait_for(lambda: client.hlen("unacked") == len(marks), 5, "the worker to take them")
+        # Full, and staying full: the limit goes below what the server holds.
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", max(used - 256 * 1024, 1))
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            client.set("one-more", "x")
+        kombu_ack = client.pipeline()  # what kombu's QoS.ack sends: MULTI, ZREM, HDEL, EXEC
+        kombu_ack.zrem("unacked_index", "x")
+        kombu_ack.hdel("unacked", "x")
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            kombu_ack.execute()
+        wait_for(lambda: all(m.exists() for m in marks), 20, "the tasks to run")
+        wait_for(lambda: client.hlen("unacked") == 0, 10, "their acks")
+        time.sleep(1)  # a worker that exits on a refused ack does so within this
+        assert w.proc.poll() is None, w.output()[-2000:]
+    assert client.llen("work") == 0
+    app.close()
+
+
 def _fill(client: redis.Redis) -> None:
     for n in range(10_000):
         client.set(f"filler:{n}", "x" * 10_000)

@@ -63,6 +63,7 @@ CATALOG: dict[str, Any] = {
         "semantics.whoami": {"queue": "work"},
         "semantics.hoard": {"queue": "work"},
         "semantics.exhausts_memory": {"queue": "work"},
+        "semantics.quiet": {"queue": "work"},
     },
     "schedules": {},
 }

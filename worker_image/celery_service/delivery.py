@@ -13,9 +13,10 @@ of its queue keys instead (`notify-keyspace-events` must include `K` and `l`: th
 stack's parameter group and the local redis-server set contract.KEYSPACE_EVENTS) and pops when a
 message is pushed; without them it polls every `idle_poll_interval` seconds.
 
-Everything else is kombu's: queue keys and priorities, the `unacked` format that the
-restore sweep and the autoscaler read, acks, rejects and restores. The channel and poller
-below override kombu 5.7 internals (`_brpop_start`, `_brpop_read`, the poller's
+Acks are a script too (FORGET): kombu's MULTI is refused by a full server. Everything else
+is kombu's: queue keys and priorities, the `unacked` format that the restore sweep and the
+autoscaler read, requeues and restores. The channel, QoS and poller below override kombu
+5.7 internals (`_brpop_start`, `_brpop_read`, QoS `ack`/`reject`, the poller's
 registration and read paths); a kombu upgrade must re-run tests/worker/test_delivery.py
 and `make chaos`.
 """
@@ -88,13 +89,41 @@ end
 return false
 """
 
+# KEYS: unacked_index zset, unacked hash; ARGV: a delivery tag. kombu acks with MULTI, and
+# Redis refuses a transaction on a full `noeviction` server even when its commands only free
+# memory; the worker then exits on the error and every replacement does the same. A script
+# that only deletes runs there.
+FORGET = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+return redis.call('HDEL', KEYS[2], ARGV[1])
+"""
+
 # Keyspace events that may have put a message in a queue key.
 _PUSH_EVENTS = frozenset({"lpush", "rpush", "linsert", "lset", "rename_to", "restore"})
 
 
 class RecordingQoS(kombu_redis.QoS):
     """kombu's QoS, except that a message the pop script already recorded in `unacked` is
-    not written there a second time."""
+    not written there a second time, and an ack is a script (FORGET) instead of a
+    transaction, so it works on a full server."""
+
+    def ack(self, delivery_tag: str) -> None:
+        self._forget(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        else:
+            self._forget(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def _forget(self, delivery_tag: str) -> None:
+        with self.channel.conn_or_acquire() as client:
+            # EVALSHA, loading the script once per server (redis-py's Script).
+            client.register_script(FORGET)(
+                keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag]
+            )
 
     def append(self, message: Any, delivery_tag: str) -> None:
         recorded: set[str] = getattr(self.channel, "_recorded_tags", set())
