@@ -195,6 +195,17 @@ def run_once(
                 _error_metric(settings, "service_missing", group)
             results.append(GroupResult(group, target.service, None, None, reason, False, reason))
             continue
+        unreadable = [reading.queues[q].error for q in target.queues if reading.queues[q].error]
+        if unreadable:  # this group's queues only: the others decide as usual
+            reason = f"queue unreadable: hold ({unreadable[0]})"
+            logger.error(reason, extra={"worker_group": group})
+            _error_metric(settings, "queue_unreadable", group)
+            result = GroupResult(
+                group, target.service, counts.desired, counts.desired, reason, False
+            )
+            result.error = unreadable[0]
+            results.append(result)
+            continue
         stored = reading.states.get(group) or {}
         observation, completed_total = _observe(target, reading, counts, stored, now)
         decision = _decide(settings, target, observation, stored)

@@ -16,7 +16,6 @@ from typing import Any
 
 from celery_service.contract import (
     BEAT_HEARTBEAT_KEY,
-    PRIORITY_STEPS,
     UNACKED_KEY,
     autoscaler_state_key,
     completed_key,
@@ -31,6 +30,32 @@ class QueueReading:
     in_flight: int  # unacked messages routed to this queue
     completed_total: int | None  # None when the counter does not exist yet
     dlq_depth: int
+    error: str | None = None  # a queue key Redis could not read: its group holds
+
+
+# KEYS: the unacked hash. Returns {routing key, count, ...} and, last, the number of entries
+# whose routing key could not be read. Only the end of each entry is looked at (kombu writes
+# `[message, exchange, routing_key]`; queue names are at most 63 plain characters), and the
+# hash is scanned 100 entries at a time: a reading costs Redis and the Lambda a few bytes per
+# in-flight message, however large the messages are.
+COUNT_UNACKED = """
+local counts, unparsed, cursor = {}, 0, '0'
+repeat
+  local page = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', 100)
+  cursor = page[1]
+  for i = 2, #page[2], 2 do
+    local key = string.match(string.sub(page[2][i], -80), ',%s*"([%w_.%-]+)"%]$')
+    if key then counts[key] = (counts[key] or 0) + 1 else unparsed = unparsed + 1 end
+  end
+until cursor == '0'
+local reply = {}
+for key, n in pairs(counts) do
+  reply[#reply + 1] = key
+  reply[#reply + 1] = n
+end
+reply[#reply + 1] = unparsed
+return reply
+"""
 
 
 @dataclass(frozen=True)
@@ -42,32 +67,47 @@ class Reading:
 
 
 def read_all(client: Any, queues: list[str], groups: list[str]) -> Reading:
-    """One round trip: list lengths, the unacked hash, counters, DLQ sizes, stored states,
-    beat's heartbeat."""
+    """One round trip: list lengths, in-flight counts per routing key, counters, DLQ sizes,
+    stored states, beat's heartbeat. A key Redis cannot read (a queue key holding another
+    type, say) marks only its queue, so only the group that consumes it holds."""
     pipe = client.pipeline(transaction=False)
     for queue in queues:
         for key in queue_keys(queue):
             pipe.llen(key)
-    pipe.hvals(UNACKED_KEY)
+    pipe.eval(COUNT_UNACKED, 1, UNACKED_KEY)
     for queue in queues:
         pipe.get(completed_key(queue))
         pipe.zcard(dlq_index_key(queue))
     for group in groups:
         pipe.get(autoscaler_state_key(group))
     pipe.get(BEAT_HEARTBEAT_KEY)
-    results = iter(pipe.execute())
+    results = iter(pipe.execute(raise_on_error=False))
 
-    lengths = {q: sum(int(next(results)) for _ in PRIORITY_STEPS) for q in queues}
-    in_flight, unparsed = _count_unacked(next(results), set(queues))
+    lengths: dict[str, int] = {}
+    errors: dict[str, str] = {}
+    for queue in queues:
+        for key in queue_keys(queue):
+            length = next(results)
+            if isinstance(length, Exception):
+                errors.setdefault(queue, f"{key!r}: {length}")
+            else:
+                lengths[queue] = lengths.get(queue, 0) + int(length)
+    counted = next(results)
+    if isinstance(counted, Exception):
+        raise counted  # the in-flight counts of every group: no reading this run
+    in_flight, unparsed = _in_flight(counted, set(queues))
     readings = {}
     for queue in queues:
         raw_completed = next(results)
-        dlq_depth = int(next(results))
+        dlq_depth = next(results)
+        if isinstance(dlq_depth, Exception):
+            errors.setdefault(queue, f"{dlq_index_key(queue)!r}: {dlq_depth}")
         readings[queue] = QueueReading(
-            waiting=lengths[queue],
+            waiting=lengths.get(queue, 0),
             in_flight=in_flight.get(queue, 0),
             completed_total=_load_count(raw_completed),
-            dlq_depth=dlq_depth,
+            dlq_depth=0 if isinstance(dlq_depth, Exception) else int(dlq_depth),
+            error=errors.get(queue),
         )
     states = {group: _load_state(next(results)) for group in groups}
     heartbeat = _load_float(next(results))
@@ -79,7 +119,7 @@ def read_all(client: Any, queues: list[str], groups: list[str]) -> Reading:
 def _load_count(raw: Any) -> int | None:
     """A counter written by the workers; anything else reads as absent (no rate this run)
     rather than failing the whole reading, which would freeze every group's count."""
-    if raw is None:
+    if raw is None or isinstance(raw, Exception):
         return None
     try:
         value = int(raw)
@@ -89,7 +129,7 @@ def _load_count(raw: Any) -> int | None:
 
 
 def _load_float(raw: Any) -> float | None:
-    if raw is None:
+    if raw is None or isinstance(raw, Exception):
         return None
     try:
         return float(raw)
@@ -97,25 +137,25 @@ def _load_float(raw: Any) -> float | None:
         return None
 
 
-def _count_unacked(values: list[Any], queues: set[str]) -> tuple[dict[str, int], int]:
-    counts: dict[str, int] = {}
-    unparsed = 0
-    for value in values:
-        try:
-            routing_key = json.loads(value)[2]
-        except (ValueError, TypeError, IndexError, KeyError):
-            unparsed += 1
-            continue
-        if routing_key in queues:
-            counts[routing_key] = counts.get(routing_key, 0) + 1
-    return counts, unparsed
+def _in_flight(reply: list[Any], queues: set[str]) -> tuple[dict[str, int], int]:
+    """COUNT_UNACKED's reply: in-flight counts of these queues, and the entries it could not
+    read (a routing key of no consumed queue counts toward neither)."""
+    *pairs, unparsed = reply
+    counts = {}
+    for key, count in zip(pairs[::2], pairs[1::2], strict=True):
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        if name in queues:
+            counts[name] = int(count)
+    return counts, int(unparsed)
 
 
 def _load_state(raw: Any) -> dict[str, Any] | None:
-    if raw is None:
+    """A group's stored state; anything unreadable (an error reply, bad or deeply nested
+    JSON) reads as none: that group starts afresh, the others are not held."""
+    if raw is None or isinstance(raw, Exception):
         return None
     try:
         state = json.loads(raw)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
     return state if isinstance(state, dict) else None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -83,9 +85,9 @@ class CountingClient:
         pipe = self.client.pipeline(transaction=transaction)
         original = pipe.execute
 
-        def execute() -> Any:
+        def execute(**options: Any) -> Any:
             self.round_trips += 1
-            return original()
+            return original(**options)
 
         pipe.execute = execute  # type: ignore[method-assign,assignment]
         return pipe
@@ -334,3 +336,28 @@ def test_estimated_wait_is_the_backlog_over_the_measured_completion_rate(
     assert all(
         m["dimensions"] >= {"environment", "service"} for m in emitted if m["name"] != "Runs"
     )
+
+
+def test_in_flight_counts_cost_the_lambda_nothing_per_message_byte(
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    """The `unacked` hash holds whole messages; the reading brings back only a count per
+    routing key, so 20 in-flight messages of 1 MB cost the Lambda no more than small ones.
+    Both entry layouts count: kombu's (`json.dumps`, with spaces) and the pop script's."""
+    client = redis_server().client()
+    body = base64.b64encode(b"x" * 750_000).decode()  # about 1 MB of JSON per entry
+    message = {"body": body, "properties": {}}
+    for n in range(10):
+        client.hset(UNACKED_KEY, f"kombu-{n}", json.dumps([message, "reports", "reports"]))
+        compact = json.dumps(message, separators=(",", ":"))
+        client.hset(UNACKED_KEY, f"script-{n}", f'[{compact},"default","default"]')
+    client.hset(UNACKED_KEY, "damaged", "not json")
+    tracemalloc.start()
+    try:
+        reading = read_all(client, ["default", "reports"], ["general"])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (reading.queues["default"].in_flight, reading.queues["reports"].in_flight) == (10, 10)
+    assert reading.unparsed_unacked == 1
+    assert peak < 1_000_000, f"the reading held {peak} bytes"

@@ -252,9 +252,12 @@ DAMAGE: list[tuple[str, dict[str, Any], set[str]]] = [
     ("completed counter huge", {completed_key("default"): "9" * 60}, set()),
     ("beat heartbeat text", {BEAT_HEARTBEAT_KEY: "yesterday"}, set()),
     ("unacked entry garbage", {UNACKED_KEY: {"t1": "not json", "t2": "[1]", "t3": "{}"}}, set()),
-    ("DLQ index of the wrong type", {dlq_index_key("reports"): "a string"}, {"redis"}),
-    ("queue key of the wrong type", {"exports": {"not": "a list"}}, {"redis"}),
+    ("DLQ index of the wrong type", {dlq_index_key("reports"): "a string"}, {"queue_unreadable"}),
+    ("queue key of the wrong type", {"exports": {"not": "a list"}}, {"queue_unreadable"}),
+    ("state nested too deep", {autoscaler_state_key("general"): "[" * 100_000}, set()),
 ]
+# The group a damaged queue key holds (it consumes that queue); every other group decides.
+HELD = {"DLQ index of the wrong type": "batch", "queue key of the wrong type": "bulk"}
 
 
 @pytest.mark.parametrize(("name", "keys", "kinds"), DAMAGE, ids=[d[0] for d in DAMAGE])
@@ -286,8 +289,12 @@ def test_damaged_redis_keys_never_lower_a_count_or_stop_the_other_groups(
     assert {r.group for r in results} == set(GROUPS)
     for service, count in ecs.updates.items():
         assert count >= counts[service].desired, f"{name}: {service} lowered to {count}"
-    if not kinds:
-        assert all(r.desired is not None for r in results), name
+    held = {r.group: r for r in results if r.error is not None}
+    assert set(held) == ({HELD[name]} if name in HELD else set()), f"{name}: held {set(held)}"
+    for result in held.values():
+        assert result.desired == result.before, f"{name}: a held group keeps its count"
+        assert result.reason.startswith("queue unreadable: hold"), result.reason
+    assert all(r.desired is not None for r in results), name
     assert client.llen("default") == 50
     FIGURES.count(
         SECTION, "damaged Redis keys: safe run" if not kinds else "damaged: held, reported"
