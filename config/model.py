@@ -215,6 +215,9 @@ class BrokerConfig(Strict):
     result_expires_s: int = Field(default=86400, ge=60, le=30 * 86400)
     # Longest wait between two retries (seconds); the backoff doubles up to this.
     retry_backoff_max_s: int = Field(default=300, ge=1, le=3600)
+    # Deliveries of one message without an ack (its process died, or a shutdown stopped it)
+    # before it goes to the DLQ instead of to another worker.
+    max_deliveries: int = Field(default=5, ge=2, le=100)
 
 
 class ServicesConfig(Strict):
@@ -770,6 +773,7 @@ class EnvironmentConfig(Strict):
             default_queue=self.broker.default_queue,
             result_expires_s=self.broker.result_expires_s,
             retry_backoff_max_s=self.broker.retry_backoff_max_s,
+            max_deliveries=self.broker.max_deliveries,
             **self.celery.model_dump(),
             queues=sorted(self.queues),
             worker_groups={

@@ -4,6 +4,7 @@ the Celery-semantics tests. Each records what happened in Redis, where the test 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,13 @@ def whoami(self: Any, label: str) -> int:
 def exhausts_memory(self: Any) -> None:
     """Asks for more memory than any machine has: the allocation raises MemoryError."""
     bytearray(1 << 60)
+
+
+@shared_task(bind=True, name="semantics.crash")
+def crash(self: Any, label: str) -> None:
+    """Ends its own pool process, as a segfault or the kernel's OOM killer would."""
+    _note(self, label)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @shared_task(name="semantics.quiet", ignore_result=True)

@@ -114,8 +114,14 @@ def test_the_pop_records_on_a_full_noeviction_server(
     client.lpush("default", json.dumps(message))
     with pytest.raises(redis.ResponseError, match="maxmemory"):
         _fill(client)
-    keys = ["unacked", "unacked_index", "default", contract.malformed_key("default")]
-    reply = client.eval(POP_AND_RECORD, len(keys), *keys, repr(time.time()), "default")
+    keys = [
+        "unacked",
+        "unacked_index",
+        contract.DELIVERIES_KEY,
+        "default",
+        contract.malformed_key("default"),
+    ]
+    reply = client.eval(POP_AND_RECORD, len(keys), *keys, repr(time.time()), 5, "default")
     assert reply[2] == b"tag-1"
     assert json.loads(client.hget("unacked", "tag-1") or b"null")[0] == message
     assert client.llen("default") == 0

@@ -4,6 +4,7 @@ pool, fair rotation between queues, countdowns beyond the visibility timeout."""
 
 from __future__ import annotations
 
+import base64
 import gc
 import json
 import time
@@ -64,6 +65,7 @@ CATALOG: dict[str, Any] = {
         "semantics.hoard": {"queue": "work"},
         "semantics.exhausts_memory": {"queue": "work"},
         "semantics.quiet": {"queue": "work"},
+        "semantics.crash": {"queue": "work"},
     },
     "schedules": {},
 }
@@ -245,6 +247,30 @@ def test_a_task_out_of_memory_fails_alone(app: Celery, server: RedisServer, tmp_
     (entry,) = [json.loads(v) for v in client.hvals(contract.dlq_entries_key("work"))]
     assert entry["task_id"] == failed.id
     assert "TaskOutOfMemory" in entry["exception"]
+
+
+def test_a_task_that_ends_its_process_stops_in_the_dlq_after_max_deliveries(
+    app: Celery, server: RedisServer, tmp_path: Path
+) -> None:
+    """Redelivered at once after each crash (reject on worker lost), it would kill a pool
+    process for ever; the pop counts its deliveries and sets it aside after the catalog's
+    max_deliveries, and the work around it goes on."""
+    client: Any = server.client()
+    # Limits long enough that the pool sees its process gone before a time limit fires.
+    catalog = {**runner_with(soft_time_limit_s=20, time_limit_s=30), "max_deliveries": 3}
+    catalog["visibility_timeout_s"] = 60
+    with running(server.port, tmp_path, "runner", catalog=catalog, task_modules=MODULES) as w:
+        poison = t.crash.delay("poison")
+        wait_for(lambda: client.zcard(contract.dlq_index_key("work")) >= 1, 60, "a dead letter")
+        assert t.whoami.delay("after").get(timeout=15) > 0, "the worker goes on"
+        assert w.proc.poll() is None
+    assert client.hget(t.RUNS_KEY, "poison") == b"3", "delivered exactly max_deliveries times"
+    (entry,) = [json.loads(v) for v in client.hvals(contract.dlq_entries_key("work"))]
+    assert entry["kind"] == "poison"
+    assert "delivered 3 times without an ack" in entry["exception"]
+    assert json.loads(base64.b64decode(entry["raw"]))["headers"]["id"] == poison.id
+    assert client.hlen(contract.DELIVERIES_KEY) == 0, "counts end with their message"
+    assert client.hlen("unacked") == 0
 
 
 # ---------------------------------------------------------------- 3. recycling

@@ -224,6 +224,9 @@ class Catalog(CatalogModel):
     default_queue: QueueName
     result_expires_s: int = Field(default=86400, ge=60)
     retry_backoff_max_s: int = Field(default=300, ge=1)
+    # Deliveries of one message without an ack before it goes to the DLQ: a task that ends
+    # its process each time (a segfault, an out-of-memory kill) stops there.
+    max_deliveries: int = Field(default=5, ge=2, le=100)
     # Results (states, progress, return values) live in their own Redis database, apart from
     # the queues: a results flush or scan never touches queued work.
     result_db: int = Field(default=1, ge=0, le=15)

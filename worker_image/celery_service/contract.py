@@ -149,6 +149,11 @@ def autoscaler_state_key(group: str) -> str:
     return f"{KEY_PREFIX}:autoscaler:state:{group}"
 
 
+# How many times each unacknowledged message was delivered (hash: delivery tag -> count),
+# kept by the workers' pop script and cleared by their acks: a message delivered more often
+# than the catalog's max_deliveries without an ack goes to the DLQ instead of a worker.
+DELIVERIES_KEY: Final = f"{KEY_PREFIX}:deliveries"
+
 # One autoscaler run at a time: the run holding this key (a random token, with a TTL shorter
 # than the schedule) decides; another invocation meanwhile skips.
 AUTOSCALER_LOCK_KEY: Final = f"{KEY_PREFIX}:autoscaler:lock"

@@ -42,18 +42,20 @@ log = logging.getLogger(__name__)
 #: server does not send them.
 IDLE_POLL_INTERVAL_S = 1.0
 
-# KEYS: unacked hash, unacked_index zset, then per queue key its queue key and its queue's
-# list of malformed entries. ARGV: the time to index the entry at (the worker's clock, as
-# kombu's QoS uses), then per queue key its queue's name (the routing key when a message has
-# none). Returns false, or {key, item, tag}. An item that is not a message envelope with a
-# delivery tag is moved to the malformed list instead (tag ""), for the worker to put in
-# the DLQ. A key that holds no list is skipped, and named ({key}) if nothing was popped;
-# any other error of RPOP is the script's error. RPOP comes first: once a script has
-# written, Redis lets it finish its writes even on a full `noeviction` server, so a popped
-# message is always recorded.
+# KEYS: unacked hash, unacked_index zset, the deliveries hash, then per queue key its queue
+# key and its queue's list of malformed entries. ARGV: the time to index the entry at (the
+# worker's clock, as kombu's QoS uses), the most deliveries a message may have, then per
+# queue key its queue's name (the routing key when a message has none). Returns false, or
+# {key, item, tag}. An item that is not a message envelope with a delivery tag is moved to
+# the malformed list instead (tag ""), for the worker to put in the DLQ; so is a message
+# delivered more than the most times without an ack (its task ended its process each
+# time), with its count as a fourth element. A key that holds no list is skipped, and named
+# ({key}) if nothing was popped; any other error of RPOP is the script's error. RPOP comes
+# first: once a script has written, Redis lets it finish its writes even on a full
+# `noeviction` server, so a popped message is always recorded.
 POP_AND_RECORD = """
 local skipped = nil
-for i = 3, #KEYS, 2 do
+for i = 4, #KEYS, 2 do
   local item = redis.pcall('RPOP', KEYS[i])
   if type(item) == 'table' and item.err then
     if string.sub(item.err, 1, 9) ~= 'WRONGTYPE' then
@@ -75,8 +77,14 @@ for i = 3, #KEYS, 2 do
       redis.call('LPUSH', KEYS[i + 1], item)
       return {KEYS[i], item, ''}
     end
+    local deliveries = redis.call('HINCRBY', KEYS[3], tag, 1)
+    if deliveries > tonumber(ARGV[2]) then
+      redis.call('HDEL', KEYS[3], tag)
+      redis.call('LPUSH', KEYS[i + 1], item)
+      return {KEYS[i], item, '', deliveries - 1}
+    end
     if type(exchange) ~= 'string' then exchange = '' end
-    if type(routing_key) ~= 'string' then routing_key = ARGV[(i - 1) / 2 + 1] end
+    if type(routing_key) ~= 'string' then routing_key = ARGV[(i - 4) / 2 + 3] end
     redis.call('ZADD', KEYS[2], ARGV[1], tag)
     redis.call('HSET', KEYS[1], tag,
       '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
@@ -89,12 +97,13 @@ end
 return false
 """
 
-# KEYS: unacked_index zset, unacked hash; ARGV: a delivery tag. kombu acks with MULTI, and
-# Redis refuses a transaction on a full `noeviction` server even when its commands only free
-# memory; the worker then exits on the error and every replacement does the same. A script
-# that only deletes runs there.
+# KEYS: unacked_index zset, unacked hash, deliveries hash; ARGV: a delivery tag. kombu acks
+# with MULTI, and Redis refuses a transaction on a full `noeviction` server even when its
+# commands only free memory; the worker then exits on the error and every replacement does
+# the same. A script that only deletes runs there.
 FORGET = """
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
 return redis.call('HDEL', KEYS[2], ARGV[1])
 """
 
@@ -122,7 +131,8 @@ class RecordingQoS(kombu_redis.QoS):
         with self.channel.conn_or_acquire() as client:
             # EVALSHA, loading the script once per server (redis-py's Script).
             client.register_script(FORGET)(
-                keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag]
+                keys=[self.unacked_index_key, self.unacked_key, contract.DELIVERIES_KEY],
+                args=[delivery_tag],
             )
 
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -141,11 +151,13 @@ class DeliveryChannel(kombu_redis.Channel):
     reads the keyspace notifications."""
 
     QoS = RecordingQoS
-    from_transport_options = (  # type: ignore[assignment]  # one more option
+    from_transport_options = (  # type: ignore[assignment]  # two more options
         *kombu_redis.Channel.from_transport_options,
         "idle_poll_interval",
+        "max_deliveries",
     )
     idle_poll_interval = IDLE_POLL_INTERVAL_S
+    max_deliveries = 5  # the catalog's, from the transport options
 
     _wake_client: Any = None
     _script_sha: str | None = None
@@ -187,11 +199,13 @@ class DeliveryChannel(kombu_redis.Channel):
         connection.send_command(
             "EVALSHA",
             self._script_sha,
-            2 + len(keys),
+            3 + len(keys),
             self.unacked_key,
             self.unacked_index_key,
+            contract.DELIVERIES_KEY,
             *keys,
             repr(time()),
+            self.max_deliveries,
             *(queue for queue, _ in order),
         )
 
@@ -215,6 +229,9 @@ class DeliveryChannel(kombu_redis.Channel):
             key, item, tag = bytes_to_str(reply[0]), reply[1], bytes_to_str(reply[2])
             queue = key.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
+            if len(reply) == 4:  # delivered too often without an ack: set aside for the DLQ
+                self._move_to_dlq(queue, item, PoisonMessage(int(reply[3])), kind="poison")
+                return True
             self._deliver_popped(queue, item, tag)
             return True
         finally:
@@ -238,11 +255,13 @@ class DeliveryChannel(kombu_redis.Channel):
         except Exception as exc:  # the entry, not the connection
             self._recorded_tags.discard(tag)
             if _record_malformed(queue, item, exc):
-                self.qos._remove_from_indices(tag).execute()
+                self.qos._forget(tag)
             # else it stays in `unacked`, and the restore sweep puts it back in its queue
 
-    def _move_to_dlq(self, queue: str, item: bytes, exc: Exception) -> None:
-        if _record_malformed(queue, item, exc):
+    def _move_to_dlq(
+        self, queue: str, item: bytes, exc: Exception, kind: str = "undecodable"
+    ) -> None:
+        if _record_malformed(queue, item, exc, kind):
             with self.conn_or_acquire() as client:
                 client.lrem(contract.malformed_key(queue), 1, item)
         # else it stays in the malformed list until the next start of a channel
@@ -253,7 +272,8 @@ class DeliveryChannel(kombu_redis.Channel):
             with self.conn_or_acquire() as client:
                 items = client.lrange(contract.malformed_key(queue), 0, -1)
             for item in items:
-                self._move_to_dlq(queue, item, ValueError("not a message envelope"))
+                # Not a message, or delivered too often: both were set aside by the pop.
+                self._move_to_dlq(queue, item, ValueError("set aside by the pop script"))
 
     # Waiting while idle.
 
@@ -381,14 +401,23 @@ _BROKER_ERRORS = tuple(
 )
 
 
-def _record_malformed(queue: str, item: bytes, exc: Exception) -> bool:
-    """Record a queue entry that is not a message in the DLQ; False if it cannot be."""
+class PoisonMessage(Exception):  # noqa: N818 (what the message is, in the DLQ entry)
+    def __init__(self, deliveries: int) -> None:
+        super().__init__(
+            f"delivered {deliveries} times without an ack: its task ended its worker process "
+            "(a crash, an out-of-memory kill) or a shutdown stopped it each time"
+        )
+
+
+def _record_malformed(queue: str, item: bytes, exc: Exception, kind: str = "undecodable") -> bool:
+    """Record a queue entry that is not a message, or a message delivered too often, in the
+    DLQ; False if it cannot be."""
     from celery_service.dlq import DeadLetter, encode_raw
     from celery_service.signals import record_dead_letter
 
     entry = DeadLetter(
         queue=queue,
-        kind="undecodable",
+        kind=kind,
         exception=f"{type(exc).__name__}: {exc}",
         raw=encode_raw(item),
     )

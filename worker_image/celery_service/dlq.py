@@ -35,7 +35,7 @@ def entry_id_for(kind: str, task_id: str, attempt: int | None) -> str:
 @dataclass
 class DeadLetter:
     queue: str
-    kind: str  # "failed", "undecodable", "unknown_task" or "rejected"
+    kind: str  # "failed", "undecodable", "poison", "unknown_task" or "rejected"
     task_name: str | None = None
     task_id: str | None = None
     args: list[Any] = field(default_factory=list)

@@ -86,8 +86,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # Restore a dead worker's messages on every sweep, not every 10th: a crash then
             # costs the visibility timeout plus ~10 s, not plus ~100 s.
             "unacked_restore_throttle": 1,
-            # celery_service.delivery: what an idle worker does without a notification.
+            # celery_service.delivery: what an idle worker does without a notification, and
+            # how often a message may be delivered without an ack before it is dead-lettered.
             "idle_poll_interval": settings.idle_poll_s,
+            "max_deliveries": catalog.max_deliveries,
         },
         "result_backend": settings.redis_url(db=catalog.result_db),
         "redis_backend_use_ssl": tls,
