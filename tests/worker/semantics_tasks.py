@@ -132,6 +132,13 @@ def crash(self: Any, label: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@shared_task(bind=True, name="semantics.nap")
+def nap(self: Any, label: str, seconds: float) -> str:
+    _note(self, label)
+    time.sleep(seconds)
+    return label
+
+
 @shared_task(name="semantics.quiet", ignore_result=True)
 def quiet(path: str) -> None:
     """Leaves its mark in a file, not in Redis: it runs on a full Redis."""

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from celery_service import contract
 from celery_service.contract import queue_keys
 from celery_service.settings import Settings
 from tests.conftest import RedisServer
@@ -104,6 +105,35 @@ def test_tasks_running_when_redis_restarts_complete(
     finally:
         for worker in workers:
             worker.stop()
+        app.close()
+
+
+def test_a_task_that_ends_while_redis_is_down_stores_its_result_when_it_returns(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """Its work is done: a failed result write must not turn it into a failure and a dead
+    letter (Celery's result_backend_always_retry, made for this, is on)."""
+    from tests.worker import semantics_tasks
+    from tests.worker.test_semantics import MODULES, runner_with
+
+    catalog = {**runner_with(soft_time_limit_s=20, time_limit_s=30), "visibility_timeout_s": 60}
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = redis_server(appendonly="yes", appendfsync="always", dir=str(workdir))
+    app = publisher(server.port, catalog, MODULES)
+    env = base_env(server.port, tmp_path, catalog, MODULES)
+    worker = start(["worker"], "worker-runner", env, tmp_path, CELERY_WORKER_GROUP="runner")
+    try:
+        worker.wait_ready()
+        result = semantics_tasks.nap.delay("blip", 1.0)
+        wait_for(lambda: server.client().hexists(semantics_tasks.RUNS_KEY, "blip"), 10, "a start")
+        with restarted(server, workdir):  # down for longer than the task has left to run
+            assert result.get(timeout=30) == "blip"
+            client = server.client()
+            assert client.zcard(contract.dlq_index_key("work")) == 0, "no dead letter"
+            wait_for(lambda: client.hlen("unacked") == 0, 30, "its ack")
+    finally:
+        worker.stop()
         app.close()
 
 

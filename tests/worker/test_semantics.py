@@ -66,6 +66,7 @@ CATALOG: dict[str, Any] = {
         "semantics.exhausts_memory": {"queue": "work"},
         "semantics.quiet": {"queue": "work"},
         "semantics.crash": {"queue": "work"},
+        "semantics.nap": {"queue": "work"},
     },
     "schedules": {},
 }

@@ -100,6 +100,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": timedelta(seconds=catalog.result_expires_s),
         "result_extended": True,
         "result_backend_transport_options": {"visibility_timeout": catalog.visibility_timeout_s},
+        # A result write that meets a failover or a restart is retried (12 attempts, backoff
+        # capped at 8 s: up to about 25 s), not turned into a failure and a dead letter of
+        # work that is done.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 12,
+        "result_backend_max_sleep_between_retries_ms": 8000,
         # JSON only: a pickled message could run code on the worker.
         "task_serializer": "json",
         "result_serializer": "json",
