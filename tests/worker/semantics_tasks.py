@@ -11,6 +11,7 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import shared_task
+from celery.worker.control import control_command
 
 from celery_service.redis_client import client_for
 from celery_service.tasks.base import PermanentError, PlatformTask, TransientError
@@ -29,6 +30,14 @@ def _note(task: Any, label: str) -> None:
     pipe.hincrby(RUNS_KEY, label, 1)
     pipe.hset(RAN_AT_KEY, label, time.time())
     pipe.execute()
+
+
+@control_command(args=[("seconds", float)], signature="<seconds>")
+def block_event_loop(state: Any, seconds: float) -> dict[str, str]:
+    """A remote-control command runs on the worker's event loop: this one stands in for a
+    read that never returns (a half-open connection), blocking the loop and nothing else."""
+    time.sleep(seconds)
+    return {"ok": "unblocked"}
 
 
 @shared_task(bind=True, name="semantics.urgent")

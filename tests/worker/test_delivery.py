@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -159,6 +160,38 @@ def test_a_worker_acks_on_a_full_noeviction_server_and_keeps_running(
         time.sleep(1)  # a worker that exits on a refused ack does so within this
         assert w.proc.poll() is None, w.output()[-2000:]
     assert client.llen("work") == 0
+    app.close()
+
+
+def test_a_worker_whose_event_loop_is_blocked_turns_unhealthy(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """The heartbeat comes from the event loop's polls, not from a thread beside it: with
+    the loop blocked (the threads of the worker still running) the health check fails once
+    the file is older than its limit, and passes again when the loop turns."""
+    from tests.worker.test_semantics import CATALOG, MODULES
+
+    server = redis_server()
+    app = publisher(server.port, CATALOG, MODULES)
+    limit_s = 3
+
+    def healthcheck(heartbeat: Path) -> subprocess.CompletedProcess[str]:
+        env = {
+            "PATH": os.environ["PATH"],
+            "PYTHONPATH": str(IMAGE_DIR),
+            "CELERY_HEARTBEAT_FILE": str(heartbeat),
+            "CELERY_HEARTBEAT_MAX_AGE_S": str(limit_s),
+        }
+        command = [sys.executable, "-m", "celery_service", "healthcheck", "worker"]
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+    with running(server.port, tmp_path, "runner", catalog=CATALOG, task_modules=MODULES) as w:
+        assert healthcheck(w.heartbeat).returncode == 0
+        app.control.broadcast("block_event_loop", arguments={"seconds": limit_s + 5})
+        wait_for(lambda: healthcheck(w.heartbeat).returncode == 1, limit_s + 4, "unhealthy")
+        stuck = healthcheck(w.heartbeat)
+        assert "main process is stuck" in stuck.stderr, stuck.stderr
+        wait_for(lambda: healthcheck(w.heartbeat).returncode == 0, 10, "healthy again")
     app.close()
 
 

@@ -22,7 +22,9 @@ from celery_service.contract import FLOWER_DEFAULT_USER, Env
 from celery_service.settings import Settings, SettingsError
 
 USAGE = __doc__ or ""
-HEARTBEAT_MAX_AGE_S = 60  # the monitor touches the file every 2 s; beat at least every 5 s
+# A worker's event loop touches the file every second while it polls; beat at least every
+# 5 s. Older than this, the process is stuck; ECS then replaces it after its retries.
+HEARTBEAT_MAX_AGE_S = 60
 
 
 def main(argv: list[str]) -> int:
@@ -126,14 +128,15 @@ def healthcheck(args: list[str]) -> int:
                 return 0 if r.status == 200 else unhealthy(f"{url} answered {r.status}")
         except OSError as exc:
             return unhealthy(f"{url}: {exc}")
-    path = Path(os.environ.get("CELERY_HEARTBEAT_FILE", "/tmp/celery-heartbeat"))
+    path = Path(os.environ.get(Env.HEARTBEAT_FILE, "/tmp/celery-heartbeat"))
+    limit_s = float(os.environ.get(Env.HEARTBEAT_MAX_AGE_S) or HEARTBEAT_MAX_AGE_S)
     try:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return unhealthy(f"no heartbeat file {path}: the {role} has not started or has stopped")
-    if age >= HEARTBEAT_MAX_AGE_S:
+    if age >= limit_s:
         return unhealthy(
-            f"heartbeat {path} is {age:.0f} s old (limit {HEARTBEAT_MAX_AGE_S} s): "
+            f"heartbeat {path} is {age:.0f} s old (limit {limit_s:.0f} s): "
             f"the {role}'s main process is stuck"
         )
     return 0

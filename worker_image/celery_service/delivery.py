@@ -24,6 +24,7 @@ and `make chaos`.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from queue import Empty
 from time import monotonic, time
 from typing import Any
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 #: Seconds between polls of an idle channel, in case a notification is missed or the
 #: server does not send them.
 IDLE_POLL_INTERVAL_S = 1.0
+#: Seconds between two touches of the heartbeat file by the event loop.
+HEARTBEAT_EVERY_S = 1.0
 
 # KEYS: unacked hash, unacked_index zset, the deliveries hash, then per queue key its queue
 # key and its queue's list of malformed entries. ARGV: the time to index the entry at (the
@@ -151,13 +154,15 @@ class DeliveryChannel(kombu_redis.Channel):
     reads the keyspace notifications."""
 
     QoS = RecordingQoS
-    from_transport_options = (  # type: ignore[assignment]  # two more options
+    from_transport_options = (  # type: ignore[assignment]  # three more options
         *kombu_redis.Channel.from_transport_options,
         "idle_poll_interval",
         "max_deliveries",
+        "heartbeat_file",
     )
     idle_poll_interval = IDLE_POLL_INTERVAL_S
     max_deliveries = 5  # the catalog's, from the transport options
+    heartbeat_file: str | None = None  # touched as the worker's event loop turns
 
     _wake_client: Any = None
     _script_sha: str | None = None
@@ -361,11 +366,27 @@ class DeliveryPoller(kombu_redis.MultiChannelPoller):
     too (as WAKE) and always read, even while the channel has no prefetch credit: a
     readable socket left unread would spin the event loop."""
 
+    _beat_at = 0.0
+
     def on_poll_start(self) -> None:
         for channel in self._channels:
             if isinstance(channel, DeliveryChannel) and channel.active_queues:
                 self._register_wake(channel)
+                self._heartbeat(channel.heartbeat_file)
         super().on_poll_start()
+
+    def _heartbeat(self, path: str | None) -> None:
+        """The health check's file, touched from the worker's event loop itself (each poll
+        of the queues, once a second at most): a loop blocked in a read stops touching it,
+        and ECS replaces the worker (a thread beside the loop would keep it green)."""
+        now = monotonic()
+        if path is None or now - self._beat_at < HEARTBEAT_EVERY_S:
+            return
+        self._beat_at = now
+        try:
+            Path(path).touch()
+        except OSError as exc:
+            log.warning("heartbeat %s not written: %s", path, exc)
 
     def _register_wake(self, channel: DeliveryChannel) -> None:
         channel.subscribe_wake()

@@ -90,6 +90,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # how often a message may be delivered without an ack before it is dead-lettered.
             "idle_poll_interval": settings.idle_poll_s,
             "max_deliveries": catalog.max_deliveries,
+            # A worker's health: its event loop touches this as it polls (beat's tick does).
+            "heartbeat_file": settings.heartbeat_file,
         },
         "result_backend": settings.redis_url(db=catalog.result_db),
         "redis_backend_use_ssl": tls,

@@ -243,7 +243,9 @@ def _start_monitor(**_: Any) -> None:
         busy=lambda: len(worker_state.reserved_requests),
         agent_uri=settings.ecs_agent_uri,
         protection_minutes=settings.protection_minutes,
-        heartbeat_file=settings.heartbeat_file,
+        # The event loop touches the heartbeat (celery_service.delivery); a solo pool runs
+        # tasks on that loop, so there the monitor keeps it while a task runs.
+        heartbeat_file=settings.heartbeat_file if settings.group.pool == "solo" else None,
         max_minutes=settings.group.protection_max_minutes if settings.worker_group else None,
     )
     monitor.start()
