@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 import redis
 
@@ -58,6 +60,18 @@ def use_fake_aws_credentials(monkeypatch: pytest.MonkeyPatch, region: str = "us-
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+def ecs_cluster_with(
+    cluster: str, desired_counts: Mapping[str, int], region: str = "us-east-1"
+) -> Any:
+    """moto's ECS client (call inside `mock_aws`) with `cluster` and one service per entry
+    of `desired_counts` (service name -> desired count)."""
+    ecs = boto3.client("ecs", region_name=region)
+    ecs.create_cluster(clusterName=cluster)
+    for name, count in desired_counts.items():
+        ecs.create_service(cluster=cluster, serviceName=name, desiredCount=count)
+    return ecs
 
 
 @dataclass

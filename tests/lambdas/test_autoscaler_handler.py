@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pytest
 import redis
 from moto import mock_aws
@@ -19,7 +18,13 @@ from celery_service.contract import UNACKED_KEY, completed_key, dlq_index_key
 from lambdas.autoscaler import handler as scaler
 from lambdas.autoscaler.handler import BotoEcs, DryRunEcs, ServiceCounts, Settings, run_once
 from lambdas.autoscaler.observe import read_all
-from tests.conftest import FakeLambdaContext, RedisServer, free_port, use_fake_aws_credentials
+from tests.conftest import (
+    FakeLambdaContext,
+    RedisServer,
+    ecs_cluster_with,
+    free_port,
+    use_fake_aws_credentials,
+)
 
 CONFIG: dict[str, Any] = {
     "environment": "test",
@@ -176,11 +181,9 @@ def test_a_throttled_update_is_reported_and_holds(seeded: RedisServer) -> None:
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     use_fake_aws_credentials(monkeypatch)
     with mock_aws():
-        ecs = boto3.client("ecs", region_name="us-east-1")
-        ecs.create_cluster(clusterName="celery-test")
-        for name, count in (("celery-test-worker-general", 2), ("celery-test-worker-batch", 0)):
-            ecs.create_service(cluster="celery-test", serviceName=name, desiredCount=count)
-        yield ecs
+        yield ecs_cluster_with(
+            "celery-test", {"celery-test-worker-general": 2, "celery-test-worker-batch": 0}
+        )
 
 
 def test_boto_ecs_describes_and_updates_only_named_services(aws: Any) -> None:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import boto3
 import pytest
 import redis
 from moto import mock_aws
@@ -31,7 +30,13 @@ from lambdas.autoscaler.handler import (
     ServiceCounts,
     run_exclusive,
 )
-from tests.conftest import FakeLambdaContext, RedisServer, free_port, use_fake_aws_credentials
+from tests.conftest import (
+    FakeLambdaContext,
+    RedisServer,
+    ecs_cluster_with,
+    free_port,
+    use_fake_aws_credentials,
+)
 from tests.lambdas.test_autoscaler_handler import CONFIG, emitted_metrics, settings_for
 from tests.synth import ROOT
 
@@ -252,11 +257,7 @@ def test_a_run_that_outlasts_its_lock_reports_it_and_leaves_the_next_runs_lock(
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     use_fake_aws_credentials(monkeypatch)
     with mock_aws():
-        ecs = boto3.client("ecs", region_name="us-east-1")
-        ecs.create_cluster(clusterName="celery-test")
-        for name, count in SERVICES.items():
-            ecs.create_service(cluster="celery-test", serviceName=name, desiredCount=count)
-        yield ecs
+        yield ecs_cluster_with("celery-test", SERVICES)
 
 
 def handler_environment(monkeypatch: pytest.MonkeyPatch, port: int) -> None:

@@ -17,7 +17,12 @@ from moto import mock_aws
 
 from celery_service import contract
 from lambdas.autoscaler import handler as scaler
-from tests.conftest import FakeLambdaContext, RedisServer, use_fake_aws_credentials
+from tests.conftest import (
+    FakeLambdaContext,
+    RedisServer,
+    ecs_cluster_with,
+    use_fake_aws_credentials,
+)
 from tests.lambdas.test_autoscaler_handler import CONFIG
 
 SERVICES = {"celery-test-worker-general": 1, "celery-test-worker-batch": 0}
@@ -56,10 +61,7 @@ def rotation(
     server = redis_server(requirepass="A")
     use_fake_aws_credentials(monkeypatch)
     with mock_aws():
-        ecs = boto3.client("ecs", region_name="us-east-1")
-        ecs.create_cluster(clusterName="celery-test")
-        for name, count in SERVICES.items():
-            ecs.create_service(cluster="celery-test", serviceName=name, desiredCount=count)
+        ecs = ecs_cluster_with("celery-test", SERVICES)
         secrets = boto3.client("secretsmanager", region_name="us-east-1")
         arn = secrets.create_secret(Name="celery-test/broker-auth", SecretString="A")["ARN"]
         monkeypatch.setenv("AUTOSCALER_CONFIG", json.dumps(CONFIG))

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
 import pytest
 import redis
 from botocore.awsrequest import AWSResponse, HTTPHeaders
@@ -34,7 +33,7 @@ from lambdas.autoscaler.handler import (
     redis_client_for,
     run_once,
 )
-from tests.conftest import FakeLambdaContext, use_fake_aws_credentials
+from tests.conftest import FakeLambdaContext, ecs_cluster_with, use_fake_aws_credentials
 from tests.proofs.conftest import RestartableRedis
 from tests.proofs.faultproxy import FaultProxy
 from tests.proofs.figures import EXHAUSTIVE, FIGURES
@@ -332,12 +331,8 @@ def world(restartable_redis: RestartableRedis, monkeypatch: pytest.MonkeyPatch) 
     proxy = FaultProxy(restartable_redis.port)
     restartable_redis.client().flushall()
     with mock_aws():
-        ecs = boto3.client("ecs", region_name=REGION)
-        ecs.create_cluster(clusterName=CLUSTER)
-        for group, spec in GROUPS.items():
-            ecs.create_service(
-                cluster=CLUSTER, serviceName=service_of(group), desiredCount=spec["min_tasks"]
-            )
+        counts = {service_of(group): spec["min_tasks"] for group, spec in GROUPS.items()}
+        ecs = ecs_cluster_with(CLUSTER, counts, REGION)
         direct = restartable_redis.client()
         yield World(restartable_redis, proxy, ecs, direct, random.Random(0))
     proxy.close()

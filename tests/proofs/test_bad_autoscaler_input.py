@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pytest
 import redis
 from moto import mock_aws
@@ -25,7 +24,7 @@ from celery_service.contract import (
 )
 from lambdas.autoscaler import handler as scaler
 from lambdas.autoscaler.handler import ServiceCounts, run_once
-from tests.conftest import FakeLambdaContext, use_fake_aws_credentials
+from tests.conftest import FakeLambdaContext, ecs_cluster_with, use_fake_aws_credentials
 from tests.proofs.conftest import RestartableRedis
 from tests.proofs.figures import FIGURES
 from tests.proofs.test_autoscaler_faults import (
@@ -90,10 +89,8 @@ def setup(restartable_redis: RestartableRedis, monkeypatch: pytest.MonkeyPatch) 
     client.flushall()
     client.rpush("default", *[b"m"] * 50)  # a backlog: a fault-free run wants more, not less
     with mock_aws():
-        ecs = boto3.client("ecs", region_name=REGION)
-        ecs.create_cluster(clusterName=CLUSTER)
-        for group, count in START_COUNTS.items():
-            ecs.create_service(cluster=CLUSTER, serviceName=service_of(group), desiredCount=count)
+        counts = {service_of(group): count for group, count in START_COUNTS.items()}
+        ecs = ecs_cluster_with(CLUSTER, counts, REGION)
         found = Setup(restartable_redis, ecs, monkeypatch)
         found.environ()
         yield found
