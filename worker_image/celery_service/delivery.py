@@ -130,12 +130,17 @@ class RecordingQoS(kombu_redis.QoS):
             self._forget(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
+    _forget_script: Any = None  # redis-py's Script: its SHA computed once, not per ack
+
     def _forget(self, delivery_tag: str) -> None:
         with self.channel.conn_or_acquire() as client:
-            # EVALSHA, loading the script once per server (redis-py's Script).
-            client.register_script(FORGET)(
+            if self._forget_script is None:
+                self._forget_script = client.register_script(FORGET)
+            # EVALSHA on this client, loading the script when the server lacks it.
+            self._forget_script(
                 keys=[self.unacked_index_key, self.unacked_key, contract.DELIVERIES_KEY],
                 args=[delivery_tag],
+                client=client,
             )
 
     def append(self, message: Any, delivery_tag: str) -> None:
