@@ -306,6 +306,11 @@ class DatadogConfig(Strict):
     app_key_secret_name: str = "datadog/app-key"
 
 
+# A run's lock (and Lambda timeout) ends at least this long before the next scheduled run,
+# so a killed run never makes the next one skip.
+RUN_LOCK_MARGIN_S = 15
+
+
 class AutoscalerConfig(Strict):
     """The queue-depth autoscaler Lambda: how often it runs and decides."""
 
@@ -318,17 +323,18 @@ class AutoscalerConfig(Strict):
     @model_validator(mode="after")
     def _cross(self) -> AutoscalerConfig:
         busy_s = (self.decisions_per_run - 1) * self.decision_interval_s
-        if busy_s + 60 > min(self.schedule_minutes * 60, 900):
+        if self.timeout_s + RUN_LOCK_MARGIN_S > min(self.schedule_minutes * 60, 900):
+            extra_s = AUTOSCALER_RUN_WORK_S + RUN_LOCK_MARGIN_S
             raise ValueError(
-                f"decisions_per_run x decision_interval_s ({busy_s} s) plus 60 s must fit "
-                f"in the schedule ({self.schedule_minutes} min) and in Lambda's 15 minutes"
+                f"decisions_per_run x decision_interval_s ({busy_s} s) plus {extra_s} s must "
+                f"fit in the schedule ({self.schedule_minutes} min) and in Lambda's 15 minutes"
             )
         return self
 
     @property
     def timeout_s(self) -> int:
         """Lambda timeout: the run's sleeps plus its work, as long as its run lock lasts and
-        at least 15 s below the schedule."""
+        at least RUN_LOCK_MARGIN_S below the schedule."""
         return (self.decisions_per_run - 1) * self.decision_interval_s + AUTOSCALER_RUN_WORK_S
 
 

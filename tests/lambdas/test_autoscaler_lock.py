@@ -313,8 +313,8 @@ def test_redis_unreadable_while_taking_the_lock_holds_and_reports(
 
 
 def test_every_schedule_the_config_accepts_fits_a_lock_shorter_than_its_interval() -> None:
-    """The config bounds a run by its Lambda timeout (the sleeps plus 60 s) within the
-    schedule; the lock's TTL then always covers the sleeps and ends before the next run."""
+    """The config bounds a run by its Lambda timeout (the sleeps plus the run's work) within
+    the schedule; the lock's TTL then always covers the sleeps and ends before the next run."""
     for minutes in (1, 2, 5, 10, 15, 60):
         for decisions in range(1, 21):
             for interval in (5, 10, 30, 45, 60, 120, 300):
