@@ -32,7 +32,8 @@ IDLE_GRACE_S = 5.0  # idle this long before releasing (a steady trickle should n
 
 
 class TaskMonitor:
-    """A daemon thread in the worker's main process: protection and the liveness file."""
+    """A daemon thread in the worker's main process: protection, and for a solo pool (whose
+    tasks run on the event loop that otherwise touches it) the liveness file."""
 
     def __init__(
         self,
