@@ -22,9 +22,9 @@ from typing import Any
 
 from celery import shared_task
 
-from celery_service.idempotency import applied_once
+from celery_service.idempotency import EffectInProgressError, applied_once
 from celery_service.redis_client import client_for
-from celery_service.tasks.base import PlatformTask
+from celery_service.tasks.base import PlatformTask, TransientError
 
 LEDGER_DIR_ENV = "CHAOS_LEDGER_DIR"
 WORKER_NAME_ENV = "CHAOS_WORKER_NAME"
@@ -68,8 +68,10 @@ def work(self: Any, duration_ms: int, effect: bool) -> str:
     time.sleep(duration_ms / 1000)
     if effect:
         client = client_for(self.app.platform_settings)
-        # A delivery still holding the effect: retried when its lock ends.
-        applied_once(client, f"chaos:{task_id}", lambda: record("x", task_id, retries))
+        try:
+            applied_once(client, f"chaos:{task_id}", lambda: record("x", task_id, retries))
+        except EffectInProgressError as exc:
+            raise TransientError(f"effect of {task_id} held by another delivery") from exc
     record("d", task_id, retries)
     return "done"
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from celery import chord, group
 
-from celery_service import contract
 from samples.tasks import EMAILS_SENT_KEY
 from tests.conftest import RedisServer
 from tests.worker.harness import TEST_CATALOG, publisher, results_client, running, wait_for
@@ -27,28 +26,6 @@ def test_idempotent_task_sends_once_however_often_it_runs(
         outcomes = sorted(r.get(timeout=20) for r in results)
     assert outcomes == ["already sent"] * 4 + ["sent"]
     assert client.lrange(EMAILS_SENT_KEY, 0, -1) == [b"42"]
-    app.close()
-
-
-def test_a_redelivery_waits_out_the_lock_of_a_killed_delivery(
-    redis_server: Callable[..., RedisServer], tmp_path: Path
-) -> None:
-    """A delivery killed inside `applied_once` leaves its lock until the lock's TTL. The next
-    delivery retries when the lock ends instead of spending its retries (here 5, a second
-    apart) and landing in the DLQ while the dead delivery's lock still stands."""
-    server = redis_server()
-    client = server.client()
-    app = publisher(server.port)
-    lock_s = 8  # longer than all five retries with the catalog's 1 s backoff cap
-    client.set("celery:effect:welcome-email:7:lock", "killed-delivery", ex=lock_s)
-    with running(server.port, tmp_path):
-        started = time.monotonic()
-        result = app.send_task("samples.send_welcome_email", args=[7])
-        assert result.get(timeout=30) == "sent"
-        waited = time.monotonic() - started
-    assert waited >= lock_s - 1, f"sent after {waited:.1f} s, before the lock ended"
-    assert client.lrange(EMAILS_SENT_KEY, 0, -1) == [b"7"]
-    assert client.zcard(contract.dlq_index_key("default")) == 0
     app.close()
 
 

@@ -19,22 +19,13 @@ from collections.abc import Callable
 import redis
 
 from celery_service.contract import KEY_PREFIX
-from celery_service.tasks.base import RetryLater
 
 DONE_TTL_S = 7 * 86400  # remember applied effects this long (seconds)
 LOCK_TTL_S = 600  # a crashed holder's lock frees itself after this long (seconds)
 
 
-class EffectInProgressError(RetryLater):
-    """Another delivery of the same task holds the effect's lock. A PlatformTask retries
-    when the lock ends (a killed holder's lock ends by itself) without spending a retry, so
-    a redelivery never runs out of retries waiting for a dead delivery's lock."""
-
-    def __init__(self, key: str, retry_in_s: float) -> None:
-        super().__init__(
-            f"{key}: another delivery holds the effect's lock for {retry_in_s:.0f} s", retry_in_s
-        )
-        self.key = key
+class EffectInProgressError(Exception):
+    """Another delivery of the same task holds the effect's lock; retry later."""
 
 
 def applied_once(
@@ -46,8 +37,7 @@ def applied_once(
         return False
     lock = client.lock(f"{done_key}:lock", timeout=LOCK_TTL_S, blocking=False)
     if not lock.acquire():
-        left_ms = client.pttl(lock.name)
-        raise EffectInProgressError(key, (left_ms if left_ms > 0 else 0) / 1000 + 1)
+        raise EffectInProgressError(key)
     try:
         if client.exists(done_key):
             return False

@@ -12,7 +12,7 @@ from typing import Any
 from celery import chord, group, shared_task
 from celery.utils.log import get_task_logger
 
-from celery_service.idempotency import applied_once
+from celery_service.idempotency import EffectInProgressError, applied_once
 from celery_service.redis_client import client_for
 from celery_service.tasks.base import PermanentError, PlatformTask, TransientError
 
@@ -28,11 +28,12 @@ EMAILS_SENT_KEY = "samples:emails-sent"
 def send_welcome_email(self: PlatformTask, user_id: int) -> str:
     """Idempotent: a redelivered message does not send the email twice."""
     client = client_for(self.app.platform_settings)
-    # Another delivery holding the effect raises EffectInProgressError: the task retries
-    # when its lock ends.
-    sent = applied_once(
-        client, f"welcome-email:{user_id}", lambda: client.rpush(EMAILS_SENT_KEY, user_id)
-    )
+    try:
+        sent = applied_once(
+            client, f"welcome-email:{user_id}", lambda: client.rpush(EMAILS_SENT_KEY, user_id)
+        )
+    except EffectInProgressError as exc:
+        raise TransientError(f"email to {user_id} is being sent by another delivery") from exc
     return "sent" if sent else "already sent"
 
 

@@ -16,15 +16,6 @@ class TransientError(Exception):
     """Raise (or raise from) this for failures worth retrying: timeouts, 5xx, throttling."""
 
 
-class RetryLater(TransientError):  # noqa: N818 (it says what to do, not what went wrong)
-    """Raise (or subclass) this when the moment to try again is known: PlatformTask retries
-    after `retry_in_s`, and the wait does not count against `max_retries`."""
-
-    def __init__(self, message: str, retry_in_s: float) -> None:
-        super().__init__(message)
-        self.retry_in_s = retry_in_s
-
-
 class PermanentError(Exception):
     """Raise this when retrying cannot help (bad input, 4xx): the task goes to the DLQ now."""
 
@@ -80,11 +71,6 @@ class PlatformTask(BaseTask):
         retry because the broker is unreachable at that moment (seen in `make chaos` at the
         Redis restart). Requeue it instead: put back at once, or, while Redis is away, left
         in `unacked` until the visibility timeout restores it."""
-        exc = kwargs.get("exc")
-        if isinstance(exc, RetryLater):
-            # Waiting for a known moment is not a failed attempt: it spends no retry.
-            kwargs["countdown"] = exc.retry_in_s
-            kwargs["max_retries"] = (self.request.retries or 0) + 1
         try:
             return super().retry(*args, **kwargs)
         except Reject as exc:
