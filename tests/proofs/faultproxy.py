@@ -5,6 +5,13 @@ Modes: `pass` forwards both ways; `blackhole` swallows requests, so the client t
 the connection half-way through the reply. A fault applies to connections already open as
 well as new ones. `budget` limits how many times the fault fires before the proxy passes
 traffic again (a transient fault); None keeps it until the mode is changed.
+
+Two faults apply to the connections open at the moment only: `sever()` makes them go silent
+both ways while new connections pass (a dropped NAT entry, a host gone mid-session: nothing
+closes, nothing answers; `sever_after(pattern)` does it to the next connection to send a
+request containing the pattern, once that request is through: the server acts, the client
+never hears), and `retarget(port)` sends new connections to another server (the
+endpoint name moved to a promoted replica) while the open ones stay on the old.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ class FaultProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._open: set[socket.socket] = set()
+        self._silent: set[socket.socket] = set()  # severed: read and dropped, never answered
+        self._subscribers: set[socket.socket] = set()  # client sockets that sent SUBSCRIBE
+        self._sever_after: bytes | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -58,6 +68,22 @@ class FaultProxy:
                 if self._budget <= 0:
                     self._mode, self._budget = "pass", None
             return mode
+
+    def sever(self, *, subscribers_only: bool = False) -> int:
+        """Silence every open connection (or those that sent SUBSCRIBE), both ways; returns
+        how many."""
+        with self._lock:
+            chosen = self._subscribers & self._open if subscribers_only else set(self._open)
+            self._silent.update(chosen)
+            return len(chosen) if subscribers_only else len(chosen) // 2
+
+    def sever_after(self, pattern: bytes) -> None:
+        with self._lock:
+            self._sever_after = pattern
+
+    def retarget(self, upstream_port: int) -> None:
+        with self._lock:
+            self.upstream_port = upstream_port
 
     def close(self) -> None:
         self._closed = True
@@ -81,7 +107,9 @@ class FaultProxy:
 
     def _serve(self, client: socket.socket) -> None:
         try:
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=2)
+            with self._lock:
+                port = self.upstream_port
+            upstream = socket.create_connection(("127.0.0.1", port), timeout=2)
         except OSError:
             _reset(client)  # the server is down: the client sees the connection dropped
             return
@@ -91,6 +119,11 @@ class FaultProxy:
         try:
             while not self._closed:
                 readable, _, _ = select.select([client, upstream], [], [], 0.5)
+                if client in self._silent:
+                    for sock in readable:
+                        if not sock.recv(CHUNK_BYTES):
+                            return
+                    continue
                 if client in readable:
                     data = client.recv(CHUNK_BYTES)
                     if not data:
@@ -103,6 +136,12 @@ class FaultProxy:
                         return
                     poisoned = mode == "reset_reply"
                     upstream.sendall(data)
+                    with self._lock:
+                        if b"SUBSCRIBE" in data.upper():
+                            self._subscribers.add(client)
+                        if self._sever_after is not None and self._sever_after in data:
+                            self._sever_after = None
+                            self._silent.add(client)
                 if upstream in readable:
                     data = upstream.recv(CHUNK_BYTES)
                     if not data:
@@ -117,6 +156,8 @@ class FaultProxy:
         finally:
             with self._lock:
                 self._open.difference_update((client, upstream))
+                self._silent.discard(client)
+                self._subscribers.discard(client)
             for sock in (client, upstream):
                 with contextlib.suppress(OSError):
                     sock.close()

@@ -119,10 +119,11 @@ def test_the_pop_records_on_a_full_noeviction_server(
         "unacked",
         "unacked_index",
         contract.DELIVERIES_KEY,
+        contract.pop_receipt_key("test"),
         "default",
         contract.malformed_key("default"),
     ]
-    reply = client.eval(POP_AND_RECORD, len(keys), *keys, repr(time.time()), 5, "default")
+    reply = client.eval(POP_AND_RECORD, len(keys), *keys, repr(time.time()), 5, 1, 60, "default")
     assert reply[2] == b"tag-1"
     assert json.loads(client.hget("unacked", "tag-1") or b"null")[0] == message
     assert client.llen("default") == 0

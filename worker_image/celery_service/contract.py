@@ -6,7 +6,8 @@ CDK app and the autoscaler Lambda import it without Celery.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+import socket
+from typing import Any, Final, Literal
 
 # Priorities, named in the catalog and in code. Redis (kombu) consumes step 0 first; the
 # names map onto kombu's default steps, which every publisher of the broker must share (a
@@ -154,6 +155,14 @@ def autoscaler_state_key(group: str) -> str:
 # than the catalog's max_deliveries without an ack goes to the DLQ instead of a worker.
 DELIVERIES_KEY: Final = f"{KEY_PREFIX}:deliveries"
 
+
+def pop_receipt_key(consumer: str) -> str:
+    """What a consumer channel's last pop took (`<pop number>:<delivery tag>`, expiring with
+    the visibility timeout): after a pop whose reply was lost with its connection, the
+    worker puts that message back at once instead of leaving it to the visibility timeout."""
+    return f"{KEY_PREFIX}:pop-receipt:{consumer}"
+
+
 # One autoscaler run at a time: the run holding this key (a random token, with a TTL shorter
 # than the schedule) decides; another invocation meanwhile skips.
 AUTOSCALER_LOCK_KEY: Final = f"{KEY_PREFIX}:autoscaler:lock"
@@ -162,6 +171,36 @@ AUTOSCALER_LOCK_KEY: Final = f"{KEY_PREFIX}:autoscaler:lock"
 # both last the sleeps plus this, so a run can never outlive its lock, and the config keeps
 # them 15 s short of the schedule, so a killed run's lock never blocks the next run.
 AUTOSCALER_RUN_WORK_S: Final = 45
+
+
+# How the Redis clients of workers, beat, Flower and producers notice a dead peer, so that no
+# read waits for ever: a reply is awaited at most REDIS_SOCKET_TIMEOUT_S (then the command is
+# retried on a new connection); a connection idle REDIS_HEALTH_CHECK_S is PINGed before
+# use; TCP keepalive drops a peer that stops acknowledging after 10 + 3 * 5 = 25 s idle; and
+# the worker's long-lived connections (the delivery script, the keyspace notifications,
+# remote control) are checked by its event loop every REDIS_HEALTH_CHECK_S, a reply or PING
+# overdue by that long dropping the connection (celery_service.delivery).
+REDIS_CONNECT_TIMEOUT_S: Final = 5
+REDIS_SOCKET_TIMEOUT_S: Final = 5
+REDIS_HEALTH_CHECK_S: Final = 10
+_KEEPALIVE = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3}
+
+
+def redis_client_options() -> dict[str, Any]:
+    """redis-py connection options with the bounds above."""
+    return {
+        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S,
+        "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
+        "socket_keepalive": True,
+        # The names differ by platform (macOS has no TCP_KEEPIDLE); Linux has all three.
+        "socket_keepalive_options": {
+            getattr(socket, name): value
+            for name, value in _KEEPALIVE.items()
+            if hasattr(socket, name)
+        },
+        "retry_on_timeout": True,
+        "health_check_interval": REDIS_HEALTH_CHECK_S,
+    }
 
 
 # RedBeat's keys: `<prefix><schedule name>` hashes (definition, meta with total_run_count),

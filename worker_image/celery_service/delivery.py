@@ -13,6 +13,12 @@ of its queue keys instead (`notify-keyspace-events` must include `K` and `l`: th
 stack's parameter group and the local redis-server set contract.KEYSPACE_EVENTS) and pops when a
 message is pushed; without them it polls every `idle_poll_interval` seconds.
 
+A pop whose reply is lost with its connection (a silent peer, a reset, a failover) may
+still have run: each channel's pop writes a receipt naming its message, and after such a
+loss the worker puts that message back at once (`_restore_lost_pop`) instead of leaving
+it in `unacked` for the visibility timeout. A pop unanswered for a command's socket timeout
+drops its connection (DeliveryPoller).
+
 Acks are a script too (FORGET): kombu's MULTI is refused by a full server. Everything else
 is kombu's: queue keys and priorities, the `unacked` format that the restore sweep and the
 autoscaler read, requeues and restores. The channel, QoS and poller below override kombu
@@ -28,6 +34,7 @@ from pathlib import Path
 from queue import Empty
 from time import monotonic, time
 from typing import Any
+from uuid import uuid4
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
@@ -45,20 +52,22 @@ IDLE_POLL_INTERVAL_S = 1.0
 #: Seconds between two touches of the heartbeat file by the event loop.
 HEARTBEAT_EVERY_S = 1.0
 
-# KEYS: unacked hash, unacked_index zset, the deliveries hash, then per queue key its queue
-# key and its queue's list of malformed entries. ARGV: the time to index the entry at (the
-# worker's clock, as kombu's QoS uses), the most deliveries a message may have, then per
-# queue key its queue's name (the routing key when a message has none). Returns false, or
-# {key, item, tag}. An item that is not a message envelope with a delivery tag is moved to
-# the malformed list instead (tag ""), for the worker to put in the DLQ; so is a message
-# delivered more than the most times without an ack (its task ended its process each
-# time), with its count as a fourth element. A key that holds no list is skipped, and named
-# ({key}) if nothing was popped; any other error of RPOP is the script's error. RPOP comes
-# first: once a script has written, Redis lets it finish its writes even on a full
-# `noeviction` server, so a popped message is always recorded.
+# KEYS: unacked hash, unacked_index zset, the deliveries hash, the channel's pop receipt,
+# then per queue key its queue key and its queue's list of malformed entries. ARGV: the time
+# to index the entry at (the worker's clock, as kombu's QoS uses), the most deliveries a
+# message may have, this pop's number, the receipt's lifetime (seconds), then per queue key
+# its queue's name (the routing key when a message has none). Returns false, or
+# {key, item, tag}, and the receipt then reads `<pop number>:<tag>`. An item that is not a
+# message envelope with a delivery tag is moved to the malformed list instead (tag ""), for
+# the worker to put in the DLQ; so is a message delivered more than the most times without
+# an ack (its task ended its process each time), with its count as a fourth element. A key
+# that holds no list is skipped, and named ({key}) if nothing was popped; any other error of
+# RPOP is the script's error. RPOP comes first: once a script has written, Redis lets it
+# finish its writes even on a full `noeviction` server, so a popped message is always
+# recorded.
 POP_AND_RECORD = """
 local skipped = nil
-for i = 4, #KEYS, 2 do
+for i = 5, #KEYS, 2 do
   local item = redis.pcall('RPOP', KEYS[i])
   if type(item) == 'table' and item.err then
     if string.sub(item.err, 1, 9) ~= 'WRONGTYPE' then
@@ -87,10 +96,11 @@ for i = 4, #KEYS, 2 do
       return {KEYS[i], item, '', deliveries - 1}
     end
     if type(exchange) ~= 'string' then exchange = '' end
-    if type(routing_key) ~= 'string' then routing_key = ARGV[(i - 4) / 2 + 3] end
+    if type(routing_key) ~= 'string' then routing_key = ARGV[(i - 5) / 2 + 5] end
     redis.call('ZADD', KEYS[2], ARGV[1], tag)
     redis.call('HSET', KEYS[1], tag,
       '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
+    redis.call('SET', KEYS[4], ARGV[3] .. ':' .. tag, 'EX', ARGV[4])
     return {KEYS[i], item, tag}
   end
 end
@@ -112,6 +122,12 @@ return redis.call('HDEL', KEYS[2], ARGV[1])
 
 # Keyspace events that may have put a message in a queue key.
 _PUSH_EVENTS = frozenset({"lpush", "rpush", "linsert", "lset", "rename_to", "restore"})
+
+
+# Pops whose reply was lost with their connection: (receipt key, pop number). The next pop
+# of any channel of the process puts their messages back, so a channel closed meanwhile (the
+# consumer restarts on a connection error) loses none.
+_lost_pops: list[tuple[str, int]] = []
 
 
 class RecordingQoS(kombu_redis.QoS):
@@ -176,6 +192,8 @@ class DeliveryChannel(kombu_redis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._recorded_tags: set[str] = set()
+        self._receipt_key = contract.pop_receipt_key(uuid4().hex)
+        self._pops = 0  # pops sent; the receipt names the last one that took a message
         self._not_lists: set[str] = set()  # queue keys reported as holding no list
         self._wake_channels: set[str] = set()  # keyspace channels subscribed to
         self._wake_queues: tuple[str, ...] = ()  # the queues they are for
@@ -199,23 +217,34 @@ class DeliveryChannel(kombu_redis.Channel):
         keys = [
             key for queue, queue_key in order for key in (queue_key, contract.malformed_key(queue))
         ]
+        while _lost_pops:  # a connection error leaves the rest for the next pop
+            self._restore_lost_pop(*_lost_pops[-1])
+            _lost_pops.pop()
         connection = self.client.connection
+        # No PING before the pop: a failed one reconnects inside send_command, and the
+        # pop's fate would no longer follow its connection's. A silent peer is caught by
+        # the poller instead, the pop's reply being overdue (DeliveryPoller).
+        connection.health_check_interval = 0
         if self._script_sha is None:
             with self.conn_or_acquire() as client:
                 self._script_sha = client.script_load(POP_AND_RECORD)
         self._woken = False  # a notification from now on may be for a newer message
+        self._pops += 1
         self._in_poll = connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # as kombu does
         connection.send_command(
             "EVALSHA",
             self._script_sha,
-            3 + len(keys),
+            4 + len(keys),
             self.unacked_key,
             self.unacked_index_key,
             contract.DELIVERIES_KEY,
+            self._receipt_key,
             *keys,
             repr(time()),
             self.max_deliveries,
+            self._pops,
+            int(self.visibility_timeout),
             *(queue for queue, _ in order),
         )
 
@@ -247,6 +276,26 @@ class DeliveryChannel(kombu_redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as kombu does
             self._flush_brpop_reauth()
+
+    def _restore_lost_pop(self, receipt_key: str, pop: int) -> None:
+        """Put back the message of a pop whose reply was lost with its connection (dropped as
+        silent, reset, failed over): the script may have run and recorded it in `unacked`
+        for this worker, which never got it. Without this it would wait there for the
+        visibility timeout."""
+        with self.conn_or_acquire() as client:
+            receipt = client.getdel(receipt_key)
+            number, _, tag = bytes_to_str(receipt or b"").partition(":")
+            if number != str(pop) or tag in self.qos._delivered:
+                return  # the lost pop took nothing, or its reply did arrive
+            if not client.hexists(self.unacked_key, tag):
+                return
+        log.warning("message %s popped but its reply was lost: back to its queue", tag)
+        try:
+            self.qos.restore_by_tag(tag, leftmost=True)
+            with self.conn_or_acquire() as client:
+                client.hincrby(contract.DELIVERIES_KEY, tag, -1)  # it never reached a worker
+        except self.ResponseError as exc:  # a full server refuses MULTI: the sweep restores it
+            log.warning("message %s left to the visibility timeout: %s", tag, exc)
 
     def _report_not_a_list(self, key: str) -> None:
         if key not in self._not_lists:
@@ -354,6 +403,8 @@ class DeliveryChannel(kombu_redis.Channel):
             )
 
     def _on_connection_disconnect(self, connection: Any) -> None:
+        if connection is not None and self._in_poll is connection:
+            _lost_pops.append((self._receipt_key, self._pops))
         if self._wake_client is not None and self._wake_client.connection is connection:
             self._woken = True  # what was pushed while disconnected sent no notification
         super()._on_connection_disconnect(connection)
@@ -376,6 +427,7 @@ class DeliveryPoller(kombu_redis.MultiChannelPoller):
     def on_poll_start(self) -> None:
         for channel in self._channels:
             if isinstance(channel, DeliveryChannel) and channel.active_queues:
+                self._drop_if_overdue(channel)
                 self._register_wake(channel)
                 self._heartbeat(channel.heartbeat_file)
         super().on_poll_start()
@@ -392,6 +444,50 @@ class DeliveryPoller(kombu_redis.MultiChannelPoller):
             Path(path).touch()
         except OSError as exc:
             log.warning("heartbeat %s not written: %s", path, exc)
+
+    def _drop_if_overdue(self, channel: DeliveryChannel) -> None:
+        """kombu drops a BRPOP connection whose reply is overdue by the BRPOP's own timeout
+        plus the health-check interval, checked every interval. The pop script never
+        blocks, so its reply is overdue once a command's socket timeout has passed: the
+        connection is dropped then, checked at every turn of the event loop."""
+        connection, sent_at = channel._in_poll, channel._brpop_sent_at
+        if not connection or sent_at is None:
+            return
+        waited = monotonic() - sent_at
+        sock = getattr(connection, "_sock", None)
+        if waited < contract.REDIS_SOCKET_TIMEOUT_S or sock is None:
+            return
+        if kombu_redis._socket_readable(sock):  # the reply is there, unread
+            return
+        log.warning("Redis sent no reply to a pop for %.0f s: reconnecting", waited)
+        connection.disconnect()
+
+    def maybe_check_subclient_health(self) -> None:
+        """kombu's check of the remote-control subscription (dropped after two unanswered
+        PINGs), and a tighter one of each channel's notification subscription: a PING is
+        sent every contract.REDIS_HEALTH_CHECK_S, and a connection that has not answered
+        it by the next check is dropped, then subscribed again."""
+        super().maybe_check_subclient_health()
+        for channel in self._channels:
+            client = channel._wake_client if isinstance(channel, DeliveryChannel) else None
+            if client is None or client.connection is None:
+                continue
+            try:
+                if client.health_check_response_counter > 0:
+                    log.warning(
+                        "keyspace notification connection left a PING unanswered for %d s: "
+                        "reconnecting",
+                        contract.REDIS_HEALTH_CHECK_S,
+                    )
+                    client.health_check_response_counter = 0
+                    client.connection.disconnect()
+                else:  # at every check: redis-py's own waits out a quiet interval first
+                    client.connection.send_command(
+                        "PING", client.HEALTH_CHECK_MESSAGE, check_health=False
+                    )
+                    client.health_check_response_counter += 1
+            except channel.connection_errors as exc:
+                log.debug("notification connection check failed: %s", exc)
 
     def _register_wake(self, channel: DeliveryChannel) -> None:
         channel.subscribe_wake()

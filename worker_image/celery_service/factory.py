@@ -78,11 +78,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # kombu's default "round_robin": a worker rotates between its queues, so a
             # backlog in one does not starve the others; priority levels still go first
             # across all of them (every queue's priority-0 key is read before any 3-key).
-            "socket_connect_timeout": 5,
-            "socket_timeout": 30,  # a hung server fails the command instead of the worker
-            "socket_keepalive": True,
-            "retry_on_timeout": True,
-            "health_check_interval": 25,
+            # contract.redis_client_options: no read waits for ever on a dead peer.
+            **contract.redis_client_options(),
             # Restore a dead worker's messages on every sweep, not every 10th: a crash then
             # costs the visibility timeout plus ~10 s, not plus ~100 s.
             "unacked_restore_throttle": 1,
@@ -95,10 +92,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "result_backend": settings.redis_url(db=catalog.result_db),
         "redis_backend_use_ssl": tls,
-        "redis_socket_connect_timeout": 5,
-        "redis_socket_timeout": 30,
+        "redis_socket_connect_timeout": contract.REDIS_CONNECT_TIMEOUT_S,
+        "redis_socket_timeout": contract.REDIS_SOCKET_TIMEOUT_S,
+        "redis_socket_keepalive": True,  # Celery's backend takes no keepalive timings
         "redis_retry_on_timeout": True,
-        "redis_backend_health_check_interval": 25,
+        "redis_backend_health_check_interval": contract.REDIS_HEALTH_CHECK_S,
         "result_expires": timedelta(seconds=catalog.result_expires_s),
         "result_extended": True,
         "result_backend_transport_options": {"visibility_timeout": catalog.visibility_timeout_s},
@@ -156,6 +154,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_max_loop_interval": BEAT_MAX_LOOP_INTERVAL_S,
         "redbeat_redis_url": url,
         "redbeat_redis_use_ssl": tls,
+        "redbeat_redis_options": contract.redis_client_options(),
         "redbeat_key_prefix": contract.REDBEAT_KEY_PREFIX,
         "redbeat_lock_timeout": BEAT_LOCK_TIMEOUT_S,
         "beat_schedule": _beat_schedule(settings),

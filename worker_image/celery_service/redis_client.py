@@ -10,6 +10,7 @@ import ssl
 
 import redis
 
+from celery_service import contract
 from celery_service.settings import Settings
 
 _clients: dict[tuple[int, str], redis.Redis] = {}
@@ -19,11 +20,7 @@ def client_for(settings: Settings) -> redis.Redis:
     key = (os.getpid(), settings.redis_url())
     client = _clients.get(key)
     if client is None:
-        options: dict[str, object] = {
-            "socket_timeout": 5,
-            "socket_connect_timeout": 5,
-            "health_check_interval": 25,
-        }
+        options = contract.redis_client_options()
         if settings.broker_tls:
             options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
         client = redis.Redis.from_url(settings.redis_url(), **options)

@@ -1,0 +1,117 @@
+"""A worker meets the ways a broker connection really fails, with the endpoint a TCP proxy
+in front of a real redis-server: it recovers on its own, in a stated time, without a
+restart, and loses nothing."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celery_service import contract
+from tests.conftest import RedisServer
+from tests.proofs.faultproxy import FaultProxy
+from tests.worker.harness import TEST_CATALOG, publisher, running, wait_for
+from tests.worker.http_standin import standin
+
+# How long a worker takes at most to work again after every connection it had went silent
+# (seconds): each connection notices within contract.REDIS_SOCKET_TIMEOUT_S of its next
+# use, a pending pop within that of being sent; room is left for a loaded machine.
+SILENT_CONNECTIONS_BOUND_S = 45
+# A notification subscription is PINGed at a check (one per contract.REDIS_HEALTH_CHECK_S),
+# dropped at the next if it has not answered, and subscribed again at once.
+SILENT_SUBSCRIPTION_BOUND_S = 3 * contract.REDIS_HEALTH_CHECK_S
+
+# Limits long enough that a task is never cut short by a stalled result write, and a
+# visibility timeout so long that its sweep cannot be what brings a message back here.
+CATALOG: dict[str, Any] = copy.deepcopy(TEST_CATALOG) | {"visibility_timeout_s": 600}
+for _group in CATALOG["worker_groups"].values():
+    _group |= {"soft_time_limit_s": 60, "time_limit_s": 70}
+
+
+@pytest.fixture
+def proxied(redis_server: Callable[..., RedisServer]) -> Iterator[tuple[RedisServer, FaultProxy]]:
+    server = redis_server()
+    proxy = FaultProxy(server.port)
+    try:
+        yield server, proxy
+    finally:
+        proxy.close()
+
+
+def _squares(port: int, numbers: range) -> list[int]:
+    """Published and read straight on the server, past the proxy."""
+    app = publisher(port, CATALOG)
+    results = [app.send_task("samples.square", args=[n]) for n in numbers]
+    return [r.get(timeout=SILENT_CONNECTIONS_BOUND_S) for r in results]
+
+
+def test_worker_works_again_when_its_connections_go_silent(
+    proxied: tuple[RedisServer, FaultProxy], tmp_path: Path
+) -> None:
+    """Every established connection of the worker goes silent (a dropped NAT entry, a host
+    gone mid-session) while Redis stays up. Regression: the event loop waited for ever in
+    a read of the remote-control subscription, the health check stayed green."""
+    server, proxy = proxied
+    with running(proxy.port, tmp_path, catalog=CATALOG) as worker:
+        assert _squares(server.port, range(3)) == [0, 1, 4]
+        assert proxy.sever() > 0
+        severed_at = time.monotonic()
+        assert _squares(server.port, range(10)) == [n * n for n in range(10)]
+        took = time.monotonic() - severed_at
+        assert worker.proc.poll() is None, worker.output()[-3000:]
+    assert took < SILENT_CONNECTIONS_BOUND_S, f"worked again after {took:.0f} s"
+
+
+def test_a_pop_whose_reply_is_lost_is_put_back_at_once(
+    proxied: tuple[RedisServer, FaultProxy], tmp_path: Path
+) -> None:
+    """The pop script runs, records its message in `unacked` for this worker, and the
+    connection goes silent before the reply. Regression: the message waited there for the
+    visibility timeout (3,960 s in the sample catalog); the worker now puts it back."""
+    server, proxy = proxied
+    client = server.client()
+    app = publisher(server.port, CATALOG)
+    with running(proxy.port, tmp_path, catalog=CATALOG) as worker:
+        with standin([(200, {"EUR": 1.0})] * 2, delay_s=2.0) as rates:
+            busy = [app.send_task("samples.fetch_exchange_rates", args=[rates.url]) for _ in "ab"]
+            wait_for(lambda: client.hlen(contract.UNACKED_KEY) == 2, 10, "both slots busy")
+            result = app.send_task("samples.square", args=[3])  # waits for a slot
+            proxy.sever_after(b"pop-receipt")  # the pop script's arguments name its receipt
+            assert [r.get(timeout=20) for r in busy] == [{"EUR": 1.0}] * 2
+        assert result.get(timeout=30) == 9
+        assert worker.proc.poll() is None
+        assert "popped but its reply was lost: back to its queue" in worker.output()
+    assert client.hlen(contract.UNACKED_KEY) == 0
+    assert client.hlen(contract.DELIVERIES_KEY) == 0, "the lost pop is not counted"
+
+
+def test_a_silent_notification_subscription_is_replaced(
+    proxied: tuple[RedisServer, FaultProxy], tmp_path: Path
+) -> None:
+    """Only the subscriptions go silent (keyspace notifications, remote control).
+    Regression: the worker never noticed, and fell back to polling every second for the
+    rest of its life; now it subscribes again within the bound."""
+    server, proxy = proxied
+    client = server.client()
+
+    def notification_subscribers() -> set[str]:
+        """Ids of the clients subscribed to channels (remote control uses a pattern)."""
+        return {c["id"] for c in client.client_list(_type="pubsub") if c.get("sub") != "0"}
+
+    with running(proxy.port, tmp_path, catalog=CATALOG) as worker:
+        wait_for(lambda: len(notification_subscribers()) == 1, 10, "the worker to subscribe")
+        (before,) = notification_subscribers()
+        assert proxy.sever(subscribers_only=True) >= 1
+        wait_for(
+            lambda: notification_subscribers() - {before},
+            SILENT_SUBSCRIPTION_BOUND_S,
+            "a new subscription",
+        )
+        assert "keyspace notification connection left a PING unanswered" in worker.output()
+        assert _squares(server.port, range(3)) == [0, 1, 4]
+        assert worker.proc.poll() is None
