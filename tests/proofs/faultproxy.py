@@ -85,6 +85,14 @@ class FaultProxy:
         with self._lock:
             self.upstream_port = upstream_port
 
+    def reset_open(self) -> int:
+        """Reset every open connection (new ones pass); returns how many."""
+        with self._lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            _reset(sock)
+        return len(sockets) // 2
+
     def close(self) -> None:
         self._closed = True
         with contextlib.suppress(OSError):

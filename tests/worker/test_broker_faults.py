@@ -115,3 +115,39 @@ def test_a_silent_notification_subscription_is_replaced(
         assert "keyspace notification connection left a PING unanswered" in worker.output()
         assert _squares(server.port, range(3)) == [0, 1, 4]
         assert worker.proc.poll() is None
+
+
+# How long the endpoint answers from a read-only replica in the failover below (seconds).
+READ_ONLY_WINDOW_S = 8
+
+
+def test_a_worker_rides_out_an_endpoint_that_answers_from_a_replica(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """A failover as ElastiCache runs one: connections are reset, the endpoint name answers
+    from a read-only replica for a while, then from the promoted primary. Regression: the
+    worker exited on the first READONLY reply (a pop or an ack)."""
+    (tmp_path / "replica").mkdir()
+    primary, replica = redis_server(), redis_server(dir=str(tmp_path / "replica"))
+    promoted = replica.client()
+    promoted.replicaof("127.0.0.1", primary.port)
+    proxy = FaultProxy(primary.port)
+    try:
+        with running(proxy.port, tmp_path, catalog=CATALOG) as worker:
+            assert _squares(primary.port, range(3)) == [0, 1, 4]
+            wait_for(
+                lambda: promoted.info("replication").get("master_link_status") == "up",
+                10,
+                "the replica to sync",
+            )
+            proxy.retarget(replica.port)
+            assert proxy.reset_open() > 0
+            time.sleep(READ_ONLY_WINDOW_S)
+            promoted.replicaof("NO", "ONE")
+            promoted_at = time.monotonic()
+            assert _squares(replica.port, range(5)) == [n * n for n in range(5)]
+            took = time.monotonic() - promoted_at
+            assert worker.proc.poll() is None, worker.output()[-3000:]
+    finally:
+        proxy.close()
+    assert took < 30, f"worked on the new primary {took:.0f} s after its promotion"

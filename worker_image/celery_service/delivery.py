@@ -43,6 +43,7 @@ from kombu.utils.json import loads
 from redis.exceptions import NoScriptError
 
 from celery_service import contract
+from celery_service.redis_client import PrimaryConnection, PrimarySSLConnection
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,9 @@ class DeliveryChannel(kombu_redis.Channel):
     reads the keyspace notifications."""
 
     QoS = RecordingQoS
+    # READONLY (a demoted primary) is a lost connection: reconnect, not exit.
+    connection_class = PrimaryConnection
+    connection_class_ssl = PrimarySSLConnection
     from_transport_options = (  # type: ignore[assignment]  # three more options
         *kombu_redis.Channel.from_transport_options,
         "idle_poll_interval",
