@@ -177,9 +177,10 @@ AUTOSCALER_RUN_WORK_S: Final = 45
 # read waits for ever: a reply is awaited at most REDIS_SOCKET_TIMEOUT_S (then the command is
 # retried on a new connection); a connection idle REDIS_HEALTH_CHECK_S is PINGed before
 # use; TCP keepalive drops a peer that stops acknowledging after 10 + 3 * 5 = 25 s idle; and
-# the worker's long-lived connections (the delivery script, the keyspace notifications,
-# remote control) are checked by its event loop every REDIS_HEALTH_CHECK_S, a reply or PING
-# overdue by that long dropping the connection (celery_service.delivery).
+# the worker's event loop drops its long-lived connections itself: a pop unanswered for
+# REDIS_SOCKET_TIMEOUT_S, a subscription that left a PING unanswered for
+# REDIS_HEALTH_CHECK_S (celery_service.delivery; kombu's own check of remote control waits
+# for two).
 REDIS_CONNECT_TIMEOUT_S: Final = 5
 REDIS_SOCKET_TIMEOUT_S: Final = 5
 REDIS_HEALTH_CHECK_S: Final = 10
