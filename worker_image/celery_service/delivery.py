@@ -293,13 +293,12 @@ class DeliveryChannel(kombu_redis.Channel):
                 return  # the lost pop took nothing, or its reply did arrive
             if not client.hexists(self.unacked_key, tag):
                 return
-        log.warning("message %s popped but its reply was lost: back to its queue", tag)
-        try:
-            self.qos.restore_by_tag(tag, leftmost=True)
-            with self.conn_or_acquire() as client:
+            log.warning("message %s popped but its reply was lost: back to its queue", tag)
+            try:
+                self.qos.restore_by_tag(tag, client=client, leftmost=True)
                 client.hincrby(contract.DELIVERIES_KEY, tag, -1)  # it never reached a worker
-        except self.ResponseError as exc:  # a full server refuses MULTI: the sweep restores it
-            log.warning("message %s left to the visibility timeout: %s", tag, exc)
+            except self.ResponseError as exc:  # a full server refuses MULTI: the sweep does it
+                log.warning("message %s left to the visibility timeout: %s", tag, exc)
 
     def _report_not_a_list(self, key: str) -> None:
         if key not in self._not_lists:
