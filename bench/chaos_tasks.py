@@ -24,7 +24,7 @@ from celery import shared_task
 
 from celery_service.idempotency import EffectInProgressError, applied_once
 from celery_service.redis_client import client_for
-from celery_service.tasks.base import PlatformTask, TransientError
+from celery_service.tasks.base import PlatformTask
 
 LEDGER_DIR_ENV = "CHAOS_LEDGER_DIR"
 WORKER_NAME_ENV = "CHAOS_WORKER_NAME"
@@ -71,7 +71,7 @@ def work(self: Any, duration_ms: int, effect: bool) -> str:
         try:
             applied_once(client, f"chaos:{task_id}", lambda: record("x", task_id, retries))
         except EffectInProgressError as exc:
-            raise TransientError(f"effect of {task_id} held by another delivery") from exc
+            raise self.retry(exc=exc, countdown=exc.retry_after_s) from exc
     record("d", task_id, retries)
     return "done"
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from celery_service import contract
+from celery_service.dlq import DeadLetterQueues
 from tests.conftest import RedisServer
 from tests.proofs.faultproxy import FaultProxy
 from tests.worker.harness import TEST_CATALOG, publisher, running, wait_for
@@ -121,33 +122,69 @@ def test_a_silent_notification_subscription_is_replaced(
 READ_ONLY_WINDOW_S = 8
 
 
-def test_a_worker_rides_out_an_endpoint_that_answers_from_a_replica(
+@pytest.fixture
+def failover(
     redis_server: Callable[..., RedisServer], tmp_path: Path
-) -> None:
-    """A failover as ElastiCache runs one: connections are reset, the endpoint name answers
-    from a read-only replica for a while, then from the promoted primary. Regression: the
-    worker exited on the first READONLY reply (a pop or an ack)."""
+) -> Iterator[tuple[RedisServer, RedisServer, FaultProxy]]:
+    """A primary, its replica, and the endpoint (a proxy) in front of the primary."""
     (tmp_path / "replica").mkdir()
     primary, replica = redis_server(), redis_server(dir=str(tmp_path / "replica"))
-    promoted = replica.client()
-    promoted.replicaof("127.0.0.1", primary.port)
+    replica.client().replicaof("127.0.0.1", primary.port)
     proxy = FaultProxy(primary.port)
     try:
-        with running(proxy.port, tmp_path, catalog=CATALOG) as worker:
-            assert _squares(primary.port, range(3)) == [0, 1, 4]
-            wait_for(
-                lambda: promoted.info("replication").get("master_link_status") == "up",
-                10,
-                "the replica to sync",
-            )
-            proxy.retarget(replica.port)
-            assert proxy.reset_open() > 0
-            time.sleep(READ_ONLY_WINDOW_S)
-            promoted.replicaof("NO", "ONE")
-            promoted_at = time.monotonic()
-            assert _squares(replica.port, range(5)) == [n * n for n in range(5)]
-            took = time.monotonic() - promoted_at
-            assert worker.proc.poll() is None, worker.output()[-3000:]
+        yield primary, replica, proxy
     finally:
         proxy.close()
+
+
+def _fail_over(replica: RedisServer, proxy: FaultProxy) -> float:
+    """As ElastiCache runs one: connections are reset, the endpoint name answers from the
+    read-only replica for a while, then from the promoted replica. Returns the moment of
+    the promotion."""
+    promoted = replica.client()
+    wait_for(
+        lambda: promoted.info("replication").get("master_link_status") == "up",
+        10,
+        "the replica to sync",
+    )
+    proxy.retarget(replica.port)
+    assert proxy.reset_open() > 0
+    time.sleep(READ_ONLY_WINDOW_S)
+    promoted.replicaof("NO", "ONE")
+    return time.monotonic()
+
+
+def test_a_worker_rides_out_an_endpoint_that_answers_from_a_replica(
+    failover: tuple[RedisServer, RedisServer, FaultProxy], tmp_path: Path
+) -> None:
+    """Regression: the worker exited on the first READONLY reply (a pop or an ack)."""
+    primary, replica, proxy = failover
+    with running(proxy.port, tmp_path, catalog=CATALOG) as worker:
+        assert _squares(primary.port, range(3)) == [0, 1, 4]
+        promoted_at = _fail_over(replica, proxy)
+        assert _squares(replica.port, range(5)) == [n * n for n in range(5)]
+        took = time.monotonic() - promoted_at
+        assert worker.proc.poll() is None, worker.output()[-3000:]
     assert took < 30, f"worked on the new primary {took:.0f} s after its promotion"
+
+
+def test_a_result_written_during_the_read_only_window_is_stored_after_the_promotion(
+    failover: tuple[RedisServer, RedisServer, FaultProxy], tmp_path: Path
+) -> None:
+    """A task that finishes (and reports progress) while the endpoint answers READONLY:
+    its result writes are retried until the promoted primary takes them. Regression: the
+    READONLY reply failed the done task into the DLQ."""
+    primary, replica, proxy = failover
+    with running(proxy.port, tmp_path, group="batch", catalog=CATALOG) as worker:
+        app = publisher(primary.port, CATALOG)
+        result = app.send_task("samples.build_report", args=["r-ro", 4, 1.0])
+        wait_for(lambda: result.state == "PROGRESS", 20, "the report to start")
+        _fail_over(replica, proxy)
+        after = publisher(replica.port, CATALOG)
+        assert after.AsyncResult(result.id).get(timeout=60) == "report r-ro: 4 sections"
+        client = replica.client()
+        wait_for(lambda: client.hlen("unacked") == 0, 20, "the ack on the new primary")
+        assert DeadLetterQueues(client).depth("reports") == 0
+        assert worker.proc.poll() is None, worker.output()[-3000:]
+        after.close()
+    app.close()

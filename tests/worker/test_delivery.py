@@ -164,6 +164,33 @@ def test_a_worker_acks_on_a_full_noeviction_server_and_keeps_running(
     app.close()
 
 
+def test_a_worker_starts_on_a_full_noeviction_server_and_drains_it(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """A replacement worker meets the broker still full: it starts anyway (its queue and
+    remote-control declarations are refused, and need not be written again), and its acks
+    free the memory."""
+    from tests.worker import semantics_tasks
+    from tests.worker.test_semantics import CATALOG, MODULES
+
+    server = redis_server(maxmemory_policy="noeviction")
+    client = server.client()
+    app = publisher(server.port, CATALOG, MODULES)
+    marks = [tmp_path / f"ran-{n}" for n in range(3)]
+    for mark in marks:
+        semantics_tasks.quiet.delay(str(mark))
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", max(used - 256 * 1024, 1))
+    with pytest.raises(redis.ResponseError, match="maxmemory"):
+        client.set("one-more", "x")
+    with running(server.port, tmp_path, "runner", catalog=CATALOG, task_modules=MODULES) as w:
+        wait_for(lambda: all(m.exists() for m in marks), 30, "the tasks to run")
+        wait_for(lambda: client.hlen("unacked") == 0, 10, "their acks")
+        assert w.proc.poll() is None, w.output()[-3000:]
+    assert client.llen("work") == 0
+    app.close()
+
+
 def test_a_worker_whose_event_loop_is_blocked_turns_unhealthy(
     redis_server: Callable[..., RedisServer], tmp_path: Path
 ) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from celery.result import AsyncResult
 
-from celery_service.contract import completed_key, queue_keys
+from celery_service.contract import DELIVERIES_KEY, completed_key, dlq_entries_key, queue_keys
 from celery_service.dlq import DeadLetterQueues
 from tests.conftest import RedisServer
 from tests.worker.harness import (
@@ -116,6 +116,35 @@ def test_permanent_error_skips_retries(
         wait_for(lambda: dlq.depth("priority") == 1, 10, "the dead letter")
     assert len(rates.requests) == 1
     assert dlq.entries("priority")[0].attempts == 1
+    app.close()
+
+
+def test_a_failure_whose_dead_letter_cannot_be_written_is_requeued_not_acked(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """While the DLQ cannot be written (here its hash key holds a string), the failed task's
+    message stays unacked, then goes back to its queue and runs again; once the DLQ can be
+    written the failure is recorded and only then acked."""
+    server = redis_server()
+    client = server.client()
+    app = publisher(server.port)
+    dlq = DeadLetterQueues(client)
+    client.set(dlq_entries_key("priority"), "not a hash")
+    with standin([(404, {})]) as rates, running(server.port, tmp_path):
+        result = app.send_task("samples.fetch_exchange_rates", args=[rates.url])
+        wait_for(lambda: len(rates.requests) == 1, 20, "the first run")
+        time.sleep(2)
+        assert client.hlen("unacked") == 1, "not acked: its fate is not recorded"
+        client.delete(dlq_entries_key("priority"))
+        wait_for(lambda: len(dlq.entries("priority")) == 1, 30, "the dead letter")
+        wait_for(lambda: client.hlen("unacked") == 0, 10, "the ack")
+        with pytest.raises(Exception, match="refused the request: 404"):
+            result.get(timeout=10)
+    assert len(rates.requests) == 2, "requeued once, run again"
+    (entry,) = dlq.entries("priority")
+    assert (entry.task_id, entry.kind, entry.attempts) == (result.id, "failed", 1)
+    assert sum(client.llen(k) for k in queue_keys("priority")) == 0
+    assert client.hlen(DELIVERIES_KEY) == 0
     app.close()
 
 

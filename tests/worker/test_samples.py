@@ -3,6 +3,7 @@ and results that expire."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 
 from celery import chord, group
 
+from celery_service import contract
+from celery_service.idempotency import EffectInProgressError, applied_once
 from samples.tasks import EMAILS_SENT_KEY
 from tests.conftest import RedisServer
 from tests.worker.harness import TEST_CATALOG, publisher, results_client, running, wait_for
@@ -27,6 +30,58 @@ def test_idempotent_task_sends_once_however_often_it_runs(
     assert outcomes == ["already sent"] * 4 + ["sent"]
     assert client.lrange(EMAILS_SENT_KEY, 0, -1) == [b"42"]
     app.close()
+
+
+def test_a_redelivery_waits_out_the_lock_of_a_killed_delivery(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """A delivery killed inside `applied_once` leaves its lock until the lock's short TTL.
+    The next delivery retries once the lock may have ended, instead of spending its retries
+    in seconds and landing in the DLQ while the dead delivery's lock stands."""
+    server = redis_server()
+    client = server.client()
+    app = publisher(server.port)
+    lock_s = 8
+    with running(server.port, tmp_path):
+        client.set("celery:effect:welcome-email:7:lock", "killed-delivery", ex=lock_s)
+        started = time.monotonic()
+        result = app.send_task("samples.send_welcome_email", args=[7])
+        assert result.get(timeout=30) == "sent"
+        waited = time.monotonic() - started
+    assert waited >= lock_s - 1, f"sent after {waited:.1f} s, before the lock ended"
+    assert client.lrange(EMAILS_SENT_KEY, 0, -1) == [b"7"]
+    assert client.zcard(contract.dlq_index_key("default")) == 0
+    app.close()
+
+
+def test_a_live_holder_keeps_its_short_lock_however_long_its_effect_runs(
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    """The lock is renewed while the effect runs: a second delivery meeting it well past
+    the lock's TTL waits (up to the lock's TTL here), is told to retry, and the effect is
+    applied once."""
+    client = redis_server().client()
+    applied: list[str] = []
+    refused: list[EffectInProgressError] = []
+
+    def slow_effect() -> None:
+        time.sleep(3.5)  # seven lock lifetimes of 0.5 s
+        applied.append("first")
+
+    holder = threading.Thread(
+        target=applied_once, args=(client, "slow", slow_effect), kwargs={"lock_ttl_s": 0.5}
+    )
+    holder.start()
+    time.sleep(2)
+    try:
+        applied_once(client, "slow", lambda: applied.append("second"), lock_ttl_s=0.5)
+    except EffectInProgressError as exc:
+        refused.append(exc)
+    holder.join()
+    assert applied == ["first"]
+    (wait,) = refused
+    assert 0 < wait.retry_after_s <= 0.5
+    assert applied_once(client, "slow", lambda: applied.append("third")) is False
 
 
 def test_long_task_reports_progress_and_its_result_expires(

@@ -3,23 +3,36 @@ stopping on it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from celery.exceptions import CPendingDeprecationWarning, InvalidTaskError
+from billiard.einfo import ExceptionWithTraceback
+from billiard.exceptions import Terminated, WorkerLostError
+from celery.exceptions import CPendingDeprecationWarning, Ignore, InvalidTaskError, Reject, Retry
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
+from kombu.asynchronous import get_event_loop
 
 from celery_service import contract
 from celery_service.catalog import VISIBILITY_MARGIN_S
-from celery_service.delivery import use_delivery
+from celery_service.delivery import RecordingQoS, use_delivery
 from celery_service.metrics import recorder
 from celery_service.settings import Settings
+from celery_service.signals import (
+    dead_letter_from_message,
+    failures_not_recorded,
+    record_dead_letter,
+    record_failure,
+)
 
 log = logging.getLogger(__name__)
+
+#: Seconds before a failed task whose dead letter could not be written is requeued.
+DEAD_LETTER_RETRY_S = 10.0
 
 # Celery warns at every broker connection loss that
 # worker_cancel_long_running_tasks_on_connection_loss will default to True in 6.0. The
@@ -146,8 +159,6 @@ class SafeConsumer(Consumer):  # type: ignore[misc]
 def _kept(message: Any, kind: str, exc: BaseException | None) -> bool:
     """Record the message in the DLQ before Celery acks it; if the DLQ cannot be written,
     leave the message unacked so Redis restores it later. Returns whether it was kept."""
-    from celery_service.signals import dead_letter_from_message, record_dead_letter
-
     if record_dead_letter(dead_letter_from_message(message, kind, exc)) is False:
         log.error("%s message left unacked: the DLQ is unreachable", kind)
         return False
@@ -155,16 +166,86 @@ def _kept(message: Any, kind: str, exc: BaseException | None) -> bool:
 
 
 class PlatformRequest(Request):  # type: ignore[misc]
-    """Celery's hard-limit handler reports the failure without the request on the task's
-    stack, so its task_failure cannot tell the message's queue or attempt; push it, as the
-    pool's own failure path does, and both reports name the same delivery."""
+    """Celery's request, except that a failed task's message is acked only once its dead
+    letter is stored: if the DLQ cannot be written, the message goes back to its queue (a
+    later delivery records it; one that keeps failing is set aside by the pop's delivery
+    count, never dropped). And Celery's hard-limit handler reports the failure without the
+    request on the task's stack, so its task_failure could not tell the message's queue or
+    attempt; it is pushed, as the pool's own failure path does, and both reports name the
+    same delivery."""
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if return_ok and self.task.acks_late and not isinstance(exc, _NOT_DEAD_LETTERED):
+            # The pool process recorded it, or could not: record it here, where the ack is
+            # decided (the entry's id makes a second record of one failure a no-op).
+            with self._on_task_stack():
+                record_failure(self.task, self.id, exc, self.args, self.kwargs, exc_info)
+        super().on_failure(exc_info, send_failed_event, return_ok)
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
+        with self._on_task_stack():
+            super().on_timeout(soft, timeout)
+
+    def acknowledge(self) -> None:
+        if not self._requeued_for_its_dead_letter():
+            super().acknowledge()
+
+    def reject(self, requeue: bool = False) -> None:
+        if requeue or not self._requeued_for_its_dead_letter():
+            super().reject(requeue=requeue)
+
+    def _requeued_for_its_dead_letter(self) -> bool:
+        """A failure whose dead letter is missing goes back to its queue after a pause
+        (the event loop's timer; the message stays unacked meanwhile), so that a DLQ that
+        stays unwritable costs one run of the task per pause, not a tight loop."""
+        if self.id not in failures_not_recorded:
+            return False
+        failures_not_recorded.discard(self.id)
+        log.error(
+            "task %s[%s] failed and its dead letter could not be written: requeued in %.0f s",
+            self.name,
+            self.id,
+            DEAD_LETTER_RETRY_S,
+        )
+        hub = get_event_loop()
+        if hub is None:
+            self._requeue()
+        else:
+            hub.call_later(DEAD_LETTER_RETRY_S, self._requeue)
+        return True
+
+    def _requeue(self) -> None:
+        qos = getattr(self.message.channel, "qos", None)
+        if isinstance(qos, RecordingQoS):
+            qos.uncount(self.message.delivery_tag)  # a failure, not a process it ended
+        super().reject(requeue=True)
+
+    @contextlib.contextmanager
+    def _on_task_stack(self) -> Iterator[None]:
         self.task.request_stack.push(self._context)
         try:
-            super().on_timeout(soft, timeout)
+            yield
         finally:
             self.task.request_stack.pop()
+
+
+# What a task's result may carry that is not a failure to dead-letter: Celery's control flow
+# (retry, reject, ignore), a revoke, and a lost or exiting pool process (requeued).
+_NOT_DEAD_LETTERED = (
+    Retry,
+    Reject,
+    Ignore,
+    Terminated,
+    WorkerLostError,
+    SystemExit,
+    KeyboardInterrupt,
+    MemoryError,
+)
 
 
 def eta_hold_limit_s(settings: Settings) -> float:

@@ -40,7 +40,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, OutOfMemoryError
 
 from celery_service import contract
 from celery_service.redis_client import PrimaryConnection, PrimarySSLConnection
@@ -160,6 +160,24 @@ class RecordingQoS(kombu_redis.QoS):
                 client=client,
             )
 
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        """kombu's sweep of messages left unacked past the visibility timeout, at every
+        channel start and then periodically; it writes (a lock, the requeues), which a full
+        server refuses: the sweep is skipped then, not the worker's start."""
+        try:
+            super().restore_visible(*args, **kwargs)
+        except OutOfMemoryError as exc:
+            log.warning("overdue unacked messages not restored now: %s", exc)
+
+    def uncount(self, delivery_tag: str) -> None:
+        """Take back the delivery count of a message about to be requeued that did not end
+        its process, so that it is not set aside as poison for it."""
+        try:
+            with self.channel.conn_or_acquire() as client:
+                client.hincrby(contract.DELIVERIES_KEY, delivery_tag, -1)
+        except self.channel.connection_errors as exc:
+            log.warning("delivery count of %s kept: %s", delivery_tag, exc)
+
     def append(self, message: Any, delivery_tag: str) -> None:
         recorded: set[str] = getattr(self.channel, "_recorded_tags", set())
         if delivery_tag in recorded:
@@ -205,6 +223,27 @@ class DeliveryChannel(kombu_redis.Channel):
         if self.global_keyprefix:
             raise ValueError("the worker's delivery does not support global_keyprefix")
         self.handlers["WAKE"] = self._receive_wake
+
+    def _size(self, queue: str) -> int:
+        """kombu counts a queue's priority lists in a transaction, which a full server
+        refuses, at every queue declaration (a worker's start); a count needs none."""
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            for pri in self.priority_steps:
+                pipe.llen(self._q_for_pri(queue, pri))
+            return sum(int(size) for size in pipe.execute())
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        """A full server refuses the binding's write even when it is there already (any
+        restart): the worker starts then, and only a binding never written is reported."""
+        try:
+            super()._queue_bind(exchange, routing_key, pattern, queue)
+        except OutOfMemoryError:
+            member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+            with self.conn_or_acquire() as client:
+                bound = client.sismember(self.keyprefix_queue % (exchange,), member)
+            if not bound:
+                log.error("queue %r not bound to %r: Redis is full", queue, exchange)
 
     # Sending and reading the pop.
 
@@ -529,8 +568,9 @@ _BROKER_ERRORS = tuple(
 class PoisonMessage(Exception):  # noqa: N818 (what the message is, in the DLQ entry)
     def __init__(self, deliveries: int) -> None:
         super().__init__(
-            f"delivered {deliveries} times without an ack: its task ended its worker process "
-            "(a crash, an out-of-memory kill) or a shutdown stopped it each time"
+            f"delivered {deliveries} times without an ack: each time its task ended its "
+            "worker process (a crash, an out-of-memory kill), a shutdown stopped it, or it "
+            "failed and its dead letter could not be written"
         )
 
 

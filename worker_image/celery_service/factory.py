@@ -21,6 +21,7 @@ from kombu.entity import Exchange, Queue
 from celery_service import contract
 from celery_service.catalog import Catalog
 from celery_service.contract import PRIORITIES, PRIORITY_SEPARATOR, PRIORITY_STEPS
+from celery_service.redis_client import PrimaryConnection, PrimarySSLConnection
 from celery_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ BEAT_MAX_LOOP_INTERVAL_S = 5  # beat wakes at least this often (seconds)
 # The RedBeat lock expires this long after its holder stops renewing it (seconds): how long a
 # replacement beat waits after a crash. RedBeat's default (25 minutes) skips schedules.
 BEAT_LOCK_TIMEOUT_S = 5 * BEAT_MAX_LOOP_INTERVAL_S
+
+
+RESULT_BACKEND = "celery_service.redis_client:ResultBackend"
 
 
 def create_app(settings: Settings, *, main: str = "celery_service") -> Celery:
@@ -46,6 +50,8 @@ def create_app(settings: Settings, *, main: str = "celery_service") -> Celery:
                 ", ".join(sorted(own)),
             )
     app.conf.update(platform)
+    # Results through connections that reconnect on READONLY (RedBeat's: its options).
+    app.loader.override_backends = dict.fromkeys(("redis", "rediss"), RESULT_BACKEND)
     app.platform_settings = settings
     from celery_service import signals  # noqa: F401  (connects the handlers, once)
 
@@ -154,7 +160,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_max_loop_interval": BEAT_MAX_LOOP_INTERVAL_S,
         "redbeat_redis_url": url,
         "redbeat_redis_use_ssl": tls,
-        "redbeat_redis_options": contract.redis_client_options(),
+        "redbeat_redis_options": {
+            **contract.redis_client_options(),
+            "connection_class": PrimarySSLConnection if tls else PrimaryConnection,
+        },
         "redbeat_key_prefix": contract.REDBEAT_KEY_PREFIX,
         "redbeat_lock_timeout": BEAT_LOCK_TIMEOUT_S,
         "beat_schedule": _beat_schedule(settings),

@@ -12,6 +12,7 @@ import ssl
 from typing import Any
 
 import redis
+from celery.backends.redis import RedisBackend
 from redis.exceptions import ReadOnlyError
 
 from celery_service import contract
@@ -42,6 +43,18 @@ class PrimaryConnection(_PrimaryOnly, redis.Connection):
 
 class PrimarySSLConnection(_PrimaryOnly, redis.SSLConnection):
     pass
+
+
+class ResultBackend(RedisBackend):  # type: ignore[misc]
+    """Celery's Redis result backend on the connections above: a result written while the
+    endpoint answers from a replica is retried (result_backend_always_retry) until the
+    promoted primary takes it, instead of failing a task whose work is done."""
+
+    connection_class_ssl = PrimarySSLConnection
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connparams.setdefault("connection_class", PrimaryConnection)
 
 
 _clients: dict[tuple[int, str], redis.Redis] = {}

@@ -87,6 +87,11 @@ def _task_retried(sender: Any = None, **_: Any) -> None:
         recorder(_settings()).count(contract.TASK_RETRIED, _queue_of(sender), sender.name)
 
 
+# Failed tasks whose dead letter could not be written, in this process: their request
+# requeues the message instead of acking it (consumer.PlatformRequest).
+failures_not_recorded: set[str] = set()
+
+
 @signals.task_failure.connect
 def _task_failed(
     sender: Any = None,
@@ -101,19 +106,31 @@ def _task_failed(
     or a hard limit. Celery reports a hard limit twice in the main process (the pool's
     result, then the request's timeout handler, both with the request on the task's stack:
     consumer.PlatformRequest); both map to one entry id, so one entry is kept."""
-    if sender is None:
-        return
-    request = sender.request
+    if sender is not None:
+        record_failure(sender, task_id, exception, args, kwargs, einfo)
+
+
+def record_failure(
+    task: Any,
+    task_id: str | None,
+    exception: BaseException | None,
+    args: Any,
+    kwargs: Any,
+    einfo: Any,
+) -> bool | None:
+    """Record a failed task in its queue's DLQ, as record_dead_letter answers; a failure
+    that cannot be recorded is remembered in failures_not_recorded until one can."""
+    request = task.request
     trace = str(einfo) if einfo else None
     if trace is None and exception is not None:
         trace = "".join(tb.format_exception(exception))
     in_task = getattr(request, "id", None) == task_id  # False for a task without the request
-    queue = _queue_of(sender) if in_task else _settings().catalog.queue_of(sender.name)
+    queue = _queue_of(task) if in_task else _settings().catalog.queue_of(task.name)
     attempt = (request.retries or 0) + 1 if in_task else None
     entry = DeadLetter(
         queue=queue,
         kind="failed",
-        task_name=sender.name,
+        task_name=task.name,
         task_id=task_id,
         args=list(args or []),
         kwargs=dict(kwargs or {}),
@@ -124,8 +141,14 @@ def _task_failed(
     )
     if task_id:
         entry.id = entry_id_for("failed", task_id, attempt)
-    if record_dead_letter(entry) is not None:  # not a repeat of a recorded failure
-        recorder(_settings()).count(contract.TASK_FAILED, queue, sender.name)
+    recorded = record_dead_letter(entry)
+    if recorded:  # not a repeat of a recorded failure
+        recorder(_settings()).count(contract.TASK_FAILED, queue, task.name)
+    if task_id and recorded is False:
+        failures_not_recorded.add(task_id)
+    elif task_id:
+        failures_not_recorded.discard(task_id)
+    return recorded
 
 
 @signals.task_internal_error.connect

@@ -32,8 +32,8 @@ def send_welcome_email(self: PlatformTask, user_id: int) -> str:
         sent = applied_once(
             client, f"welcome-email:{user_id}", lambda: client.rpush(EMAILS_SENT_KEY, user_id)
         )
-    except EffectInProgressError as exc:
-        raise TransientError(f"email to {user_id} is being sent by another delivery") from exc
+    except EffectInProgressError as exc:  # retried once the other delivery's lock may end
+        raise self.retry(exc=exc, countdown=exc.retry_after_s) from exc
     return "sent" if sent else "already sent"
 
 
