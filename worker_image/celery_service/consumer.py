@@ -167,12 +167,11 @@ def _kept(message: Any, kind: str, exc: BaseException | None) -> bool:
 
 class PlatformRequest(Request):  # type: ignore[misc]
     """Celery's request, except that a failed task's message is acked only once its dead
-    letter is stored: if the DLQ cannot be written, the message goes back to its queue (a
-    later delivery records it; one that keeps failing is set aside by the pop's delivery
-    count, never dropped). And Celery's hard-limit handler reports the failure without the
-    request on the task's stack, so its task_failure could not tell the message's queue or
-    attempt; it is pushed, as the pool's own failure path does, and both reports name the
-    same delivery."""
+    letter is stored: if the DLQ cannot be written, the message goes back to its queue, not
+    counted as a poison delivery, and a later delivery records it. And Celery's hard-limit
+    handler reports the failure without the request on the task's stack, so its
+    task_failure could not tell the message's queue or attempt; it is pushed, as the pool's
+    own failure path does, and both reports name the same delivery."""
 
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False

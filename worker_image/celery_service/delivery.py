@@ -568,9 +568,8 @@ _BROKER_ERRORS = tuple(
 class PoisonMessage(Exception):  # noqa: N818 (what the message is, in the DLQ entry)
     def __init__(self, deliveries: int) -> None:
         super().__init__(
-            f"delivered {deliveries} times without an ack: each time its task ended its "
-            "worker process (a crash, an out-of-memory kill), a shutdown stopped it, or it "
-            "failed and its dead letter could not be written"
+            f"delivered {deliveries} times without an ack: its task ended its worker process "
+            "(a crash, an out-of-memory kill) or a shutdown stopped it each time"
         )
 
 

@@ -13,7 +13,8 @@ EffectInProgressError with the time to wait:
 
     except EffectInProgressError as exc:
         raise self.retry(exc=exc, countdown=exc.retry_after_s)
- If the process dies after the effect but before the marker is written, the effect can
+
+If the process dies after the effect but before the marker is written, the effect can
 repeat: make such effects naturally idempotent or keep them in the same Redis transaction.
 """
 
