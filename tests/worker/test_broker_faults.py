@@ -16,7 +16,7 @@ from celery_service import contract
 from celery_service.dlq import DeadLetterQueues
 from tests.conftest import RedisServer
 from tests.proofs.faultproxy import FaultProxy
-from tests.worker.harness import TEST_CATALOG, publisher, running, wait_for
+from tests.worker.harness import TEST_CATALOG, base_env, publisher, running, start, wait_for
 from tests.worker.http_standin import standin
 
 # How long a worker takes at most to work again after every connection it had went silent
@@ -182,9 +182,32 @@ def test_a_result_written_during_the_read_only_window_is_stored_after_the_promot
         _fail_over(replica, proxy)
         after = publisher(replica.port, CATALOG)
         assert after.AsyncResult(result.id).get(timeout=60) == "report r-ro: 4 sections"
-        client = replica.client()
-        wait_for(lambda: client.hlen("unacked") == 0, 20, "the ack on the new primary")
-        assert DeadLetterQueues(client).depth("reports") == 0
+        assert DeadLetterQueues(replica.client()).depth("reports") == 0
         assert worker.proc.poll() is None, worker.output()[-3000:]
         after.close()
     app.close()
+
+
+def test_beat_rides_out_an_endpoint_that_answers_from_a_replica(
+    failover: tuple[RedisServer, RedisServer, FaultProxy], tmp_path: Path
+) -> None:
+    """Regression: beat exited on the READONLY reply to its lock's renewal."""
+    _, replica, proxy = failover
+    catalog = CATALOG | {
+        "schedules": {"tick": {"task": "samples.square", "every_s": 1, "args": [2]}}
+    }
+    beat = start(["beat"], "beat", base_env(proxy.port, tmp_path, catalog), tmp_path)
+    try:
+        wait_for(beat.heartbeat.exists, 30, "beat to tick")
+        promoted_at = _fail_over(replica, proxy)
+        client = replica.client()
+        wait_for(
+            lambda: float(client.get(contract.BEAT_HEARTBEAT_KEY) or 0) > time.time() - 2,
+            30,
+            "beat's heartbeat on the new primary",
+        )
+        took = time.monotonic() - promoted_at
+        assert beat.proc.poll() is None, beat.output()[-3000:]
+    finally:
+        beat.stop()
+    assert took < 30, f"beat ticked on the new primary {took:.0f} s after its promotion"

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
 from redbeat import RedBeatScheduler
 
 from celery_service import contract
@@ -16,10 +17,23 @@ from celery_service.redis_client import client_for
 log = logging.getLogger(__name__)
 
 
+#: Seconds before a tick that could not reach Redis is tried again.
+UNREACHABLE_RETRY_S = 1.0
+
+
 class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        interval: float = super().tick(*args, **kwargs)
         settings = self.app.platform_settings
+        try:
+            interval: float = super().tick(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Celery's beat exits on an error from a tick; a failover (READONLY included:
+            # redis_client.PrimaryGone) is waited out instead, without a heartbeat, so a
+            # beat that stays cut off turns unhealthy and is replaced.
+            log.warning(
+                "beat could not reach Redis (%s): next try in %.0f s", exc, UNREACHABLE_RETRY_S
+            )
+            return UNREACHABLE_RETRY_S
         try:
             client_for(settings).set(
                 contract.BEAT_HEARTBEAT_KEY, time.time(), ex=contract.BEAT_HEARTBEAT_TTL_S
