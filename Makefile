@@ -28,7 +28,7 @@ APPROVAL ?= broadening
 
 .PHONY: synth test lint typecheck pytest setup redis-server chromium clean local bench-worker \
 	autoscale-once bench-autoscaler preview-dashboards datadog-push security test-image chaos \
-	proofs
+	failover proofs
 
 ## Synthesize one environment (ENV=dev|staging|prod) into cdk.out/ and list its stacks.
 synth: $(VENV)/.runtime-installed $(CDK)
@@ -191,6 +191,12 @@ test-image: $(VENV)/.dev-installed redis-server
 ## Chaos soak: 10,000 tasks while workers are killed and Redis restarts; nothing may be lost.
 chaos: $(VENV)/.dev-installed redis-server
 	$(BIN)/python -m bench.chaos
+
+## Broker failover under load: a primary, a replica and a forwarder as the endpoint; every
+## mode (reset, silent, failover-silent, read-only, stall, lossy-replication) against the
+## goals; figures to bench/results/failover.md. ARGS="--mode reset --quick" for a sample.
+failover: $(VENV)/.dev-installed redis-server
+	$(BIN)/python -m bench.failover $(ARGS)
 
 ## Faults and bad input, every seed and variant (CI runs a sample); figures to bench/results/.
 proofs: $(VENV)/.dev-installed $(CDK) redis-server

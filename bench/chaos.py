@@ -397,23 +397,26 @@ class Worker:
 class Fleet:
     """The worker processes; each in its own process group, so all of it can be killed."""
 
-    def __init__(self, workdir: Path, broker_port: int) -> None:
+    def __init__(
+        self, workdir: Path, broker_port: int, catalog: dict[str, Any] | None = None
+    ) -> None:
         self.workdir = workdir
         self.ledger = workdir / "ledger"
         self.ledger.mkdir()
         self.logs = workdir / "logs"
         self.logs.mkdir()
-        self.env = chaos_env(broker_port)
+        self.env = chaos_env(broker_port, catalog)
         self.workers: list[Worker] = []  # every worker ever started
         self.counts: Counter[str] = Counter()
 
-    def start(self, group: str) -> Worker:
+    def start(self, group: str, command: str = "worker") -> Worker:
+        """A worker of `group`, or with command "beat" the scheduler (named `group`-n)."""
         self.counts[group] += 1
         name = f"{group}-{self.counts[group]}"
         heartbeat = self.workdir / f"{name}.heartbeat"
         env = {
             **self.env,
-            "CELERY_WORKER_GROUP": group,
+            **({"CELERY_WORKER_GROUP": group} if command == "worker" else {}),
             "CELERY_HEARTBEAT_FILE": str(heartbeat),
             "CELERY_SHUTDOWN_BUDGET_S": str(SHUTDOWN_BUDGET_S),
             LEDGER_DIR_ENV: str(self.ledger),
@@ -421,7 +424,7 @@ class Fleet:
         }
         with (self.logs / f"{name}.log").open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "celery_service", "worker"],
+                [sys.executable, "-m", "celery_service", command],
                 cwd=ROOT,
                 env=env,
                 stdout=out,
@@ -450,7 +453,7 @@ class Fleet:
                 worker.proc.wait(timeout=5)
 
 
-def chaos_env(broker_port: int) -> dict[str, str]:
+def chaos_env(broker_port: int, catalog: dict[str, Any] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DD_", "ECS_"))}
     env.update(
         {
@@ -460,7 +463,7 @@ def chaos_env(broker_port: int) -> dict[str, str]:
                 broker_host="127.0.0.1",
                 broker_port=broker_port,
                 broker_tls=False,
-                catalog=CATALOG,
+                catalog=catalog or CATALOG,
                 log_level="WARNING",
             ),
         }
@@ -468,8 +471,8 @@ def chaos_env(broker_port: int) -> dict[str, str]:
     return env
 
 
-def publisher_app(broker_port: int) -> Celery:
-    return create_app(Settings.from_env(chaos_env(broker_port)), main="chaos-publisher")
+def publisher_app(broker_port: int, catalog: dict[str, Any] | None = None) -> Celery:
+    return create_app(Settings.from_env(chaos_env(broker_port, catalog)), main="chaos-publisher")
 
 
 # ---------------------------------------------------------------- the run
@@ -504,6 +507,7 @@ class Publisher(threading.Thread):
         super().__init__(name="publisher", daemon=True)
         self.app, self.plans, self.rate, self.stop = app, plans, rate, stop
         self.submitted: dict[str, bool] = {}
+        self.acked_at: dict[str, float] = {}  # task id -> when its publish returned (epoch)
         self.republished: set[str] = set()  # ids whose publish was retried
         self.failed = 0
 
@@ -523,6 +527,7 @@ class Publisher(threading.Thread):
                         retry_policy={"max_retries": 3, "interval_start": 0.2},
                     )
                     self.submitted[plan.task_id] = plan.effect
+                    self.acked_at[plan.task_id] = time.time()
                     break
                 except Exception:
                     self.republished.add(plan.task_id)

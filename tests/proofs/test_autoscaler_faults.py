@@ -35,8 +35,8 @@ from lambdas.autoscaler.handler import (
 )
 from tests.conftest import FakeLambdaContext, ecs_cluster_with, use_fake_aws_credentials
 from tests.proofs.conftest import RestartableRedis
-from tests.proofs.faultproxy import FaultProxy
 from tests.proofs.figures import EXHAUSTIVE, FIGURES
+from tools.faultproxy import FaultProxy
 
 SECTION = "Autoscaler under faults"
 CLUSTER = "celery-proof"

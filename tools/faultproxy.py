@@ -12,6 +12,14 @@ closes, nothing answers; `sever_after(pattern)` does it to the next connection t
 request containing the pattern, once that request is through: the server acts, the client
 never hears), and `retarget(port)` sends new connections to another server (the
 endpoint name moved to a promoted replica) while the open ones stay on the old.
+
+`delay(seconds)` holds every chunk that long before passing it on, both ways, in order, on
+open and new connections: a slow link (a replica's replication stream lagging its primary).
+What is on its way when one side hangs up still arrives, on time, before the other side
+is closed, as it would on a real network; `sever()` drops it (a host gone: nothing more
+leaves it).
+
+The benchmarks (bench/failover) and the tests (tests/proofs, tests/worker) share it.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import select
 import socket
 import struct
 import threading
+import time
+from collections import deque
 from typing import Literal
 
 Mode = Literal["pass", "blackhole", "reset", "reset_reply"]
@@ -48,6 +58,7 @@ class FaultProxy:
         self._silent: set[socket.socket] = set()  # severed: read and dropped, never answered
         self._subscribers: set[socket.socket] = set()  # client sockets that sent SUBSCRIBE
         self._sever_after: bytes | None = None
+        self._delay_s = 0.0
         self._closed = False
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -84,6 +95,10 @@ class FaultProxy:
     def retarget(self, upstream_port: int) -> None:
         with self._lock:
             self.upstream_port = upstream_port
+
+    def delay(self, seconds: float) -> None:
+        with self._lock:
+            self._delay_s = seconds
 
     def reset_open(self) -> int:
         """Reset every open connection (new ones pass); returns how many."""
@@ -124,17 +139,23 @@ class FaultProxy:
         with self._lock:
             self._open.update((client, upstream))
         poisoned = False  # this connection's current reply is to be cut
+        # Delayed chunks by destination: (when due, monotonic seconds; data).
+        held: dict[socket.socket, deque[tuple[float, bytes]]] = {client: deque(), upstream: deque()}
         try:
             while not self._closed:
-                readable, _, _ = select.select([client, upstream], [], [], 0.5)
-                if client in self._silent:
+                readable, _, _ = select.select([client, upstream], [], [], _wait_s(held))
+                if client in self._silent:  # what was held never arrives either
+                    for queue in held.values():
+                        queue.clear()
                     for sock in readable:
                         if not sock.recv(CHUNK_BYTES):
                             return
                     continue
+                _flush(held)
                 if client in readable:
                     data = client.recv(CHUNK_BYTES)
                     if not data:
+                        _flush(held, wait=True)
                         return
                     mode = self._take(("blackhole", "reset", "reset_reply"))
                     if mode == "blackhole":
@@ -143,7 +164,7 @@ class FaultProxy:
                         _reset(client)
                         return
                     poisoned = mode == "reset_reply"
-                    upstream.sendall(data)
+                    self._send(upstream, data, held)
                     with self._lock:
                         if b"SUBSCRIBE" in data.upper():
                             self._subscribers.add(client)
@@ -153,13 +174,14 @@ class FaultProxy:
                 if upstream in readable:
                     data = upstream.recv(CHUNK_BYTES)
                     if not data:
+                        _flush(held, wait=True)
                         return
                     if poisoned:
                         client.sendall(data[: max(1, len(data) // 2)])
                         _reset(client)
                         return
-                    client.sendall(data)
-        except OSError:
+                    self._send(client, data, held)
+        except (OSError, ValueError):  # ValueError: a socket reset_open() or close() closed
             return
         finally:
             with self._lock:
@@ -169,3 +191,35 @@ class FaultProxy:
             for sock in (client, upstream):
                 with contextlib.suppress(OSError):
                     sock.close()
+
+    def _send(
+        self,
+        dest: socket.socket,
+        data: bytes,
+        held: dict[socket.socket, deque[tuple[float, bytes]]],
+    ) -> None:
+        with self._lock:
+            delay_s = self._delay_s
+        if delay_s > 0 or held[dest]:  # behind held chunks even once the delay is off
+            held[dest].append((time.monotonic() + delay_s, data))
+        else:
+            dest.sendall(data)
+
+
+def _wait_s(held: dict[socket.socket, deque[tuple[float, bytes]]]) -> float:
+    """How long select may wait: until the next held chunk is due, at most 0.5 s."""
+    due = [queue[0][0] for queue in held.values() if queue]
+    return max(0.0, min([*due, time.monotonic() + 0.5]) - time.monotonic())
+
+
+def _flush(held: dict[socket.socket, deque[tuple[float, bytes]]], *, wait: bool = False) -> None:
+    """Send the held chunks that are due; with `wait`, all of them, each when it is due."""
+    for dest, queue in held.items():
+        while queue:
+            due, data = queue[0]
+            if due > time.monotonic():
+                if not wait:
+                    break
+                time.sleep(due - time.monotonic())
+            queue.popleft()
+            dest.sendall(data)
