@@ -211,3 +211,29 @@ def test_beat_rides_out_an_endpoint_that_answers_from_a_replica(
     finally:
         beat.stop()
     assert took < 30, f"beat ticked on the new primary {took:.0f} s after its promotion"
+
+
+def test_beat_started_while_the_endpoint_answers_from_a_replica_waits_for_the_promotion(
+    failover: tuple[RedisServer, RedisServer, FaultProxy], tmp_path: Path
+) -> None:
+    """Regression: RedBeat's write of the schedule at start met READONLY and beat exited."""
+    _, replica, proxy = failover
+    promoted = replica.client()
+    wait_for(
+        lambda: promoted.info("replication").get("master_link_status") == "up",
+        10,
+        "the replica to sync",
+    )
+    proxy.retarget(replica.port)
+    catalog = CATALOG | {
+        "schedules": {"tick": {"task": "samples.square", "every_s": 1, "args": [2]}}
+    }
+    beat = start(["beat"], "beat", base_env(proxy.port, tmp_path, catalog), tmp_path)
+    try:
+        time.sleep(READ_ONLY_WINDOW_S)
+        assert beat.proc.poll() is None, beat.output()[-3000:]
+        promoted.replicaof("NO", "ONE")
+        wait_for(beat.heartbeat.exists, 30, "beat to tick on the new primary")
+        assert promoted.get(contract.BEAT_HEARTBEAT_KEY) is not None
+    finally:
+        beat.stop()

@@ -21,7 +21,25 @@ log = logging.getLogger(__name__)
 UNREACHABLE_RETRY_S = 1.0
 
 
+#: Seconds a starting beat keeps trying to write its schedule before it gives up (exits).
+SETUP_RETRY_S = 60.0
+
+
 class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]
+    def setup_schedule(self) -> None:
+        """RedBeat writes the catalog's schedule at start; a beat started during a failover
+        (the endpoint still on the read-only replica) tries again instead of exiting."""
+        deadline = time.monotonic() + SETUP_RETRY_S
+        while True:
+            try:
+                super().setup_schedule()
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("beat could not write its schedule (%s): trying again", exc)
+                time.sleep(UNREACHABLE_RETRY_S)
+
     def tick(self, *args: Any, **kwargs: Any) -> float:
         settings = self.app.platform_settings
         try:
