@@ -815,8 +815,8 @@ def main(argv: list[str] | None = None) -> int:
     # (SIGINT too: a shell starts background jobs with it ignored).
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.default_int_handler)
-    with _workdir(args.keep) as workdir:
-        report = run(opts, workdir)
+    with work_directory(args.keep) as directory:
+        report = run(opts, directory)
     meta = run_meta(opts)
     if not args.no_write:
         write_results(report, meta, RESULTS_DIR)
@@ -825,12 +825,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _workdir(keep: Path | None) -> Iterator[Path]:
+def work_directory(keep: Path | None, prefix: str = "chaos-") -> Iterator[Path]:
+    """`keep` (created, left behind for a look at logs and ledgers), or a temporary one."""
     if keep is not None:
         keep.mkdir(parents=True)
         yield keep
         return
-    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         yield Path(tmp)
 
 

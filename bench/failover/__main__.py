@@ -7,17 +7,15 @@ Runs the modes one after another, each on a fresh cluster with fresh processes; 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.chaos import work_directory
 from bench.failover import report
 from bench.failover.modes import MODES
 from bench.failover.run import CATALOG, GROUP, QUICK, VISIBILITY_TIMEOUT_S, Phases, run_mode
@@ -40,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.default_int_handler)
     results = []
-    with _workdir(args.keep) as workdir:
+    with work_directory(args.keep, prefix="failover-") as workdir:
         for name in names:
             result = run_mode(MODES[name], phases, workdir / name, args.seed, print)
             print(f"{name}: {'PASS' if result.ok else 'FAIL'} {'; '.join(result.misses)}")
@@ -65,16 +63,6 @@ def run_meta(phases: Phases, argv: list[str]) -> dict[str, Any]:
         "visibility_timeout_s": VISIBILITY_TIMEOUT_S,
         **{k: v for k, v in asdict(phases).items() if k != "workers"},
     }
-
-
-@contextlib.contextmanager
-def _workdir(keep: Path | None) -> Iterator[Path]:
-    if keep is not None:
-        keep.mkdir(parents=True)
-        yield keep
-        return
-    with tempfile.TemporaryDirectory(prefix="failover-") as tmp:
-        yield Path(tmp)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from celery_service import contract
 from celery_service.dlq import DeadLetterQueues
@@ -137,16 +138,22 @@ def failover(
         proxy.close()
 
 
+def _synced(replica: RedisServer) -> redis.Redis:
+    """The replica's client, once it holds the primary's data."""
+    client = replica.client()
+    wait_for(
+        lambda: client.info("replication").get("master_link_status") == "up",
+        10,
+        "the replica to sync",
+    )
+    return client
+
+
 def _fail_over(replica: RedisServer, proxy: FaultProxy) -> float:
     """As ElastiCache runs one: connections are reset, the endpoint name answers from the
     read-only replica for a while, then from the promoted replica. Returns the moment of
     the promotion."""
-    promoted = replica.client()
-    wait_for(
-        lambda: promoted.info("replication").get("master_link_status") == "up",
-        10,
-        "the replica to sync",
-    )
+    promoted = _synced(replica)
     proxy.retarget(replica.port)
     assert proxy.reset_open() > 0
     time.sleep(READ_ONLY_WINDOW_S)
@@ -218,12 +225,7 @@ def test_beat_started_while_the_endpoint_answers_from_a_replica_waits_for_the_pr
 ) -> None:
     """Regression: RedBeat's write of the schedule at start met READONLY and beat exited."""
     _, replica, proxy = failover
-    promoted = replica.client()
-    wait_for(
-        lambda: promoted.info("replication").get("master_link_status") == "up",
-        10,
-        "the replica to sync",
-    )
+    promoted = _synced(replica)
     proxy.retarget(replica.port)
     catalog = CATALOG | {
         "schedules": {"tick": {"task": "samples.square", "every_s": 1, "args": [2]}}
