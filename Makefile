@@ -68,8 +68,10 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
+# The tests wait on real workers and servers more than they compute: one pytest-xdist
+# worker per core (at most 4, each synthesizes the environments it tests).
 pytest: $(VENV)/.dev-installed $(CDK) redis-server chromium
-	$(BIN)/pytest
+	$(BIN)/pytest --numprocesses auto --maxprocesses 4
 
 $(VENV)/.runtime-installed: requirements.txt worker_image/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \

@@ -60,10 +60,8 @@ from celery_service.factory import create_app
 from celery_service.settings import Settings, variables_for
 from tools.local_redis import (
     RedisServerMissingError,
-    free_port,
     redis_server_binary,
-    server_args,
-    wait_until_ready,
+    start_server,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,25 +327,27 @@ class Broker:
             raise SystemExit(str(exc)) from None
         self.dir = workdir / "redis"
         self.dir.mkdir()
-        self.port = free_port()
+        self.port = 0  # a free one chosen at the first start, kept by the restarts
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        args = server_args(
-            self.binary,
-            self.port,
-            self.dir,
-            appendonly="yes",
-            appendfsync="always",
+        options = {
+            "appendonly": "yes",
+            "appendfsync": "always",
             # Queue data is never evicted (the platform's rule for the broker).
-            maxmemory_policy="noeviction",
-        )
+            "maxmemory_policy": "noeviction",
+        }
         log = (self.dir / "redis.log").open("ab")
-        self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        self.port, self.process = start_server(
+            self.binary,
+            self.dir,
+            options,
+            port=self.port or None,
+            # Replaying the append-only file after a restart takes a while with 10,000 tasks.
+            timeout_s=30,
+            stdout=log,
+            start_new_session=True,
         )
-        # Replaying the append-only file after a restart takes a while with 10,000 tasks.
-        wait_until_ready(self.port, self.process, timeout_s=30)
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)

@@ -30,7 +30,7 @@ import redis
 
 from celery_service.factory import create_app
 from celery_service.settings import Settings, variables_for
-from tools.local_redis import free_port, redis_server_binary, server_args, wait_until_ready
+from tools.local_redis import redis_server_binary, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "rate_limit_tiers.md"
@@ -121,12 +121,8 @@ def one_round(port: int, split: bool, workdir: Path) -> float:
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        port = free_port()
-        server = subprocess.Popen(
-            server_args(redis_server_binary(), port, workdir), stdout=subprocess.DEVNULL
-        )
+        port, server = start_server(redis_server_binary(), workdir)
         try:
-            wait_until_ready(port, server)
             waits = {
                 layout: [one_round(port, layout == "split", workdir) for _ in range(ROUNDS)]
                 for layout in ("shared", "split")

@@ -57,10 +57,8 @@ from celery_service.settings import Settings, variables_for
 from config import load_environment
 from tools.local_redis import (
     RedisServerMissingError,
-    free_port,
     redis_server_binary,
-    server_args,
-    wait_until_ready,
+    start_server,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,11 +261,8 @@ def redis_server(workdir: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]
         binary = redis_server_binary()
     except RedisServerMissingError as exc:
         sys.exit(str(exc))
-    port = free_port()
-    args = server_args(binary, port, workdir)
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    port, process = start_server(binary, workdir)
     try:
-        wait_until_ready(port, process)
         yield port, process
     finally:
         process.terminate()

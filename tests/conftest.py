@@ -1,7 +1,9 @@
-"""Shared fixtures: one synthesis per environment per test session, and a real redis-server."""
+"""Shared fixtures: one synthesis per environment per test session, and a real redis-server;
+the proofs' tally of cases tried."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -13,13 +15,13 @@ import pytest
 import redis
 
 from config import load_environment
+from tests.proofs.figures import FIGURES
 from tests.synth import ENVIRONMENTS, Synth, synthesize
 from tools.local_redis import (
     RedisServerMissingError,
     free_port,
     redis_server_binary,
-    server_args,
-    wait_until_ready,
+    start_server,
 )
 
 __all__ = ["RedisServer", "free_port"]  # free_port: imported by tests from here
@@ -109,12 +111,8 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     started: list[RedisServer] = []
 
     def start(**options: str) -> RedisServer:
-        port = free_port()
-        args = server_args(binary, port, tmp_path, **options)
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        server = RedisServer(port=port, process=process)
+        server = RedisServer(*start_server(binary, tmp_path, options))
         started.append(server)
-        wait_until_ready(port, process)
         return server
 
     try:
@@ -123,3 +121,32 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         for server in started:
             server.process.terminate()
             server.process.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- the proofs' tally
+
+# `make test` runs the tests in pytest-xdist workers: each sends its tally of the proofs'
+# cases to the controlling process, which prints the sum (and writes it to PROOFS_REPORT).
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["proof_figures"] = FIGURES.sections
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    FIGURES.merge(node.workeroutput.get("proof_figures", {}))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not FIGURES.sections:
+        return
+    text = FIGURES.markdown()
+    terminalreporter.write_sep("=", "proofs: cases tried")
+    terminalreporter.write_line(text)
+    report = os.environ.get("PROOFS_REPORT")
+    if report:
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
+        Path(report).write_text(text)

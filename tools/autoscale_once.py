@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import io
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,10 +24,8 @@ from config import CONFIG_DIR, ConfigError, load_environment
 from lambdas.autoscaler.handler import DryRunEcs, Settings, run_once
 from tools.local_redis import (
     RedisServerMissingError,
-    free_port,
     redis_server_binary,
-    server_args,
-    wait_until_ready,
+    start_server,
 )
 
 
@@ -54,13 +51,10 @@ def main() -> int:
         except RedisServerMissingError as exc:
             print(exc, file=sys.stderr)
             return 2
-        port = free_port()
         workdir = Path(tempfile.mkdtemp(prefix="autoscale-once-"))
-        server = subprocess.Popen(server_args(binary, port, workdir), stdout=subprocess.DEVNULL)
+        port, server = start_server(binary, workdir)
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
     try:
-        if server is not None:
-            wait_until_ready(port, server)
         if server is not None and args.backlog:
             for queue in config.queues:
                 client.lpush(queue, *[b"{}"] * args.backlog)

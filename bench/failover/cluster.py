@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 
 from tools.faultproxy import FaultProxy
-from tools.local_redis import free_port, redis_server_binary, server_args, wait_until_ready
+from tools.local_redis import redis_server_binary, start_server
 
 SYNC_TIMEOUT_S = 20  # for the replica's first full sync (seconds)
 
@@ -29,21 +29,22 @@ class Node:
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True)
-        self.port = free_port()
+        self.port = 0  # a free one chosen at the first start, kept by the restarts
         self.process: subprocess.Popen[bytes] | None = None
         self._client: redis.Redis | None = None
 
     def start(self) -> None:
         # Queue data is never evicted (the platform's rule for the broker); no persistence,
         # as ElastiCache has none a failover could use.
-        args = server_args(
-            redis_server_binary(), self.port, self.dir, maxmemory_policy="noeviction"
-        )
         with (self.dir / "redis.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.port, self.process = start_server(
+                redis_server_binary(),
+                self.dir,
+                {"maxmemory_policy": "noeviction"},
+                port=self.port or None,
+                stdout=log,
+                start_new_session=True,
             )
-        wait_until_ready(self.port, self.process)
 
     def client(self) -> redis.Redis:
         """A client straight to this server, past the endpoint; shared by the threads."""

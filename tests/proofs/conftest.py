@@ -1,10 +1,9 @@
-"""Fixtures of the proofs: a redis-server that can be stopped and restarted with its data,
-and the tally of cases tried, printed at the end and written to `PROOFS_REPORT` if set."""
+"""Fixtures of the proofs: a redis-server that can be stopped and restarted with its data.
+The tally of cases tried is reported from tests/conftest.py, which every process loads."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -13,13 +12,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.proofs.figures import FIGURES
 from tools.local_redis import (
     RedisServerMissingError,
-    free_port,
     redis_server_binary,
-    server_args,
-    wait_until_ready,
+    start_server,
 )
 
 
@@ -32,16 +28,14 @@ class RestartableRedis:
         except RedisServerMissingError as exc:
             pytest.fail(str(exc))
         self.workdir = workdir
-        self.port = free_port()
+        self.port = 0  # a free one chosen at the first start, kept by the restarts
         self.process: subprocess.Popen[bytes] | None = None
 
     def client(self, db: int = 0) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=5)
 
     def start(self) -> None:
-        args = server_args(self.binary, self.port, self.workdir)
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_until_ready(self.port, self.process, poll_s=0.02)
+        self.port, self.process = start_server(self.binary, self.workdir, port=self.port or None)
 
     def stop(self) -> None:
         """SHUTDOWN SAVE: the data is on disk and comes back with the next start."""
@@ -75,15 +69,3 @@ def restartable_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rest
         yield server
     finally:
         server.terminate()
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not FIGURES.sections:
-        return
-    text = FIGURES.markdown()
-    terminalreporter.write_sep("=", "proofs: cases tried")
-    terminalreporter.write_line(text)
-    report = os.environ.get("PROOFS_REPORT")
-    if report:
-        Path(report).parent.mkdir(parents=True, exist_ok=True)
-        Path(report).write_text(text)

@@ -21,6 +21,15 @@ class Figures:
     def measure(self, section: str, row: str, value: str) -> None:
         self.sections.setdefault(section, {})[row] = value
 
+    def merge(self, sections: dict[str, dict[str, int | str]]) -> None:
+        """Add the figures of another process (a pytest-xdist worker)."""
+        for section, rows in sections.items():
+            for row, value in rows.items():
+                if isinstance(value, int):
+                    self.count(section, row, value)
+                else:
+                    self.measure(section, row, value)
+
     def markdown(self) -> str:
         mode = "exhaustive (`make proofs`)" if EXHAUSTIVE else "CI sample (`pytest tests/proofs`)"
         lines = ["# Proofs: faults and bad input", "", f"Mode: {mode}.", ""]

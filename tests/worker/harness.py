@@ -91,6 +91,16 @@ def publisher(
     return create_app(settings, main="test-publisher")
 
 
+def release_results(app: Celery) -> None:
+    """Drop the app's result subscriptions while the test's redis-server still runs. Celery's
+    backend keeps every AsyncResult a test made; collected later, each unsubscribes and
+    retries for about 20 s against a server stopped by then."""
+    consumer = app.backend.result_consumer
+    consumer.subscribed_to.clear()  # nothing left for a collected AsyncResult to unsubscribe
+    consumer.stop()
+    app.close()
+
+
 @dataclass
 class Process:
     name: str
@@ -120,6 +130,16 @@ class Process:
         )
         if self.proc.poll() is not None:
             raise AssertionError(f"{self.name} exited at start:\n{self.output()[-3000:]}")
+
+    def print_state(self) -> None:
+        """For a failed test's report (pytest shows what it printed): the heartbeat's age,
+        every thread's stack (Celery's SIGUSR1 handler logs them) and the log's end."""
+        if self.proc.poll() is None:
+            self.signal(signal.SIGUSR1)
+            time.sleep(1)
+        age = time.time() - self.heartbeat.stat().st_mtime if self.heartbeat.exists() else None
+        print(f"--- {self.name}: exit code {self.proc.poll()}, heartbeat age {age} s")
+        print(self.output()[-20000:])
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
@@ -178,6 +198,9 @@ def running(
     try:
         worker.wait_ready()
         yield worker
+    except BaseException:
+        worker.print_state()
+        raise
     finally:
         worker.stop()
 

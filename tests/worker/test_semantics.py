@@ -5,7 +5,6 @@ pool, fair rotation between queues, countdowns beyond the visibility timeout."""
 from __future__ import annotations
 
 import base64
-import gc
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -20,11 +19,7 @@ from celery_service.contract import queue_keys
 from celery_service.tasks.base import TaskOutOfMemory
 from tests.conftest import RedisServer
 from tests.worker import semantics_tasks as t
-from tests.worker.harness import base_env, publisher, running, start, wait_for
-
-# Celery's AsyncResult unsubscribes in __del__; one collected after its test's redis-server
-# stopped reports a reconnect failure that says nothing about the behaviour under test.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+from tests.worker.harness import base_env, publisher, release_results, running, start, wait_for
 
 MODULES = ("tests.worker.semantics_tasks",)
 SEP = "\x06\x16"
@@ -83,10 +78,7 @@ def app(server: RedisServer) -> Iterator[Celery]:
     celery = publisher(server.port, CATALOG, MODULES)
     celery.loader.import_default_modules()
     yield celery
-    # AsyncResults caught in reference cycles unsubscribe when collected: collect them now,
-    # while the test's redis-server still runs, not in a later test after it stopped.
-    gc.collect()
-    celery.close()
+    release_results(celery)
 
 
 def where(client: Any, queue: str) -> dict[int, list[str]]:
