@@ -12,7 +12,8 @@ BENCH_TWEAKS        comma-separated switches for what settings cannot express:
                                          message, not only for one that finds the worker idle
                     no_platform_signals  the platform's task_prerun/task_postrun handlers
                                          off (metrics, completion counter INCR)
-BENCH_PROFILE       a path: cProfile the main process from ready to shutdown into it.
+BENCH_PROFILE       a path: cProfile the main process from ready to shutdown into it, and
+                    each pool process from its start to its exit into <path>.<pid>.
 """
 
 from __future__ import annotations
@@ -92,5 +93,14 @@ def _stop_profile(**_: Any) -> None:
         profile.dump_stats(os.environ["BENCH_PROFILE"])
 
 
+def _stop_child_profile(**_: Any) -> None:
+    for profile in _profiles:
+        profile.disable()
+        profile.dump_stats(f"{os.environ['BENCH_PROFILE']}.{os.getpid()}")
+
+
 signals.worker_ready.connect(_start_profile)
 signals.worker_shutdown.connect(_stop_profile)
+# A pool process is forked before the main process is ready: it starts with no profile.
+signals.worker_process_init.connect(_start_profile)
+signals.worker_process_shutdown.connect(_stop_child_profile)

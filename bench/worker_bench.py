@@ -764,7 +764,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="cProfile each worker's main process into bench/results/",
+        help="cProfile each worker's main and pool processes into bench/results/",
     )
     parser.add_argument(
         "--output", default="worker_bench", help="result file stem under bench/results/"

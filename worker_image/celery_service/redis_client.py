@@ -12,7 +12,10 @@ import ssl
 from typing import Any
 
 import redis
+from celery import states
 from celery.backends.redis import RedisBackend
+from celery.exceptions import BackendStoreError
+from kombu.utils.encoding import bytes_to_str
 from redis.exceptions import ReadOnlyError
 
 from celery_service import contract
@@ -45,16 +48,69 @@ class PrimarySSLConnection(_PrimaryOnly, redis.SSLConnection):
     pass
 
 
+# KEYS: a task's result key; ARGV: its new meta (JSON), its lifetime in seconds (0: none).
+# Celery's store reads the key first (a GET), then writes and publishes it in a MULTI (four
+# more commands): two round trips from the pool process for every task. Here one, with the
+# same rule: a stored SUCCESS is never overwritten (a redelivered run cannot undo it).
+STORE_UNLESS_SUCCEEDED = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta.status == 'SUCCESS' then
+    return 0
+  end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 class ResultBackend(RedisBackend):  # type: ignore[misc]
     """Celery's Redis result backend on the connections above: a result written while the
     endpoint answers from a replica is retried (result_backend_always_retry) until the
-    promoted primary takes it, instead of failing a task whose work is done."""
+    promoted primary takes it, instead of failing a task whose work is done. A task's
+    state is stored in one round trip (STORE_UNLESS_SUCCEEDED)."""
 
     connection_class_ssl = PrimarySSLConnection
+    _store_script: Any = None  # redis-py's Script: its SHA computed once
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.connparams.setdefault("connection_class", PrimaryConnection)
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        if self.serializer != "json":  # the script reads the stored status as JSON
+            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = bytes_to_str(task_id)
+        value = self.encode(meta)
+        if len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError(
+                "value too large for Redis backend", state=state, task_id=task_id
+            )
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        self.ensure(self._store_unless_succeeded, (self.get_key_for_task(task_id), value, expires))
+        return result
+
+    def _store_unless_succeeded(self, key: bytes, value: str, expires: int | None) -> None:
+        if self._store_script is None:
+            self._store_script = self.client.register_script(STORE_UNLESS_SUCCEEDED)
+        self._store_script(keys=[key], args=[value, int(expires or 0)], client=self.client)
 
 
 _clients: dict[tuple[int, str], redis.Redis] = {}
