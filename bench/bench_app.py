@@ -12,6 +12,8 @@ BENCH_TWEAKS        comma-separated switches for what settings cannot express:
                                          message, not only for one that finds the worker idle
                     no_platform_signals  the platform's task_prerun/task_postrun handlers
                                          off (metrics, completion counter INCR)
+                    store_results        (defaults) results stored in the broker's Redis,
+                                         database 1, by Celery's own Redis backend
 BENCH_PROFILE       a path: cProfile the main process from ready to shutdown into it, and
                     each pool process from its start to its exit into <path>.<pid>.
 """
@@ -47,7 +49,9 @@ def _wake_every_message(**_: Any) -> None:
 
 def _build() -> Celery:
     if os.environ.get("BENCH_APP", "shipped") == "defaults":
-        return Celery("bench_defaults", broker=os.environ["BENCH_BROKER_URL"])
+        broker = os.environ["BENCH_BROKER_URL"]
+        backend = f"{broker.rsplit('/', 1)[0]}/1" if "store_results" in TWEAKS else None
+        return Celery("bench_defaults", broker=broker, backend=backend)
     from celery_service import signals as platform
     from celery_service.factory import create_app
     from celery_service.settings import Settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import boto3
 import pytest
 import redis
+from celery.backends.redis import ResultConsumer
 
 from config import load_environment
 from tests.proofs.figures import FIGURES
@@ -44,6 +46,31 @@ def synth_env(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Synth
 def env_synth(request: pytest.FixtureRequest, synth_env: Callable[[str], Synth]) -> Synth:
     """Each shipped environment in turn."""
     return synth_env(request.param)
+
+
+# Every Redis result consumer made in this process. An AsyncResult unsubscribes when it is
+# collected; one collected after its test's redis-server stopped retries for about 20 s,
+# then fails whatever test the garbage collector was in (with pytest-xdist, any test). Its
+# app may be gone by then, so the consumers themselves are tracked.
+_result_consumers: weakref.WeakSet[ResultConsumer] = weakref.WeakSet()
+_consumer_init = ResultConsumer.__init__
+
+
+def _tracked_consumer_init(self: ResultConsumer, *args: Any, **kwargs: Any) -> None:
+    _consumer_init(self, *args, **kwargs)
+    _result_consumers.add(self)
+
+
+ResultConsumer.__init__ = _tracked_consumer_init
+
+
+@pytest.fixture(autouse=True)
+def _forget_result_subscriptions() -> Iterator[None]:
+    """After each test, every result consumer forgets what it subscribed to, so that no
+    AsyncResult of the test unsubscribes later."""
+    yield
+    for consumer in list(_result_consumers):
+        consumer.subscribed_to.clear()
 
 
 # ---------------------------------------------------------------- AWS, faked

@@ -91,16 +91,6 @@ def publisher(
     return create_app(settings, main="test-publisher")
 
 
-def release_results(app: Celery) -> None:
-    """Drop the app's result subscriptions while the test's redis-server still runs. Celery's
-    backend keeps every AsyncResult a test made; collected later, each unsubscribes and
-    retries for about 20 s against a server stopped by then."""
-    consumer = app.backend.result_consumer
-    consumer.subscribed_to.clear()  # nothing left for a collected AsyncResult to unsubscribe
-    consumer.stop()
-    app.close()
-
-
 @dataclass
 class Process:
     name: str

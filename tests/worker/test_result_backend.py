@@ -12,14 +12,14 @@ from celery import Celery, states
 
 from celery_service.redis_client import ResultBackend
 from tests.conftest import RedisServer
-from tests.worker.harness import publisher, release_results, results_client
+from tests.worker.harness import publisher, results_client
 
 
 @pytest.fixture
 def app(redis_server: Callable[..., RedisServer]) -> Iterator[Celery]:
     celery = publisher(redis_server().port)
     yield celery
-    release_results(celery)
+    celery.close()
 
 
 def test_the_platform_backend_is_the_one_in_use(app: Celery) -> None:

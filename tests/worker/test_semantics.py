@@ -19,7 +19,7 @@ from celery_service.contract import queue_keys
 from celery_service.tasks.base import TaskOutOfMemory
 from tests.conftest import RedisServer
 from tests.worker import semantics_tasks as t
-from tests.worker.harness import base_env, publisher, release_results, running, start, wait_for
+from tests.worker.harness import base_env, publisher, running, start, wait_for
 
 MODULES = ("tests.worker.semantics_tasks",)
 SEP = "\x06\x16"
@@ -78,7 +78,7 @@ def app(server: RedisServer) -> Iterator[Celery]:
     celery = publisher(server.port, CATALOG, MODULES)
     celery.loader.import_default_modules()
     yield celery
-    release_results(celery)
+    celery.close()
 
 
 def where(client: Any, queue: str) -> dict[int, list[str]]:
