@@ -144,9 +144,10 @@ simulate: $(VENV)/.dev-installed
 bench-rate-limits: $(VENV)/.dev-installed redis-server
 	$(BIN)/python -m bench.rate_limit_tiers
 
-## Throughput and start latency of the shipped worker settings vs Celery's defaults.
+## Throughput and start latency of the shipped worker settings vs Celery's defaults
+## (ARGS="--repeat 3" for medians of interleaved rounds, "--profile" for cProfile files).
 bench-worker: $(VENV)/.dev-installed redis-server
-	$(BIN)/python -m bench.worker_bench
+	$(BIN)/python -m bench.worker_bench $(ARGS)
 
 ## The environment's CloudWatch and Datadog dashboards as a local HTML page (cdk.out/).
 preview-dashboards: $(VENV)/.dev-installed
