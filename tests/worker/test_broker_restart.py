@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from celery_service.settings import Settings
 from tests.conftest import RedisServer
 from tests.worker.harness import Process, base_env, publisher, start, wait_for
 from tests.worker.http_standin import standin
-from tools.local_redis import redis_server_binary, server_args
+from tools.local_redis import redis_server_binary, start_server
 
 REDIS_DOWN_S = 2.0  # how long the broker stays down (seconds)
 
@@ -25,23 +24,19 @@ def restarted(server: RedisServer, workdir: Path) -> Iterator[None]:
     server.process.kill()
     server.process.wait(timeout=10)
     time.sleep(REDIS_DOWN_S)
-    args = server_args(
-        redis_server_binary(), server.port, workdir, appendonly="yes", appendfsync="always"
+    # Up once its append-only file is loaded.
+    _, again = start_server(
+        redis_server_binary(),
+        workdir,
+        {"appendonly": "yes", "appendfsync": "always"},
+        port=server.port,
+        timeout_s=30,
     )
-    again = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: _pong(server), 30, "redis-server to load its append-only file")
         yield
     finally:
         again.terminate()
         again.wait(timeout=10)
-
-
-def _pong(server: RedisServer) -> bool:
-    try:
-        return bool(server.client().ping())
-    except Exception:
-        return False
 
 
 def test_tasks_running_when_redis_restarts_complete(
