@@ -508,6 +508,7 @@ class Publisher(threading.Thread):
         self.app, self.plans, self.rate, self.stop = app, plans, rate, stop
         self.submitted: dict[str, bool] = {}
         self.acked_at: dict[str, float] = {}  # task id -> when its publish returned (epoch)
+        self.sent_at: dict[str, float] = {}  # task id -> when that publish began (epoch)
         self.republished: set[str] = set()  # ids whose publish was retried
         self.failed = 0
 
@@ -518,6 +519,7 @@ class Publisher(threading.Thread):
             if delay > 0 and self.stop.wait(delay):
                 return
             while not self.stop.is_set():
+                began = time.time()
                 try:
                     self.app.send_task(
                         plan.name,
@@ -528,6 +530,7 @@ class Publisher(threading.Thread):
                     )
                     self.submitted[plan.task_id] = plan.effect
                     self.acked_at[plan.task_id] = time.time()
+                    self.sent_at[plan.task_id] = began
                     break
                 except Exception:
                     self.republished.add(plan.task_id)

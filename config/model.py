@@ -218,6 +218,13 @@ class BrokerConfig(Strict):
     # Deliveries of one message without an ack (its process died, or a shutdown stopped it)
     # before it goes to the DLQ instead of to another worker.
     max_deliveries: int = Field(default=5, ge=2, le=100)
+    # Replicas that must hold a publish, a requeue or an `applied_once` marker before it
+    # returns (Redis WAIT): without, a failover loses what the primary acknowledged in its
+    # last moments of replication lag. Default: 1 when the broker has replicas, else 0.
+    wait_for_replicas: int | None = Field(default=None, ge=0, le=5)
+    # The longest such a write waits for them (milliseconds); past it, it returns with a
+    # warning (a replica down or far behind), the write held by the primary alone.
+    replica_wait_ms: int = Field(default=100, ge=1, le=2000)
 
 
 class ServicesConfig(Strict):
@@ -634,6 +641,12 @@ class EnvironmentConfig(Strict):
                 f"parameter, which holds at most {SSM_PARAMETER_MAX_BYTES}: cover tasks with "
                 'patterns ("billing.*") instead of one entry each'
             )
+        if self.wait_for_replicas > self.redis.replicas:
+            raise ValueError(
+                f"broker.wait_for_replicas ({self.wait_for_replicas}) is more than "
+                f"redis.replicas ({self.redis.replicas}): every write would wait "
+                "broker.replica_wait_ms for replicas that do not exist"
+            )
         if self.monitoring.max_tasks_alarm_minutes < self.autoscaler.schedule_minutes:
             raise ValueError(
                 f"monitoring.max_tasks_alarm_minutes ({self.monitoring.max_tasks_alarm_minutes}) "
@@ -743,6 +756,11 @@ class EnvironmentConfig(Strict):
                 )
 
     @property
+    def wait_for_replicas(self) -> int:
+        explicit = self.broker.wait_for_replicas
+        return min(self.redis.replicas, 1) if explicit is None else explicit
+
+    @property
     def task_metrics_in_cloudwatch(self) -> bool:
         explicit = self.monitoring.cloudwatch_task_metrics
         return not self.datadog.enabled if explicit is None else explicit
@@ -780,6 +798,8 @@ class EnvironmentConfig(Strict):
             result_expires_s=self.broker.result_expires_s,
             retry_backoff_max_s=self.broker.retry_backoff_max_s,
             max_deliveries=self.broker.max_deliveries,
+            wait_for_replicas=self.wait_for_replicas,
+            replica_wait_ms=self.broker.replica_wait_ms,
             **self.celery.model_dump(),
             queues=sorted(self.queues),
             worker_groups={

@@ -60,6 +60,19 @@ def test_dev_is_cheap_and_prod_is_highly_available() -> None:
     assert prod.redis.snapshot_retention_days >= 7
 
 
+def test_writes_wait_for_a_replica_wherever_the_broker_has_one() -> None:
+    """Publishes, requeues and applied_once markers survive a failover by default where
+    there is a replica to fail over to; an environment may turn it off or wait for more."""
+    waits = {name: load_environment(name).runtime_catalog() for name in ("dev", "prod")}
+    assert [waits[n]["wait_for_replicas"] for n in ("dev", "prod")] == [0, 1]
+    assert waits["prod"]["replica_wait_ms"] == 100
+    for explicit in (0, 2):
+        cfg = parse_environment(
+            "staging", merged(redis={"replicas": 2}, broker={"wait_for_replicas": explicit})
+        )
+        assert cfg.runtime_catalog()["wait_for_replicas"] == explicit
+
+
 def test_environment_file_overrides_catalog_values_only_where_it_says() -> None:
     dev, prod = load_environment("dev"), load_environment("prod")
     # prod.toml raises max_tasks of `general`; everything else comes from the catalog.
@@ -102,6 +115,10 @@ MALFORMED: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "too many replicas": (
         {"redis": {"replicas": 9}},
         ("redis.replicas", "less than or equal to 5", "got 9"),
+    ),
+    "waiting for more replicas than there are": (
+        {"broker": {"wait_for_replicas": 2}, "redis": {"replicas": 1}},
+        ("broker.wait_for_replicas (2)", "redis.replicas (1)"),
     ),
     "multi-AZ without a replica": (
         {"redis": {"multi_az": True, "replicas": 0}},

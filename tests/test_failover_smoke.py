@@ -86,6 +86,18 @@ def test_an_effect_applied_twice_fails_the_mode() -> None:
     assert not f.ok
 
 
+def test_an_effect_first_applied_inside_the_replication_window_is_excused_with_it() -> None:
+    """Its applied_once marker was written in the window, so the failover may have lost it."""
+    records = [*CLEAN, *run_of("a", END + 2, worker="w-2", effect=True)]
+    records += [rec("x", "a", END - 9.85)]
+    f = figures(records, effects={"a": True}, window=(END - 10.1, END - 9.8))
+    assert (f.effects_applied_twice, f.effects_twice_in_window) == (1, 1)
+    assert f.ok, f.misses()
+    late = figures(records, effects={"a": True}, window=(END - 10.1, END - 9.9))
+    assert late.effects_twice_in_window == 0
+    assert not late.ok
+
+
 def test_a_process_that_exited_fails_the_mode() -> None:
     f = figures(CLEAN, exits=[Exit("w-2", 1, END + 0.5)])
     assert not f.ok

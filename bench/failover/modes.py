@@ -8,6 +8,7 @@ promotion, or the forwarder passing again), and for a lossy failover the replica
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 from collections.abc import Callable
@@ -46,6 +47,8 @@ class Mode:
     inject: Callable[[Cluster, Timing], Fault]
     rate: float = 30.0  # tasks published per second
     replication_delay_s: float = 0.0
+    catalog: dict[str, Any] = field(default_factory=dict)  # over the run's catalog
+    publishers: int = 1  # threads sharing the rate (a publish that waits takes longer)
 
 
 def _reset(cluster: Cluster, _timing: Timing) -> Fault:
@@ -101,6 +104,14 @@ def _lossy_replication(cluster: Cluster, timing: Timing) -> Fault:
     return Fault(start, end, window, notes={"replication lag measured (s)": measured})
 
 
+def _lossy_replication_waited(cluster: Cluster, timing: Timing) -> Fault:
+    # Every acknowledged write was on the replica first: no loss is excused.
+    return dataclasses.replace(_lossy_replication(cluster, timing), window=None)
+
+
+# The catalog's option that closes the window (celery_service.redis_client.write_replicated).
+WAIT_FOR_REPLICA = {"wait_for_replicas": 1, "replica_wait_ms": 1000}
+
 MODES: dict[str, Mode] = {
     mode.name: mode
     for mode in (
@@ -143,10 +154,24 @@ MODES: dict[str, Mode] = {
             "50 tasks/s; the primary is killed (SIGKILL), the replica promoted after the "
             "detection time and the endpoint moved to it. Acknowledged writes of the last "
             f"{REPLICATION_DELAY_S + WINDOW_MARGIN_S:.1f} s before the kill (the lag plus "
-            f"{WINDOW_MARGIN_S} s slack) may be lost: the stated replication window.",
+            f"{WINDOW_MARGIN_S} s slack) may be lost, and effects applied then may be "
+            "applied again (their applied_once marker lost): the stated replication window. "
+            "The catalog's default where the broker has no replica (wait_for_replicas = 0).",
             _lossy_replication,
             rate=50.0,
             replication_delay_s=REPLICATION_DELAY_S,
+        ),
+        Mode(
+            "lossy-replication-waited",
+            "The same failover with the catalog's wait_for_replicas = 1: every publish, "
+            "requeue and applied_once marker returns once the replica holds it (Redis "
+            "WAIT, at most 1 s), so nothing acknowledged may be lost; 8 publishers share "
+            "the rate, each publish taking the round trip to the lagging replica.",
+            _lossy_replication_waited,
+            rate=50.0,
+            replication_delay_s=REPLICATION_DELAY_S,
+            catalog=WAIT_FOR_REPLICA,
+            publishers=8,
         ),
     )
 }

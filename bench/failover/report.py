@@ -18,8 +18,8 @@ publishes and the broker, never Celery's state. **Lost**: acknowledged, not comp
 dead-lettered and no longer in the broker (no queue, not unacked). **Stuck**: not completed
 by the drain deadline but still in the broker, typically unacked, where it would wait the
 visibility timeout (3,960 s in the sample catalog). **Run twice**: one delivery executed
-more than once. **Resumed**: every worker serving at the fault has started a task published
-after the fault's end (the promotion, or the endpoint passing again), and beat's heartbeat
+more than once. **Resumed**: every worker serving at the fault has started a task whose publish
+began after the fault's end (the promotion, or the endpoint passing again), and beat's heartbeat
 has reached the new primary. **Drained**: every task acknowledged before the fault's end has
 completed. Goals (issue 15): working again within {RESUME_GOAL_S:.0f} s with no process
 restart, 0 processes exited, 0 lost beyond the replication window, 0 stuck, 0 effects
@@ -39,15 +39,21 @@ def summary_row(result: ModeResult) -> str:
     verdict = "PASS" if result.ok else "**FAIL**"
     if f is None:
         return f"| {result.mode} | {verdict} |" + " |" * 9
-    lost = f"{f.lost} ({f.lost_in_window} in window)" if f.lost_in_window else f"{f.lost}"
+    lost = _with_window(f.lost, f.lost_in_window)
+    twice = _with_window(f.effects_applied_twice, f.effects_twice_in_window)
     return (
         f"| {result.mode} | {verdict} | {f.submitted} | {f.completed} | {lost} | {f.stuck} "
-        f"| {f.run_twice} | {f.effects_applied_twice} | {len(f.exits)} | {_s(f.resume_s)} "
+        f"| {f.run_twice} | {twice} | {len(f.exits)} | {_s(f.resume_s)} "
         f"| {_s(f.drained_s)} |"
     )
 
 
+def _with_window(count: int, in_window: int) -> str:
+    return f"{count} ({in_window} in window)" if in_window else str(count)
+
+
 def mode_table(f: Figures) -> list[str]:
+    twice = _with_window(f.effects_applied_twice, f.effects_twice_in_window)
     window = [
         (
             "acknowledged in the replication window / lost of them",
@@ -63,7 +69,7 @@ def mode_table(f: Figures) -> list[str]:
         *(window if f.acked_in_window else []),
         ("stuck at the drain deadline", f.stuck),
         ("deliveries run twice", f.run_twice),
-        ("tasks with an effect / applied twice", f"{f.effect_tasks} / {f.effects_applied_twice}"),
+        ("tasks with an effect / applied twice", f"{f.effect_tasks} / {twice}"),
         ("processes that exited", ", ".join(f"{e.name} ({e.status})" for e in f.exits) or 0),
         ("publisher: first acknowledged publish (s)", _s(f.publisher_resume_s)),
         ("first completion of a task published after the fault (s)", _s(f.first_completion_s)),

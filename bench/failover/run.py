@@ -136,13 +136,14 @@ def run_mode(
     began = time.time()
     workdir.mkdir(parents=True)
     cluster = Cluster(workdir, replication_delay_s=mode.replication_delay_s)
+    catalog = CATALOG | mode.catalog
     stop = threading.Event()
     fleet: Fleet | None = None
     watcher: Watcher | None = None
-    publisher: Publisher | None = None
+    publishers: list[Publisher] = []
     try:
         cluster.start()
-        fleet = Fleet(workdir, cluster.proxy.port, CATALOG)
+        fleet = Fleet(workdir, cluster.proxy.port, catalog)
         for _ in range(phases.workers):
             fleet.start(GROUP)
         fleet.start(BEAT, BEAT)
@@ -151,9 +152,11 @@ def run_mode(
         watcher.start()
         horizon_s = phases.warmup_s + phases.after_s + 60  # more plans than can be published
         plans = plan_tasks(int(mode.rate * horizon_s), random.Random(seed))
-        app = publisher_app(cluster.proxy.port, CATALOG)
-        publisher = Publisher(app, plans, mode.rate, stop)
-        publisher.start()
+        app = publisher_app(cluster.proxy.port, catalog)
+        n = mode.publishers
+        publishers = [Publisher(app, plans[i::n], mode.rate / n, stop) for i in range(n)]
+        for publisher in publishers:
+            publisher.start()
         say(f"{mode.name}: cluster, {phases.workers} workers and beat up; {mode.rate:.0f} tasks/s")
         time.sleep(phases.warmup_s)
         serving = [w.name for w in fleet.serving() if w.group == GROUP]
@@ -162,13 +165,16 @@ def run_mode(
         say(f"{mode.name}: fault over after {fault.end - fault.start:.1f} s {fault.notes}")
         time.sleep(max(0.0, fault.end + phases.after_s - time.time()))
         stop.set()
-        publisher.join(timeout=15)
+        for publisher in publishers:
+            publisher.join(timeout=15)
+        acked_at = {k: v for p in publishers for k, v in p.acked_at.items()}
         ledger = LedgerReader(fleet.ledger)
-        _drain(ledger, publisher, watcher, fault.end + phases.drain_s)
+        _drain(ledger, acked_at, watcher, fault.end + phases.drain_s)
         client = cluster.current.client()
         seen = Observed(
-            acked_at=dict(publisher.acked_at),
-            effects=dict(publisher.submitted),
+            acked_at=acked_at,
+            effects={k: v for p in publishers for k, v in p.submitted.items()},
+            sent_at={k: v for p in publishers for k, v in p.sent_at.items()},
             fault_start=fault.start,
             fault_end=fault.end,
             workers=serving,
@@ -189,9 +195,9 @@ def run_mode(
         if watcher is not None:
             watcher.halt.set()
             watcher.join(timeout=5)
-        if publisher is not None:
+        if publishers:
             with contextlib.suppress(Exception):
-                publisher.app.close()
+                publishers[0].app.close()
         if fleet is not None:
             fleet.stop_all()
         cluster.stop()
@@ -222,7 +228,9 @@ def _wait_ready(fleet: Fleet) -> None:
         time.sleep(0.1)
 
 
-def _drain(ledger: LedgerReader, publisher: Publisher, watcher: Watcher, deadline: float) -> None:
+def _drain(
+    ledger: LedgerReader, acked_at: dict[str, float], watcher: Watcher, deadline: float
+) -> None:
     """Until beat works on the new primary and every acknowledged task is done or
     dead-lettered, or the rest has been gone from the broker at two checks in a row (lost:
     nothing can run it any more); at most until the deadline."""
@@ -231,7 +239,7 @@ def _drain(ledger: LedgerReader, publisher: Publisher, watcher: Watcher, deadlin
         ledger.poll()
         client = watcher.cluster.current.client()
         with contextlib.suppress(redis.RedisError):
-            left = set(publisher.acked_at) - ledger.done - set(chaos.dead_letters(client))
+            left = set(acked_at) - ledger.done - set(chaos.dead_letters(client))
             gone = not (left & broker_ids(client))
             finished = not left or (gone and gone_before)
             if finished and watcher.beat_resumed_at is not None:

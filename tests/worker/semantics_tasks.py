@@ -11,6 +11,7 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import shared_task
+from celery.exceptions import Reject
 from celery.worker.control import control_command
 
 from celery_service.redis_client import client_for
@@ -167,3 +168,14 @@ def hoard(self: Any, label: str, mib: int) -> int:
 )
 def decorated(self: Any) -> None:
     """Its decorator sets options the catalog entry does not."""
+
+
+@shared_task(bind=True, name="semantics.rejected_once")
+def rejected_once(self: Any, label: str, hold_s: float) -> str:
+    """Holds its message `hold_s`, then hands it back to its queue (a task that found its
+    input not ready); runs through once redelivered."""
+    if not self.request.delivery_info.get("redelivered"):
+        time.sleep(hold_s)
+        raise Reject("not ready yet", requeue=True)
+    _note(self, label)
+    return label

@@ -5,26 +5,30 @@ reaches the DLQ even across a crash."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from kombu.connection import Connection
 
 from celery_service import contract
-from celery_service.delivery import POP_AND_RECORD
+from celery_service.delivery import POP_AND_RECORD, DeliveryChannel, use_delivery
 from celery_service.dlq import DeadLetterQueues
 from celery_service.factory import create_app
 from celery_service.settings import Settings
 from tests.conftest import RedisServer
 from tests.worker.harness import IMAGE_DIR, base_env, publisher, running, wait_for
+from tools.faultproxy import FaultProxy
 
 # A consumer whose main process dies the moment the message is in its hands: after the pop
 # reached it, before anything else (kombu's own `unacked` write included) could run.
@@ -326,3 +330,101 @@ def test_a_queue_key_that_holds_no_list_is_skipped_and_reported(
         assert worker.proc.poll() is None
         assert worker.output().count("holds no list") == 1
     app.close()
+
+
+def test_a_channel_closes_with_a_pop_in_flight_on_a_reset_connection(
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    """Celery's consumer restart after a connection loss closes the channel (`collect()`,
+    then `close()`) while it holds a message and its pop's reply is lost with a reset
+    connection. Regression: the close raised on reading that pop and left the channel
+    open; the next close met the transport `collect()` had dropped, and its
+    AttributeError ended the worker (seen in a failover under load)."""
+    server = redis_server()
+    proxy = FaultProxy(server.port)
+    app = publisher(server.port)
+    try:
+        app.send_task("samples.square", args=[7], priority=0)
+        connection = Connection(f"redis://127.0.0.1:{proxy.port}/0")
+        use_delivery(connection)
+        channel = connection.default_channel
+        assert isinstance(channel, DeliveryChannel)
+        held: list[object] = []
+        channel.basic_consume("default", False, held.append, "test-consumer")
+        connection.drain_events(timeout=10)
+        assert len(held) == 1
+        proxy.sever()
+        channel._brpop_start()  # sent, never answered
+        proxy.reset_open()
+        channel.close()
+        assert channel.closed
+        client = server.client()
+        assert client.llen("default") == 1, "the held message went back to its queue"
+        assert client.hlen("unacked") == 0
+        connection.close()
+    finally:
+        proxy.close()
+        app.close()
+
+
+def test_a_message_whose_channel_closed_while_redis_was_away_is_requeued_after(
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    """Celery's consumer restart closes the channel while every request is reset, so the
+    close cannot put back the message a task still holds; the task then rejects it with
+    requeue (the platform does on a broker error). Regression: the reject met the closed
+    transport, raised AttributeError, and the message waited the visibility timeout."""
+    server = redis_server()
+    proxy = FaultProxy(server.port)
+    app = publisher(server.port)
+    try:
+        app.send_task("samples.square", args=[7], priority=0)
+        connection = Connection(f"redis://127.0.0.1:{proxy.port}/0")
+        use_delivery(connection)
+        held: list[Any] = []
+        connection.default_channel.basic_consume("default", False, held.append, "consumer")
+        connection.drain_events(timeout=10)
+        proxy.set("reset")
+        proxy.reset_open()
+        with contextlib.suppress(Exception):  # as Celery's consumer does
+            connection.collect()
+        proxy.set("pass")
+        held[0].reject(requeue=True)
+        client = server.client()
+        assert client.llen("default") == 1
+        assert client.hlen("unacked") == 0
+    finally:
+        proxy.close()
+        app.close()
+
+
+def test_the_remote_control_subscription_is_read_only_for_what_arrived(
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    """kombu reads the fanout (remote-control) subscription with a blocking
+    `parse_response()`, which redis-py 8 runs with no socket timeout. Regression: a worker's
+    event loop stopped in that read for over a minute after a failover reset (its stack
+    dumped by the test harness), its heartbeat going stale; the read now returns at once
+    when nothing has arrived, and the poller calls again when something has."""
+    server = redis_server()
+    connection = Connection(f"redis://127.0.0.1:{server.port}/0")
+    use_delivery(connection)
+    try:
+        channel = connection.default_channel
+        assert isinstance(channel, DeliveryChannel)
+        subscription = channel.subclient
+        subscription.psubscribe("/0.celery.pidbox/*")
+        wait_for(lambda: subscription.connection.can_read(timeout=0.1), 10, "the confirmation")
+        returned: list[object] = []
+        reader = threading.Thread(target=lambda: returned.append(subscription.parse_response()))
+        reader.start()
+        reader.join(timeout=5)
+        assert not reader.is_alive(), "the read waited for a message that never comes"
+        assert returned == [[b"psubscribe", b"/0.celery.pidbox/*", 1]], "what had arrived"
+        reader = threading.Thread(target=lambda: returned.append(subscription.parse_response()))
+        reader.start()
+        reader.join(timeout=5)
+        assert not reader.is_alive(), "the read waited for a message that never comes"
+        assert returned[1] is None
+    finally:
+        connection.close()

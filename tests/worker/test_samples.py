@@ -13,9 +13,22 @@ from celery import chord, group
 
 from celery_service import contract
 from celery_service.idempotency import EffectInProgressError, applied_once
+from celery_service.redis_client import client_for
+from celery_service.settings import Settings
 from samples.tasks import EMAILS_SENT_KEY
 from tests.conftest import RedisServer
-from tests.worker.harness import TEST_CATALOG, publisher, results_client, running, wait_for
+from tests.worker.harness import (
+    TEST_CATALOG,
+    base_env,
+    publisher,
+    results_client,
+    running,
+    wait_for,
+)
+from tools.faultproxy import FaultProxy
+
+# Longer than redis-py's own retries of a command (10, backoff capped at 1 s) last.
+OUTAGE_S = 12.0
 
 
 def test_idempotent_task_sends_once_however_often_it_runs(
@@ -30,6 +43,34 @@ def test_idempotent_task_sends_once_however_often_it_runs(
     assert outcomes == ["already sent"] * 4 + ["sent"]
     assert client.lrange(EMAILS_SENT_KEY, 0, -1) == [b"42"]
     app.close()
+
+
+def test_an_applied_effect_is_marked_done_once_redis_is_back(
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    """Redis goes away right after the effect (a reset, then every request refused for
+    longer than redis-py's own retries last). Regression: the marker write raised, the
+    task was requeued, and its redelivery applied the effect again; the write is now
+    retried until Redis is back."""
+    server = redis_server()
+    proxy = FaultProxy(server.port)
+    settings = Settings.from_env(base_env(proxy.port, Path(".")))
+    client = client_for(settings)
+    applied: list[str] = []
+
+    def effect_then_outage() -> None:
+        applied.append("sent")
+        proxy.set("reset")
+        proxy.reset_open()
+        threading.Timer(OUTAGE_S, proxy.set, ("pass",)).start()
+
+    try:
+        assert applied_once(client, "outage", effect_then_outage) is True
+        assert server.client().exists(f"{contract.KEY_PREFIX}:effect:outage")
+        assert applied_once(client, "outage", lambda: applied.append("again")) is False
+        assert applied == ["sent"]
+    finally:
+        proxy.close()
 
 
 def test_a_redelivery_waits_out_the_lock_of_a_killed_delivery(

@@ -227,6 +227,12 @@ class Catalog(CatalogModel):
     # Deliveries of one message without an ack before it goes to the DLQ: a task that ends
     # its process each time (a segfault, an out-of-memory kill) stops there.
     max_deliveries: int = Field(default=5, ge=2, le=100)
+    # Writes that must survive a failover (every publish, a requeue, an `applied_once`
+    # marker) return once this many replicas hold them, or after replica_wait_ms with a
+    # warning (Redis WAIT). 0: they return once the primary has them, and a failover loses
+    # what the primary acknowledged within its replication lag.
+    wait_for_replicas: int = Field(default=0, ge=0, le=5)
+    replica_wait_ms: int = Field(default=100, ge=1, le=2000)
     # Results (states, progress, return values) live in their own Redis database, apart from
     # the queues: a results flush or scan never touches queued work.
     result_db: int = Field(default=1, ge=0, le=15)

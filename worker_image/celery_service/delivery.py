@@ -21,21 +21,24 @@ drops its connection (DeliveryPoller).
 
 Acks are a script too (FORGET): kombu's MULTI is refused by a full server. Everything else
 is kombu's: queue keys and priorities, the `unacked` format that the restore sweep and the
-autoscaler read, requeues and restores. The channel, QoS and poller below override kombu
-5.7 internals (`_brpop_start`, `_brpop_read`, QoS `ack`/`reject`, the poller's
-registration and read paths); a kombu upgrade must re-run tests/worker/test_delivery.py
-and `make chaos`.
+autoscaler read, requeues and restores (a requeue whose entry a failover lost pushes the
+worker's own copy). The channel, QoS and poller below override kombu
+5.7 internals (`_brpop_start`, `_brpop_read`, `close`, `subclient`, `_connparams`, QoS
+`ack`/`reject`/`restore_by_tag`, the poller's registration and read paths); a kombu
+upgrade must re-run tests/worker/test_delivery.py, `make chaos` and `make failover`.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from pathlib import Path
 from queue import Empty
 from time import monotonic, time
 from typing import Any
 from uuid import uuid4
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
@@ -43,7 +46,11 @@ from kombu.utils.json import loads
 from redis.exceptions import NoScriptError, OutOfMemoryError
 
 from celery_service import contract
-from celery_service.redis_client import PrimaryConnection, PrimarySSLConnection
+from celery_service.redis_client import (
+    PrimaryConnection,
+    PrimarySSLConnection,
+    write_replicated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +147,52 @@ class RecordingQoS(kombu_redis.QoS):
         self._forget(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        """kombu's requeue (a rejection, a shutdown, a lost pop) from the `unacked` entry.
+        A failover to a replica that never received this worker's pop leaves no entry:
+        then the message this worker holds is pushed back, which kombu's restore would
+        drop (lost for good when the replica missed its publish too). With the catalog's
+        `wait_for_replicas`, the requeue is on the replicas before it returns."""
+        held = self._delivered.get(tag)
+
+        def restore(pipe: Any) -> None:
+            entry = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            if entry:
+                payload, exchange, routing_key = loads(bytes_to_str(entry))
+            elif held is not None:
+                log.warning("message %s has no unacked entry (a failover?): requeued as held", tag)
+                info = held.delivery_info
+                payload, exchange = held._raw, info.get("exchange") or ""
+                routing_key = info.get("routing_key") or ""
+            else:
+                return
+            self.channel._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+
+        channel = self.channel
+        if client is None and channel.connection.client is None:
+            # A consumer restart closed the channel and dropped its transport. The close put
+            # back what it held; what it could not (Redis away then) is still held here and
+            # is put back now, over a connection of its own. Anything else is not this
+            # channel's any more (its redelivery carries the same tag).
+            if held is None or channel.pool_params is None:
+                return
+            own = redis.ConnectionPool(**channel.pool_params)
+            try:
+                self._requeue_with(restore, redis.Redis(connection_pool=own))
+            finally:
+                own.disconnect()
+            return
+        self._requeue_with(restore, client)
+
+    def _requeue_with(self, restore: Any, client: Any) -> None:
+        channel = self.channel
+        with channel.conn_or_acquire(client) as conn:
+            conn.transaction(restore, self.unacked_key)
+            if channel.wait_for_replicas:
+                write_replicated(conn, channel.wait_for_replicas, channel.replica_wait_ms)
+
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if requeue:
             self.restore_by_tag(delivery_tag, leftmost=True)
@@ -187,6 +240,17 @@ class RecordingQoS(kombu_redis.QoS):
             super().append(message, delivery_tag)
 
 
+class ReadyOnlyPubSub(redis.client.PubSub):
+    """A subscription read only for what has arrived. kombu reads the remote-control
+    (pidbox) subscription with a blocking `parse_response()`, which redis-py 8 runs with no
+    socket timeout; after a reset, redis-py reconnects, subscribes again and waits there:
+    if that new connection never answers (a stall, a failover in progress), the worker's
+    event loop stops for good. The poller calls again when the socket is readable."""
+
+    def parse_response(self, block: bool = True, timeout: float = 0) -> Any:
+        return super().parse_response(block=False, timeout=0)
+
+
 class DeliveryChannel(kombu_redis.Channel):
     """kombu's Redis channel with the pop-and-record delivery above. kombu's poller drives
     it through the same three calls as BRPOP: `_brpop_start` sends the script (or nothing,
@@ -202,12 +266,17 @@ class DeliveryChannel(kombu_redis.Channel):
         "idle_poll_interval",
         "max_deliveries",
         "heartbeat_file",
+        "wait_for_replicas",
+        "replica_wait_ms",
     )
     idle_poll_interval = IDLE_POLL_INTERVAL_S
     max_deliveries = 5  # the catalog's, from the transport options
+    wait_for_replicas = 0  # the catalog's, as the requeues above wait
+    replica_wait_ms = 100
     heartbeat_file: str | None = None  # touched as the worker's event loop turns
 
     _wake_client: Any = None
+    pool_params: dict[str, Any] | None = None  # redis-py's, kept for a requeue after close
     _script_sha: str | None = None
     _woken = True  # the first poll runs without waiting for a notification
     _idle_since: float | None = None
@@ -223,6 +292,12 @@ class DeliveryChannel(kombu_redis.Channel):
         if self.global_keyprefix:
             raise ValueError("the worker's delivery does not support global_keyprefix")
         self.handlers["WAKE"] = self._receive_wake
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = super()._connparams(asynchronous)
+        if not asynchronous:
+            self.pool_params = params
+        return params
 
     def _size(self, queue: str) -> int:
         """kombu counts a queue's priority lists in a transaction, which a full server
@@ -386,6 +461,11 @@ class DeliveryChannel(kombu_redis.Channel):
             for pri in self.priority_steps
         ]
 
+    @cached_property
+    def subclient(self) -> Any:
+        """kombu's fanout (remote control) subscription, read as ReadyOnlyPubSub."""
+        return ReadyOnlyPubSub(self._create_client(asynchronous=True).connection_pool)
+
     @property
     def wake_client(self) -> Any:
         if self._wake_client is None:
@@ -450,6 +530,19 @@ class DeliveryChannel(kombu_redis.Channel):
         if self._wake_client is not None and self._wake_client.connection is connection:
             self._woken = True  # what was pushed while disconnected sent no notification
         super()._on_connection_disconnect(connection)
+
+    def close(self) -> None:
+        """kombu's close reads a pending pop's reply first. When the connection is gone,
+        that read raises and leaves the channel open; Celery's consumer then closes it
+        again once the transport is gone, and the restore of its unacked messages meets a
+        missing transport (AttributeError) and ends the worker. The lost pop is put back
+        by its receipt (_on_connection_disconnect)."""
+        if self._in_poll:
+            try:
+                self._brpop_read()
+            except (Empty, *self.connection_errors):
+                pass
+        super().close()
 
     def _close_clients(self) -> None:
         super()._close_clients()

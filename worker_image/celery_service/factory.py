@@ -15,13 +15,21 @@ import ssl
 from datetime import timedelta
 from typing import Any
 
+import redis
 from celery import Celery
+from celery.app.amqp import AMQP
 from kombu.entity import Exchange, Queue
+from kombu.exceptions import OperationalError
 
 from celery_service import contract
 from celery_service.catalog import Catalog
 from celery_service.contract import PRIORITIES, PRIORITY_SEPARATOR, PRIORITY_STEPS
-from celery_service.redis_client import PrimaryConnection, PrimarySSLConnection
+from celery_service.redis_client import (
+    PrimaryConnection,
+    PrimarySSLConnection,
+    client_for,
+    write_replicated,
+)
 from celery_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,8 +43,38 @@ BEAT_LOCK_TIMEOUT_S = 5 * BEAT_MAX_LOOP_INTERVAL_S
 RESULT_BACKEND = "celery_service.redis_client:ResultBackend"
 
 
+class ReplicatedPublishing(AMQP):  # type: ignore[misc]
+    """Celery's publishing, then, as the catalog asks, Redis WAIT: every publish (delay,
+    apply_async, canvas, send_task, retries, beat) returns once `wait_for_replicas` replicas
+    hold it, so a failover cannot lose a task its caller was told is queued. A confirmation
+    cut off by a lost connection raises OperationalError, as a failed publish does (the
+    primary that took the message may be gone with it): the caller publishes again. One
+    that times out returns, with a warning (redis_client.write_replicated)."""
+
+    def _create_task_sender(self) -> Any:
+        send = super()._create_task_sender()
+
+        def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
+            sent = send(producer, name, message, **options)
+            settings: Settings = self.app.platform_settings
+            replicas, wait_ms = settings.catalog.wait_for_replicas, settings.catalog.replica_wait_ms
+            if replicas:
+                try:
+                    write_replicated(client_for(settings), replicas, wait_ms)
+                except redis.RedisError as exc:
+                    raise OperationalError(f"{name}: not confirmed by replicas: {exc}") from exc
+            return sent
+
+        return send_task_message
+
+
 def create_app(settings: Settings, *, main: str = "celery_service") -> Celery:
-    app = Celery(main, include=settings.task_modules, task_cls="celery_service.tasks.base:BaseTask")
+    app = Celery(
+        main,
+        include=settings.task_modules,
+        task_cls="celery_service.tasks.base:BaseTask",
+        amqp=ReplicatedPublishing,
+    )
     platform = celery_config(settings)
     if settings.app_config_module is not None:
         # The app's celeryconfig first; where it sets what the platform sets, say so once.
@@ -93,6 +131,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # how often a message may be delivered without an ack before it is dead-lettered.
             "idle_poll_interval": settings.idle_poll_s,
             "max_deliveries": catalog.max_deliveries,
+            # A requeue waits for replicas as a publish does (ReplicatedPublishing).
+            "wait_for_replicas": catalog.wait_for_replicas,
+            "replica_wait_ms": catalog.replica_wait_ms,
             # A worker's health: its event loop touches this as it polls (beat's tick does).
             "heartbeat_file": settings.heartbeat_file,
         },

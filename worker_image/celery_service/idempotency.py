@@ -16,6 +16,8 @@ EffectInProgressError with the time to wait:
 
 If the process dies after the effect but before the marker is written, the effect can
 repeat: make such effects naturally idempotent or keep them in the same Redis transaction.
+With the catalog's `wait_for_replicas`, the marker is on the replicas before this returns,
+so a failover cannot lose it.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
+from celery import current_app
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
 from celery_service.contract import KEY_PREFIX
+from celery_service.redis_client import write_replicated
 
 DONE_TTL_S = 7 * 86400  # remember applied effects this long (seconds)
 # A live holder renews its lock every third of this; a killed one's lock ends within it, so
@@ -38,6 +42,10 @@ LOCK_TTL_S = 30
 # How long a delivery waits for a held lock before it is told to retry: enough for a racing
 # delivery's short effect to finish (seconds).
 LOCK_WAIT_S = 2.0
+# How long the done-marker of an applied effect is retried while Redis is away: a failover's
+# worth (seconds), and how often.
+MARK_RETRY_S = 60.0
+MARK_RETRY_EVERY_S = 0.5
 
 
 class EffectInProgressError(Exception):
@@ -72,10 +80,33 @@ def applied_once(
             return False
         with _renewed(lock, lock_ttl_s / 3):
             effect()
-        client.set(done_key, time.time(), ex=ttl_s)
+            _mark_done(client, done_key, ttl_s)
         return True
     finally:
         lock.release()
+
+
+def _mark_done(client: redis.Redis, done_key: str, ttl_s: int) -> None:
+    """The effect ran: its marker is not given up on a broker blip (a reset, a failover),
+    or the redelivery that follows applies the effect again. Retried for MARK_RETRY_S,
+    then raised; with the catalog's `wait_for_replicas`, confirmed by the replicas."""
+    deadline = time.monotonic() + MARK_RETRY_S
+    while True:
+        try:
+            write_replicated(client, *_replica_wait(), ("SET", done_key, time.time(), "EX", ttl_s))
+            return
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(MARK_RETRY_EVERY_S)
+
+
+def _replica_wait() -> tuple[int, int]:
+    """The catalog's wait_for_replicas and replica_wait_ms (none outside a platform app)."""
+    settings = getattr(current_app, "platform_settings", None)
+    if settings is None:
+        return 0, 0
+    return settings.catalog.wait_for_replicas, settings.catalog.replica_wait_ms
 
 
 @contextmanager

@@ -14,7 +14,10 @@ transport options and priority steps of the platform, routes and priorities from
 (also for `delay()`, `apply_async()`, canvas and `send_task()`), the result backend in its
 own database. It becomes Celery's default app, so a team's `shared_task` functions publish
 through it from any thread (FastAPI's worker threads, Django views), never to Celery's
-built-in default of amqp://localhost.
+built-in default of amqp://localhost. Where the catalog sets `wait_for_replicas`, a
+publish returns only once the broker's replica holds it, and raises kombu's
+OperationalError, as a failed publish does, when that confirmation is cut off: publish
+again (the same task id may be reused).
 
 Outside this CDK app, a producer finds the values in SSM (`/<project>/<env>/celery/...`,
 written by the data stack) and reaches Redis by joining the broker's clients group (its id

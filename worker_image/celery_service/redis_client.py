@@ -7,8 +7,10 @@ a socket.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
+import time
 from typing import Any
 
 import redis
@@ -20,6 +22,8 @@ from redis.exceptions import ReadOnlyError
 
 from celery_service import contract
 from celery_service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class PrimaryGone(redis.ConnectionError):
@@ -128,3 +132,80 @@ def client_for(settings: Settings) -> redis.Redis:
         client = redis.Redis.from_url(settings.redis_url(), **options)
         _clients[key] = client
     return client
+
+
+# Written before WAIT when the writes to cover went through another connection (a publish).
+REPLICA_PROBE_KEY = f"{contract.KEY_PREFIX}:replica-probe"
+# How often the primary's count of connected replicas is read again (seconds), and how often
+# at most a write that could not be confirmed is reported.
+REPLICA_CHECK_EVERY_S = 10.0
+SHORT_OF_REPLICAS_WARN_EVERY_S = 60.0
+# (when read, monotonic; replicas connected to the primary): one broker per process.
+_replicas_seen = (-REPLICA_CHECK_EVERY_S, 0)
+_short_warned_at = -SHORT_OF_REPLICAS_WARN_EVERY_S
+
+
+def write_replicated(
+    client: redis.Redis, replicas: int, timeout_ms: int, *commands: tuple[Any, ...]
+) -> list[Any]:
+    """Run `commands` (writes, as tuples: ("SET", key, value)) and, when `replicas` > 0,
+    Redis WAIT after them on the same connection, in one round trip: they return once that
+    many replicas hold every write the primary has taken so far, or after `timeout_ms` with a
+    warning (a replica far behind: then a failover may lose them). WAIT covers the writes
+    of its own connection, and the primary's replication stream is one ordered log, so a
+    write just before it covers what other connections wrote earlier (with no command, a
+    probe key is written). It runs once, without redis-py's retry: a retry after a lost
+    connection could confirm on a promoted replica that lacks the earlier writes, so a
+    connection error is raised to the caller. A primary without replicas connected is not
+    waited on (after a failover the promoted node has none until one is replaced: waiting
+    would cost every write the whole timeout and protect nothing). The commands' replies."""
+    wanted = min(replicas, _connected_replicas(client)) if replicas > 0 else 0
+    if wanted <= 0:
+        if replicas > 0:
+            _warn_short(0, replicas, "the primary has no replica connected")
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(pipe.execute())
+    writes = list(commands) or [("SET", REPLICA_PROBE_KEY, "1", "PX", 60_000)]
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        packed = connection.pack_commands([*writes, ("WAIT", wanted, timeout_ms)])
+        connection.send_packed_command(packed)
+        *replies, reached = [connection.read_response() for _ in range(len(writes) + 1)]
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
+    if int(reached) < wanted:
+        global _replicas_seen
+        _replicas_seen = (-REPLICA_CHECK_EVERY_S, 0)  # one may be gone: count them again
+        _warn_short(int(reached), wanted, f"not within {timeout_ms} ms")
+    return replies if commands else []
+
+
+def _connected_replicas(client: redis.Redis) -> int:
+    global _replicas_seen
+    checked_at, connected = _replicas_seen
+    now = time.monotonic()
+    if now - checked_at >= REPLICA_CHECK_EVERY_S:
+        connected = int(client.info("replication").get("connected_slaves", 0))
+        _replicas_seen = (now, connected)
+    return connected
+
+
+def _warn_short(reached: int, wanted: int, why: str) -> None:
+    global _short_warned_at
+    now = time.monotonic()
+    if now - _short_warned_at >= SHORT_OF_REPLICAS_WARN_EVERY_S:
+        _short_warned_at = now
+        log.warning(
+            "%d of %d replicas confirmed writes (%s): a failover now could lose the latest "
+            "(warned at most every %.0f s)",
+            reached,
+            wanted,
+            why,
+            SHORT_OF_REPLICAS_WARN_EVERY_S,
+        )
