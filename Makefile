@@ -140,6 +140,12 @@ simulate: $(VENV)/.dev-installed
 		$(if $(CSV),--csv $(CSV),--workload $(WORKLOAD)) --interval $(INTERVAL) \
 		$(if $(filter off,$(PROTECTION)),--no-protection) $(if $(PLOT),--plot $(PLOT)) $(ARGS)
 
+## One autoscaler run at scale (50 worker groups over 200 queues) against a real redis-server
+## and moto's ECS: Redis round trips, time, memory, and the Lambda-time estimate.
+.PHONY: bench-autoscaler-run
+bench-autoscaler-run: $(VENV)/.dev-installed redis-server
+	$(BIN)/python -m bench.autoscaler_run $(ARGS)
+
 ## How long a high-priority task waits behind rate-limited ones sharing its worker group.
 .PHONY: bench-rate-limits
 bench-rate-limits: $(VENV)/.dev-installed redis-server

@@ -13,6 +13,7 @@ import pytest
 import redis
 from moto import mock_aws
 
+from bench import autoscaler_run
 from celery_service.contract import PRIORITY_SEPARATOR as SEP
 from celery_service.contract import UNACKED_KEY, completed_key, dlq_index_key
 from lambdas.autoscaler import handler as scaler
@@ -364,3 +365,19 @@ def test_in_flight_counts_cost_the_lambda_nothing_per_message_byte(
     assert (reading.queues["default"].in_flight, reading.queues["reports"].in_flight) == (10, 10)
     assert reading.unparsed_unacked == 1
     assert peak < 1_000_000, f"the reading held {peak} bytes"
+
+
+def test_a_run_over_50_groups_and_200_queues_reads_redis_in_one_round_trip(
+    redis_server: Callable[..., RedisServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scale of issue 17 through moto's ECS: a backlog in every queue and 2,000
+    in-flight messages, 20 of them 1 MB. One pipelined reading and one write of the new
+    states (counted on the connection), every group decided, and the run's heap stays far
+    under the Lambda's 256 MB. Its time is a benchmark (`make bench-autoscaler-run`)."""
+    use_fake_aws_credentials(monkeypatch)
+    scale = autoscaler_run.SCALES[-1]
+    assert (scale.groups, scale.groups * scale.queues_per_group) == (50, 200)
+    measured = autoscaler_run.measure(scale, redis_server().port, repeats=1)
+    assert measured.round_trips == 2
+    assert measured.decisions == 50
+    assert measured.heap_peak_mb < 64

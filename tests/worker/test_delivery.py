@@ -428,3 +428,33 @@ def test_the_remote_control_subscription_is_read_only_for_what_arrived(
         assert returned[1] is None
     finally:
         connection.close()
+
+
+def test_a_channel_without_its_transport_still_reaches_redis_for_what_it_holds(
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    """The state a consumer restart leaves when a close did not finish: kombu's
+    `close_channel` has dropped the channel's transport and `_disconnect_pools` its pool,
+    while a task still holds its message. Regression: the next close, ack or requeue
+    built a pool from the missing transport, and the AttributeError ended the worker
+    (seen in the failover harness's read-only mode); the channel now uses the pool
+    parameters it last read."""
+    server = redis_server()
+    app = publisher(server.port)
+    try:
+        app.send_task("samples.square", args=[7], priority=0)
+        connection = Connection(f"redis://127.0.0.1:{server.port}/0")
+        use_delivery(connection)
+        channel = connection.default_channel
+        assert isinstance(channel, DeliveryChannel)
+        held: list[Any] = []
+        channel.basic_consume("default", False, held.append, "consumer")
+        connection.drain_events(timeout=10)
+        channel._disconnect_pools()
+        channel.connection = None  # as kombu's Transport.close_channel leaves it
+        held[0].reject(requeue=True)
+        client = server.client()
+        assert client.llen("default") == 1
+        assert client.hlen("unacked") == 0
+    finally:
+        app.close()

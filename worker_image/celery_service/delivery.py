@@ -170,28 +170,20 @@ class RecordingQoS(kombu_redis.QoS):
                 return
             self.channel._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
 
-        channel = self.channel
-        if client is None and channel.connection.client is None:
-            # A consumer restart closed the channel and dropped its transport. The close put
-            # back what it held; what it could not (Redis away then) is still held here and
-            # is put back now, over a connection of its own. Anything else is not this
-            # channel's any more (its redelivery carries the same tag).
-            if held is None or channel.pool_params is None:
-                return
-            own = redis.ConnectionPool(**channel.pool_params)
-            try:
-                self._requeue_with(restore, redis.Redis(connection_pool=own))
-            finally:
-                own.disconnect()
+        if not self._still_holds(tag):
             return
-        self._requeue_with(restore, client)
-
-    def _requeue_with(self, restore: Any, client: Any) -> None:
         channel = self.channel
         with channel.conn_or_acquire(client) as conn:
             conn.transaction(restore, self.unacked_key)
             if channel.wait_for_replicas:
                 write_replicated(conn, channel.wait_for_replicas, channel.replica_wait_ms)
+
+    def _still_holds(self, tag: str) -> bool:
+        """Whether this channel may still ack or requeue `tag`. Once a consumer restart has
+        closed it, what its close put back belongs to that message's redelivery (same tag,
+        maybe running elsewhere); only what it still holds (the close could not put it
+        back, Redis away then) is its own."""
+        return not self.channel.closed or tag in self._delivered
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if requeue:
@@ -203,6 +195,8 @@ class RecordingQoS(kombu_redis.QoS):
     _forget_script: Any = None  # redis-py's Script: its SHA computed once, not per ack
 
     def _forget(self, delivery_tag: str) -> None:
+        if not self._still_holds(delivery_tag):
+            return
         with self.channel.conn_or_acquire() as client:
             if self._forget_script is None:
                 self._forget_script = client.register_script(FORGET)
@@ -276,13 +270,13 @@ class DeliveryChannel(kombu_redis.Channel):
     heartbeat_file: str | None = None  # touched as the worker's event loop turns
 
     _wake_client: Any = None
-    pool_params: dict[str, Any] | None = None  # redis-py's, kept for a requeue after close
     _script_sha: str | None = None
     _woken = True  # the first poll runs without waiting for a notification
     _idle_since: float | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._recorded_tags: set[str] = set()
+        self._params: dict[bool, dict[str, Any]] = {}  # redis-py's pool parameters, last read
         self._receipt_key = contract.pop_receipt_key(uuid4().hex)
         self._pops = 0  # pops sent; the receipt names the last one that took a message
         self._not_lists: set[str] = set()  # queue keys reported as holding no list
@@ -294,9 +288,14 @@ class DeliveryChannel(kombu_redis.Channel):
         self.handlers["WAKE"] = self._receive_wake
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        """kombu's, read from the transport; once a consumer restart has dropped the
+        transport (Celery's `collect()`), the last ones read: the channel's close and its
+        tasks' acks and requeues still reach Redis, where kombu raised AttributeError on
+        the missing transport and the worker ended."""
+        if getattr(self.connection, "client", None) is None and asynchronous in self._params:
+            return dict(self._params[asynchronous])
         params: dict[str, Any] = super()._connparams(asynchronous)
-        if not asynchronous:
-            self.pool_params = params
+        self._params[asynchronous] = params
         return params
 
     def _size(self, queue: str) -> int:
