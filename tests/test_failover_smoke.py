@@ -98,6 +98,14 @@ def test_an_effect_first_applied_inside_the_replication_window_is_excused_with_i
     assert not late.ok
 
 
+def test_a_run_of_an_earlier_publish_of_the_same_id_is_not_a_resumption() -> None:
+    """A publish whose confirmation was cut off raised and was sent again after the fault;
+    its first copy ran before the fault's end, which is not working again."""
+    records = [*CLEAN, *run_of("b", END - 2)]  # "b" also ran from its first publish
+    f = figures(records, sent_at={"b": END + 0.9})
+    assert f.worker_resume_s["w-1"] == pytest.approx(1.1)
+
+
 def test_a_process_that_exited_fails_the_mode() -> None:
     f = figures(CLEAN, exits=[Exit("w-2", 1, END + 0.5)])
     assert not f.ok

@@ -133,10 +133,13 @@ def count(records: Iterable[dict[str, Any]], seen: Observed) -> Figures:
     low, high = seen.window or (0.0, -1.0)
     in_window = {t for t in submitted if low <= seen.acked_at[t] <= high}
 
-    after = {t for t in submitted if seen.sent_at.get(t, seen.acked_at[t]) > end}
+    sent_at = {t: seen.sent_at.get(t, seen.acked_at[t]) for t in submitted}
+    after = {t for t in submitted if sent_at[t] > end}
     first_start: dict[str, float] = defaultdict(lambda: float("inf"))
     for run in runs:
-        if run.task_id in after:
+        # Not a run of an earlier publish of the same id (one whose confirmation was cut
+        # off: it raised, the publisher sent it again, and the first copy ran too).
+        if run.task_id in after and run.start >= sent_at[run.task_id]:
             first_start[run.worker] = min(first_start[run.worker], run.start)
     before = submitted - after
     drained = None
