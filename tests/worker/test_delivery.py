@@ -332,6 +332,21 @@ def test_a_queue_key_that_holds_no_list_is_skipped_and_reported(
     app.close()
 
 
+def _holding_one(app: Any, port: int) -> tuple[Connection, DeliveryChannel, list[Any]]:
+    """A consumer through the platform's delivery on `port`, holding (not acking) the one
+    message `app` publishes to `default`: as a worker holds a running task's message."""
+    app.send_task("samples.square", args=[7], priority=0)
+    connection = Connection(f"redis://127.0.0.1:{port}/0")
+    use_delivery(connection)
+    channel = connection.default_channel
+    assert isinstance(channel, DeliveryChannel)
+    held: list[Any] = []
+    channel.basic_consume("default", False, held.append, "test-consumer")
+    connection.drain_events(timeout=10)
+    assert len(held) == 1
+    return connection, channel, held
+
+
 def test_a_channel_closes_with_a_pop_in_flight_on_a_reset_connection(
     redis_server: Callable[..., RedisServer],
 ) -> None:
@@ -344,15 +359,7 @@ def test_a_channel_closes_with_a_pop_in_flight_on_a_reset_connection(
     proxy = FaultProxy(server.port)
     app = publisher(server.port)
     try:
-        app.send_task("samples.square", args=[7], priority=0)
-        connection = Connection(f"redis://127.0.0.1:{proxy.port}/0")
-        use_delivery(connection)
-        channel = connection.default_channel
-        assert isinstance(channel, DeliveryChannel)
-        held: list[object] = []
-        channel.basic_consume("default", False, held.append, "test-consumer")
-        connection.drain_events(timeout=10)
-        assert len(held) == 1
+        connection, channel, _ = _holding_one(app, proxy.port)
         proxy.sever()
         channel._brpop_start()  # sent, never answered
         proxy.reset_open()
@@ -378,12 +385,7 @@ def test_a_message_whose_channel_closed_while_redis_was_away_is_requeued_after(
     proxy = FaultProxy(server.port)
     app = publisher(server.port)
     try:
-        app.send_task("samples.square", args=[7], priority=0)
-        connection = Connection(f"redis://127.0.0.1:{proxy.port}/0")
-        use_delivery(connection)
-        held: list[Any] = []
-        connection.default_channel.basic_consume("default", False, held.append, "consumer")
-        connection.drain_events(timeout=10)
+        connection, _, held = _holding_one(app, proxy.port)
         proxy.set("reset")
         proxy.reset_open()
         with contextlib.suppress(Exception):  # as Celery's consumer does
@@ -442,14 +444,7 @@ def test_a_channel_without_its_transport_still_reaches_redis_for_what_it_holds(
     server = redis_server()
     app = publisher(server.port)
     try:
-        app.send_task("samples.square", args=[7], priority=0)
-        connection = Connection(f"redis://127.0.0.1:{server.port}/0")
-        use_delivery(connection)
-        channel = connection.default_channel
-        assert isinstance(channel, DeliveryChannel)
-        held: list[Any] = []
-        channel.basic_consume("default", False, held.append, "consumer")
-        connection.drain_events(timeout=10)
+        _, channel, held = _holding_one(app, server.port)
         channel._disconnect_pools()
         channel.connection = None  # as kombu's Transport.close_channel leaves it
         held[0].reject(requeue=True)
