@@ -347,6 +347,12 @@ def _holding_one(app: Any, port: int) -> tuple[Connection, DeliveryChannel, list
     return connection, channel, held
 
 
+def _assert_back_in_its_queue(server: RedisServer) -> None:
+    client = server.client()
+    assert client.llen("default") == 1, "the held message went back to its queue"
+    assert client.hlen("unacked") == 0
+
+
 def test_a_channel_closes_with_a_pop_in_flight_on_a_reset_connection(
     redis_server: Callable[..., RedisServer],
 ) -> None:
@@ -365,9 +371,7 @@ def test_a_channel_closes_with_a_pop_in_flight_on_a_reset_connection(
         proxy.reset_open()
         channel.close()
         assert channel.closed
-        client = server.client()
-        assert client.llen("default") == 1, "the held message went back to its queue"
-        assert client.hlen("unacked") == 0
+        _assert_back_in_its_queue(server)
         connection.close()
     finally:
         proxy.close()
@@ -392,9 +396,7 @@ def test_a_message_whose_channel_closed_while_redis_was_away_is_requeued_after(
             connection.collect()
         proxy.set("pass")
         held[0].reject(requeue=True)
-        client = server.client()
-        assert client.llen("default") == 1
-        assert client.hlen("unacked") == 0
+        _assert_back_in_its_queue(server)
     finally:
         proxy.close()
         app.close()
@@ -448,8 +450,6 @@ def test_a_channel_without_its_transport_still_reaches_redis_for_what_it_holds(
         channel._disconnect_pools()
         channel.connection = None  # as kombu's Transport.close_channel leaves it
         held[0].reject(requeue=True)
-        client = server.client()
-        assert client.llen("default") == 1
-        assert client.hlen("unacked") == 0
+        _assert_back_in_its_queue(server)
     finally:
         app.close()

@@ -52,9 +52,6 @@ class Pair:
             "the replica to sync",
         )
 
-    def queued_on_replica(self) -> int:
-        return queued(self.replica)
-
 
 def queued(server: RedisServer) -> int:
     client = server.client()
@@ -78,9 +75,9 @@ def test_a_publish_returns_once_the_replica_holds_it(pair: Pair) -> None:
     app = publisher(pair.primary.port, CATALOG | WAITING, MODULES)
     app.loader.import_default_modules()
     app.send_task("samples.send_welcome_email", args=[1])
-    assert pair.queued_on_replica() == 1
+    assert queued(pair.replica) == 1
     group(t.step.s(n) for n in range(3)).apply_async()
-    assert pair.queued_on_replica() == 4
+    assert queued(pair.replica) == 4
     app.close()
 
 
@@ -89,8 +86,8 @@ def test_without_the_option_a_publish_returns_before_the_replica_has_it(pair: Pa
     pair.link.delay(LAG_S)
     app = publisher(pair.primary.port, CATALOG, MODULES)
     app.send_task("samples.send_welcome_email", args=[1])
-    assert pair.queued_on_replica() == 0
-    wait_for(lambda: pair.queued_on_replica() == 1, 10, "replication")
+    assert queued(pair.replica) == 0
+    wait_for(lambda: queued(pair.replica) == 1, 10, "replication")
     app.close()
 
 

@@ -153,6 +153,8 @@ class RecordingQoS(kombu_redis.QoS):
         then the message this worker holds is pushed back, which kombu's restore would
         drop (lost for good when the replica missed its publish too). With the catalog's
         `wait_for_replicas`, the requeue is on the replicas before it returns."""
+        if not self._still_holds(tag):
+            return
         held = self._delivered.get(tag)
 
         def restore(pipe: Any) -> None:
@@ -170,8 +172,6 @@ class RecordingQoS(kombu_redis.QoS):
                 return
             self.channel._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
 
-        if not self._still_holds(tag):
-            return
         channel = self.channel
         with channel.conn_or_acquire(client) as conn:
             conn.transaction(restore, self.unacked_key)
