@@ -104,12 +104,12 @@ compose: $(VENV)/.dev-installed
 ## the tag CDK passes to app builds (CELERY_PLATFORM_IMAGE). PLATFORM=linux/amd64 to choose.
 base-image: $(VENV)/.runtime-installed $(CDK)
 	docker build $(if $(PLATFORM),--platform $(PLATFORM)) \
-		$$($(BIN)/python -c 'from stacks.celery_containers import base_image_build_options as o; print(*o())') worker_image
+		$$($(BIN)/python -c 'from stacks.parts.app_image import base_image_build_options as o; print(*o())') worker_image
 
 ## Print that tag, for an app build's --build-arg CELERY_PLATFORM_IMAGE (CI: `make -s base-image-tag`).
 .PHONY: base-image-tag
 base-image-tag: $(VENV)/.runtime-installed
-	@$(BIN)/python -c 'from stacks.celery_containers import BASE_IMAGE_TAG; print(BASE_IMAGE_TAG)'
+	@$(BIN)/python -c 'from stacks.parts.app_image import BASE_IMAGE_TAG; print(BASE_IMAGE_TAG)'
 
 ## Monthly list-price cost of every environment of the config (CONFIG), priced from its
 ## synthesized templates, into docs/cost.md (OUT=<file> to write elsewhere).

@@ -1,33 +1,17 @@
-"""The queue-depth autoscaler: a Lambda in the VPC, run by EventBridge on a schedule."""
+"""The queue-depth autoscaler's stack: the autoscaler of the environment's worker groups."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from aws_cdk import Duration, Stack, Tags
-from aws_cdk import aws_ec2 as ec2
-from aws_cdk import aws_events as events
-from aws_cdk import aws_events_targets as targets
-from aws_cdk import aws_iam as iam
-from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
-from aws_cdk.aws_ecr_assets import Platform
+from aws_cdk import Stack
 from constructs import Construct
 
-from celery_service import contract
 from config import EnvironmentConfig
-from stacks.celery_containers import IMAGE_DIR, runtime_fingerprint
-from stacks.checks import acknowledge
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
-from stacks.retention import log_retention
+from stacks.parts.autoscaler import Autoscaler
 from stacks.services_stack import ServicesStack
-
-ROOT = Path(__file__).resolve().parent.parent
-CODE_DIR = ROOT / "lambdas" / "autoscaler"
-METRICS_NAMESPACE = contract.AUTOSCALER_NAMESPACE
 
 
 class AutoscalerStack(Stack):
@@ -43,97 +27,22 @@ class AutoscalerStack(Stack):
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        self.add_dependency(services)  # it names the worker services by their literal names
-        scaler = config.autoscaler
-        arm = config.services.architecture == "arm64"
-        self.security_group = ec2.SecurityGroup(
+        self.add_stack_dependency(services)  # it names the worker services by their literal names
+        cluster = services.cluster.cluster_name
+        workers = {name: w.service_name for name, w in services.workers.items()}
+        # "Default": CDK leaves the id out of logical IDs, so the resources keep the IDs they
+        # had when this stack built them itself (a changed ID replaces the function).
+        self.autoscaler = Autoscaler(
             self,
-            "SecurityGroup",
+            "Default",
+            config=config.autoscaler,
+            settings=config.autoscaler_config(cluster, workers),
+            cluster_name=cluster,
+            worker_services=workers,
             vpc=network.vpc,
-            description="Celery autoscaler: Redis and AWS APIs",
-            allow_all_outbound=True,
+            subnets=network.app_subnets,
+            broker=data.broker,
+            architecture=config.services.architecture,
+            log_retention_days=config.services.log_retention_days,
         )
-        self.function = lambda_.DockerImageFunction(
-            self,
-            "Function",
-            code=lambda_.DockerImageCode.from_image_asset(
-                str(CODE_DIR),
-                platform=Platform.LINUX_ARM64 if arm else Platform.LINUX_AMD64,
-                # The runtime package, for its wire contract. Only the primary directory is
-                # fingerprinted by CDK: the runtime's own digest makes its changes rebuild too.
-                build_contexts={"runtime": str(IMAGE_DIR)},
-                extra_hash=runtime_fingerprint(),
-            ),
-            architecture=lambda_.Architecture.ARM_64 if arm else lambda_.Architecture.X86_64,
-            description="Sets each Celery worker service's desired count from queue depth",
-            vpc=network.vpc,
-            vpc_subnets=network.app_subnets,
-            security_groups=[self.security_group],
-            timeout=Duration.seconds(scaler.timeout_s),
-            memory_size=256,
-            # No reserved concurrency: it fails stack creation in accounts whose quota is
-            # the default 10. Runs never overlap because each takes a lock in Redis first.
-            environment={
-                "AUTOSCALER_CONFIG": json.dumps(
-                    config.autoscaler_config(
-                        services.cluster.cluster_name,
-                        {name: w.service_name for name, w in services.workers.items()},
-                    )
-                ),
-                "REDIS_HOST": data.broker.endpoint_address,
-                "REDIS_PORT": str(data.broker.port),
-                "REDIS_TLS": "true",
-                "REDIS_AUTH_SECRET_ARN": data.broker.auth_secret.secret_arn,
-                "POWERTOOLS_SERVICE_NAME": contract.AUTOSCALER_SERVICE,
-                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
-            },
-            log_group=logs.LogGroup(
-                self, "Logs", retention=log_retention(config.services.log_retention_days)
-            ),
-        )
-        data.broker.grant_connect(self.function)
-        data.broker.auth_secret.grant_read(self.function)
-        # Worker services only: the autoscaler cannot touch beat or Flower.
-        self.function.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["ecs:DescribeServices", "ecs:UpdateService"],
-                resources=[
-                    self.format_arn(
-                        service="ecs",
-                        resource="service",
-                        resource_name=f"{services.cluster.cluster_name}/{w.service_name}",
-                    )
-                    for w in services.workers.values()
-                ],
-            )
-        )
-        self.rule = events.Rule(
-            self,
-            "Schedule",
-            schedule=events.Schedule.rate(Duration.minutes(scaler.schedule_minutes)),
-            targets=[
-                targets.LambdaFunction(
-                    self.function,
-                    retry_attempts=0,  # the next scheduled run is the retry
-                    max_event_age=Duration.minutes(scaler.schedule_minutes),
-                )
-            ],
-        )
-        # Its alarms are in the monitoring stack, next to the dashboard that shows them. Datadog's
-        # errors monitor finds the function's aws.lambda.* metrics by this resource tag.
-        Tags.of(self.function).add("service", contract.AUTOSCALER_SERVICE)
-        role = self.function.role
-        assert role is not None
-        acknowledge(
-            role,
-            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
-            "AWSLambdaBasicExecutionRole]",
-            "The AWS managed basic execution role only lets the function write its own logs.",
-        )
-        acknowledge(
-            role,
-            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
-            "AWSLambdaVPCAccessExecutionRole]",
-            "The AWS managed VPC access role only manages the function's network interfaces, "
-            "which a Lambda in the VPC needs to reach Redis.",
-        )
+        self.function = self.autoscaler.function

@@ -62,7 +62,7 @@ ACCEPTED: tuple[Accepted, ...] = (
         "The autoscaler runs on a fixed EventBridge schedule: a failed run is superseded by "
         "the next one minutes later, so a queued failed event would only be stale; its errors "
         "and missed runs are alarmed on in the monitoring stack.",
-        path=r"-autoscaler/Function/",
+        path=r"-autoscaler/Default/Function/",
     ),
     Accepted(
         "LambdaConcurrency",
@@ -71,7 +71,7 @@ ACCEPTED: tuple[Accepted, ...] = (
         "that finds it held skips and says so) instead: reserved concurrency fails stack "
         "creation in accounts with the default quota of 10 and takes capacity from the "
         "account's other functions, while the schedule invokes it once per interval.",
-        path=r"-autoscaler/Function/",
+        path=r"-autoscaler/Default/Function/",
     ),
     Accepted(
         "VPCSubnetAutoAssignPublicIpDisabled",

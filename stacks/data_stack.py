@@ -9,8 +9,8 @@ from constructs import Construct
 
 from config import EnvironmentConfig
 from stacks.network_stack import NetworkStack
+from stacks.parts.redis_broker import RedisBroker
 from stacks.producer_access import ProducerAccess
-from stacks.redis_broker import RedisBroker
 
 
 class DataStack(Stack):

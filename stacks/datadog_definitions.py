@@ -23,6 +23,7 @@ from typing import Any
 
 from celery_service import contract as m
 from config import EnvironmentConfig
+from config.services import ecs_service_name, worker
 from stacks.missing_data import MissingData
 
 MANAGED_BY_TAG = "managed-by:celery-platform"
@@ -101,8 +102,7 @@ class _Filters:
         return f"{self.aws},service:{m.AUTOSCALER_SERVICE}"
 
     def worker_service(self, group: str) -> str:
-        # ECS service names are fixed by the services stack: <project>-<env>-worker-<group>.
-        return f"servicename:{self.config.project}-{self.config.name}-worker-{group}"
+        return f"servicename:{ecs_service_name(self.config, worker(group))}"
 
 
 def _platform(metric: str, scope: str, aggregation: str = "max") -> str:

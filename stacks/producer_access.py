@@ -14,7 +14,7 @@ from constructs import Construct
 from celery_service.contract import PRODUCER_PARAMETERS, Env, producer_parameter
 from celery_service.settings import variables_for
 from config import EnvironmentConfig
-from stacks.redis_broker import RedisBroker
+from stacks.parts.redis_broker import RedisBroker
 
 
 class ProducerAccess(Construct):

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from config import load_environment
-from stacks.autoscaler_stack import CODE_DIR
-from stacks.celery_containers import IMAGE_DIR
+from stacks.parts.app_image import IMAGE_DIR
+from stacks.parts.autoscaler import CODE_DIR
 from tests.synth import Synth, synthesize
 from tests.test_data_stack import joins_the_clients_group
 

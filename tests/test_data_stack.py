@@ -15,8 +15,8 @@ from aws_cdk.assertions import Match
 
 from celery_service.contract import KEYSPACE_EVENTS
 from config import load_environment
+from stacks.parts.redis_broker import MAXMEMORY_POLICY
 from stacks.platform import Platform
-from stacks.redis_broker import MAXMEMORY_POLICY
 from tests.conftest import RedisServer
 from tests.synth import Synth, synthesize
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from stacks.redis_broker import MAXMEMORY_POLICY
+from stacks.parts.redis_broker import MAXMEMORY_POLICY
 from tests.conftest import RedisServer
 
 PAYLOAD = b"x" * 1024  # one 1 KiB message

@@ -13,7 +13,7 @@ import pytest
 from moto import mock_aws
 
 from config import load_environment, parse_environment
-from stacks.celery_containers import BASE_IMAGE_TAG, runtime_fingerprint
+from stacks.parts.app_image import BASE_IMAGE_TAG, runtime_fingerprint
 from tests.conftest import use_fake_aws_credentials
 from tests.test_config import merged
 from tools import preflight

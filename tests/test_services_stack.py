@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from config import CONFIG_DIR, load_environment, parse_environment
-from stacks.celery_containers import APP_CONTAINER
+from stacks.parts.celery_fargate_service import APP_CONTAINER
 from tests.synth import Synth, synthesize
 from tests.test_config import merged
 from tests.test_data_stack import joins_the_clients_group, own_ingress

@@ -19,7 +19,7 @@ import yaml
 
 from celery_service.contract import KEYSPACE_EVENTS
 from config import load_environment
-from stacks.celery_containers import BASE_IMAGE_ARG, BASE_IMAGE_TAG
+from stacks.parts.app_image import BASE_IMAGE_ARG, BASE_IMAGE_TAG
 from tools.run_local import write_compose
 
 ROOT = Path(__file__).resolve().parent.parent

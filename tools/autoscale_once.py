@@ -21,6 +21,7 @@ import redis
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
 from config import CONFIG_DIR, ConfigError, load_environment
+from config.services import worker_service_names
 from lambdas.autoscaler.handler import DryRunEcs, Settings, run_once
 from tools.local_redis import (
     RedisServerMissingError,
@@ -58,12 +59,10 @@ def main() -> int:
         if server is not None and args.backlog:
             for queue in config.queues:
                 client.lpush(queue, *[b"{}"] * args.backlog)
-        # The services stack names each worker service <project>-<env>-worker-<group>.
         prefix = f"{config.project}-{config.name}"
-        services = {name: f"{prefix}-worker-{name}" for name in config.worker_groups}
         settings = Settings.model_validate(
             {
-                **config.autoscaler_config(prefix, services),
+                **config.autoscaler_config(prefix, worker_service_names(config)),
                 "redis_host": "127.0.0.1",
                 "redis_port": port,
                 "redis_tls": False,

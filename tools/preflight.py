@@ -26,7 +26,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config import CONFIG_DIR, ConfigError, EnvironmentConfig, load_environment
-from stacks.celery_containers import BASE_IMAGE_LABEL, BASE_IMAGE_TAG, runtime_fingerprint
+from stacks.parts.app_image import BASE_IMAGE_LABEL, BASE_IMAGE_TAG, runtime_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_QUALIFIER = "hnb659fds"

@@ -35,12 +35,20 @@ from types import FrameType
 from typing import Any
 
 from celery_service.contract import FLOWER_DEFAULT_USER, KEYSPACE_EVENTS, Env
-from celery_service.settings import variables_for
 from config import (
     CONFIG_DIR,
     ConfigError,
     EnvironmentConfig,
     load_environment,
+)
+from config.services import (
+    BEAT,
+    FLOWER,
+    FLOWER_PORT,
+    CeleryService,
+    container_environment,
+    services_of,
+    worker,
 )
 from tools.local_redis import (
     RedisServerMissingError,
@@ -53,7 +61,7 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0  # SIGTERM, then SIGKILL after this long
 # Ctrl-C gives running tasks this long (seconds) before they are requeued: locally there is
 # no reason to wait as long as on Fargate.
-LOCAL_SHUTDOWN_BUDGET_S = "5"
+LOCAL_SHUTDOWN_BUDGET_S = 5
 # Inherited variables that would point the processes at something other than this stack
 # (a real broker, a Datadog agent, the ECS agent).
 FOREIGN_PREFIXES = ("CELERY_", "FLOWER_", "DD_", "ECS_")
@@ -152,7 +160,7 @@ def compose_file(config: EnvironmentConfig) -> dict[str, Any]:
     """A docker compose project of the app: redis, a worker per worker group of its catalog,
     beat and Flower, from the app's image built FROM the platform's base (build that first:
     `make base-image`). The catalog and Flower's password come from the `.env` beside it."""
-    from stacks.celery_containers import BASE_IMAGE_ARG, BASE_IMAGE_TAG
+    from stacks.parts.app_image import BASE_IMAGE_ARG, BASE_IMAGE_TAG
 
     missing = "missing; run make compose"
     image = config.app.image
@@ -167,19 +175,20 @@ def compose_file(config: EnvironmentConfig) -> dict[str, Any]:
         "depends_on": {"redis": {"condition": "service_healthy"}},
         "restart": "unless-stopped",
     }
-    env = {
-        **variables_for(
+
+    def environment(service: CeleryService) -> dict[str, str]:
+        return container_environment(
+            config,
+            service,
             broker_host="redis",
             broker_port=6379,
             broker_tls=False,
-            task_modules=config.app.task_modules,
-            app_config_module=config.app.celery_config_module,
+            catalog=f"${{{Env.CATALOG}:?{missing}}}",
             log_level="INFO",
             # Idle workers wait the whole soft-shutdown budget on stop: keep `down` quick.
             shutdown_budget_s=2,
-        ),
-        Env.CATALOG: f"${{{Env.CATALOG}:?{missing}}}",
-    }
+        )
+
     services: dict[str, Any] = {
         "redis": {
             "image": COMPOSE_REDIS_IMAGE,
@@ -191,26 +200,15 @@ def compose_file(config: EnvironmentConfig) -> dict[str, Any]:
                             "timeout": "3s", "retries": 15},
         }
     }  # fmt: skip
-    for name, group in config.worker_groups.items():
-        services[f"worker-{name}"] = {
+    for service in services_of(config):
+        services[service.name] = {
             **celery,
-            "command": ["worker"],
-            "environment": {**group.environment, **env, Env.WORKER_GROUP: name},
+            "command": [service.command],
+            "environment": environment(service),
         }
-    services["beat"] = {
-        **celery,
-        "command": ["beat"],
-        "environment": {**config.beat.environment, **env},
-    }
-    services["flower"] = {
-        **celery,
-        "command": ["flower"],
-        "environment": {
-            **env,
-            "FLOWER_PORT": "5555",
-            "FLOWER_BASIC_AUTH": f"${{FLOWER_BASIC_AUTH:?{missing}}}",
-        },
-        "ports": ["127.0.0.1:5555:5555"],
+    services[FLOWER.name]["environment"]["FLOWER_BASIC_AUTH"] = f"${{FLOWER_BASIC_AUTH:?{missing}}}"
+    services[FLOWER.name] |= {
+        "ports": [f"127.0.0.1:{FLOWER_PORT}:{FLOWER_PORT}"],
         "healthcheck": {
             "test": ["CMD", "python", "-m", "celery_service", "healthcheck", "flower"],
             "interval": "30s",
@@ -251,20 +249,26 @@ class LocalPlatform:
         self.flower_port = free_port()
         self.flower_password = secrets.token_urlsafe(18)
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_PREFIXES)}
-        self.base_env.update(
-            PYTHONPATH=str(app_dir or ""),
-            PYTHONUNBUFFERED="1",
-            **variables_for(
+        self.base_env.update(PYTHONPATH=str(app_dir or ""), PYTHONUNBUFFERED="1")
+        self.groups = list(config.worker_groups)
+
+    def environment(self, service: CeleryService, heartbeat: Path) -> dict[str, str]:
+        """What the service's process gets: the shell's own variables, then its container's
+        (the team's plain variables; its secrets exist only on ECS)."""
+        return {
+            **self.base_env,
+            **container_environment(
+                self.config,
+                service,
                 broker_host="127.0.0.1",
                 broker_port=self.redis_port,
                 broker_tls=False,
-                catalog=config.runtime_catalog_json(),
-                task_modules=config.app.task_modules,
-                app_config_module=config.app.celery_config_module,
                 shutdown_budget_s=LOCAL_SHUTDOWN_BUDGET_S,
+                flower_address="127.0.0.1",
+                flower_port=self.flower_port,
             ),
-        )
-        self.groups = list(config.worker_groups)
+            Env.HEARTBEAT_FILE: str(heartbeat),
+        }
 
     @property
     def flower_url(self) -> str:
@@ -304,30 +308,14 @@ class LocalPlatform:
 
     def start_celery(self) -> None:
         command = [sys.executable, "-m", "celery_service"]
-        for group in self.groups:
-            heartbeat = self.workdir / f"heartbeat-worker-{group}"
-            declared = self.config.worker_groups.get(group)
-            env = {
-                # The group's plain variables (its secrets exist only on ECS).
-                **(declared.environment if declared else {}),
-                **self.base_env,
-                Env.WORKER_GROUP: group,
-                Env.HEARTBEAT_FILE: str(heartbeat),
-            }
-            service = self._spawn(f"worker-{group}", [*command, "worker"], env, self.workdir)
+        for celery in [*(worker(group) for group in self.groups), BEAT]:
+            heartbeat = self.workdir / f"heartbeat-{celery.name}"
+            env = self.environment(celery, heartbeat)
+            service = self._spawn(celery.name, [*command, celery.command], env, self.workdir)
             service.ready = heartbeat.exists
-        heartbeat = self.workdir / "heartbeat-beat"
-        env = {**self.config.beat.environment, **self.base_env, Env.HEARTBEAT_FILE: str(heartbeat)}
-        service = self._spawn("beat", [*command, "beat"], env, self.workdir)
-        service.ready = heartbeat.exists
-        env = {
-            **self.base_env,
-            Env.HEARTBEAT_FILE: str(self.workdir / "heartbeat-flower"),
-            "FLOWER_ADDRESS": "127.0.0.1",
-            "FLOWER_PORT": str(self.flower_port),
-            "FLOWER_BASIC_AUTH": f"{FLOWER_DEFAULT_USER}:{self.flower_password}",
-        }
-        service = self._spawn("flower", [*command, "flower"], env, self.workdir)
+        env = self.environment(FLOWER, self.workdir / "heartbeat-flower")
+        env["FLOWER_BASIC_AUTH"] = f"{FLOWER_DEFAULT_USER}:{self.flower_password}"
+        service = self._spawn(FLOWER.name, [*command, FLOWER.command], env, self.workdir)
         health = f"http://127.0.0.1:{self.flower_port}/healthcheck"
         service.ready = lambda: http_ok(health)
 
@@ -361,11 +349,8 @@ class LocalPlatform:
             Env.TASK_MODULES,
             Env.APP_CONFIG_MODULE,
         )
-        lines = [
-            f"export {name}={shlex.quote(self.base_env[name])}"
-            for name in names
-            if name in self.base_env
-        ]
+        env = self.environment(BEAT, self.workdir / "heartbeat-beat")
+        lines = [f"export {name}={shlex.quote(env[name])}" for name in names if name in env]
         self.env_file.write_text("\n".join(lines) + "\n")
 
     def banner(self) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from stacks.celery_containers import BASE_IMAGE_ARG, BASE_IMAGE_TAG
+from stacks.parts.app_image import BASE_IMAGE_ARG, BASE_IMAGE_TAG
 from tests.conftest import RedisServer
 from tests.worker.harness import (
     SAMPLE_APP_DIR,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stacks.celery_containers import APP_CONTAINER
+from stacks.parts.celery_fargate_service import APP_CONTAINER
 from tests.conftest import RedisServer, free_port
 from tests.synth import Synth
 from tests.worker.harness import base_env, start, wait_for

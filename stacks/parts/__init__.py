@@ -1,0 +1,1 @@
+"""The platform's parts, one construct each; the stacks compose them and wire grants."""
