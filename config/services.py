@@ -32,6 +32,12 @@ class CeleryService:
         prefix, and the name of the compose service and local process."""
         return f"worker-{self.worker_group}" if self.worker_group else self.command
 
+    @property
+    def config_section(self) -> str:
+        """Where the config declares the service: `worker_groups.<group>`, `beat` or
+        `flower` (what a finding about the team's access names)."""
+        return f"worker_groups.{self.worker_group}" if self.worker_group else self.command
+
 
 def worker(group: str) -> CeleryService:
     return CeleryService("worker", group)

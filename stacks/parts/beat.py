@@ -37,5 +37,4 @@ class Beat(CeleryFargateService):
             # covers what ECS cannot (a task that looks dead but still runs).
             deployment=Deployment(desired_count=1, min_healthy_percent=0, max_healthy_percent=100),
             access=config,
-            access_where="beat",
         )

@@ -85,7 +85,6 @@ class CeleryFargateService(Construct):
         memory_mib: int,
         deployment: Deployment,
         access: TaskAccess | None = None,
-        access_where: str = "",
         protect_from_scale_in: bool = False,
         capacity_provider: str | None = None,
         port: int | None = None,
@@ -108,7 +107,7 @@ class CeleryFargateService(Construct):
         if runtime.datadog is not None:
             self._datadog_agent(service, runtime.datadog)
         if access is not None:
-            self._grant_team_access(access, access_where)
+            self._grant_team_access(access, service.config_section)
         if protect_from_scale_in:
             self._task_protection_policy()
         self.service = ecs.FargateService(

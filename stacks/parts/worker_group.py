@@ -39,9 +39,7 @@ class WorkerGroup(CeleryFargateService):
                 desired_count=None, min_healthy_percent=100, max_healthy_percent=200
             ),
             access=group,
-            access_where=f"worker_groups.{group_name}",
             protect_from_scale_in=True,
             capacity_provider="FARGATE_SPOT" if runtime.settings.fargate_spot else "FARGATE",
         )
         self.group_name = group_name
-        self.group = group
