@@ -18,8 +18,8 @@ import pytest
 
 from celery_service import contract as m
 from config import load_environment
-from stacks import datadog_definitions as dd
-from stacks.missing_data import MissingData
+from stacks.monitoring import datadog as dd
+from stacks.monitoring.model import MissingData
 from tests.alarm_eval import Alarm, Gaps, State, alarms_in
 from tests.synth import ENVIRONMENTS, Synth
 

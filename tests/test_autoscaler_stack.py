@@ -94,11 +94,16 @@ def test_alarms_on_errors_and_on_missed_runs(env_synth: Synth) -> None:
         a["Properties"]["AlarmDescription"]: a["Properties"]
         for a in resources(template, "AWS::CloudWatch::Alarm")
     }
-    missed = alarms["The Celery autoscaler has not run for three intervals"]
+    missed = alarms[
+        "The Celery autoscaler has not run for three intervals: worker counts are frozen"
+    ]
     assert missed["TreatMissingData"] == "breaching"
     assert missed["Period"] == env_synth.config.autoscaler.schedule_minutes * 60 * 3
     assert missed["MetricName"] == "Invocations"
-    errors = alarms["The Celery autoscaler failed or reported an error"]
+    errors = alarms[
+        "The Celery autoscaler failed or reported an error (Redis, ECS or a worker group): "
+        "see its logs"
+    ]
     expression = json.dumps(errors["Metrics"])
     assert "AutoscalerErrors" in expression
     assert "Errors" in expression

@@ -1,7 +1,10 @@
-"""The dashboards preview, opened in headless Chromium: every widget and alarm is drawn."""
+"""The dashboards preview, opened in headless Chromium: every graph is drawn as a chart with
+each line told apart, every alarm is listed, nothing is a raw template token, and Datadog is
+shown only where it is on."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -10,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from config import EnvironmentConfig, load_environment, parse_environment
+from stacks.monitoring import datadog as dd
 from tests.synth import Synth
 from tools.preview_dashboards import render
 
@@ -39,12 +44,16 @@ class Drawn(HTMLParser):
         self.alarm_rows: set[str] = set()
         self.alarm_marks: list[tuple[str, str]] = []
         self.monitor_rows: set[str] = set()
+        self.lines: dict[str, list[str]] = {}  # widget -> its charted lines' labels
+        self.text: list[str] = []  # what the page shows, not its script
+        self._in_code = False
         self.rendered = False
         self._widget: str | None = None
         self._in_heading = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
+        self._in_code = tag in ("script", "style")
         if tag == "body" and attributes.get("data-rendered") == "yes":
             self.rendered = True
         if attributes.get("data-widget-id"):
@@ -52,6 +61,8 @@ class Drawn(HTMLParser):
             self.widgets[self._widget] = ""
         if tag == "h3" and self._widget is not None and not self.widgets[self._widget]:
             self._in_heading = True
+        if tag == "polyline" and self._widget is not None:
+            self.lines.setdefault(self._widget, []).append(str(attributes.get("data-line")))
         if attributes.get("data-alarm") and self._widget is not None:
             self.alarm_marks.append((self._widget, str(attributes["data-alarm"])))
         if attributes.get("data-alarm-row"):
@@ -60,12 +71,16 @@ class Drawn(HTMLParser):
             self.monitor_rows.add(str(attributes["data-monitor"]))
 
     def handle_data(self, data: str) -> None:
+        if not self._in_code:
+            self.text.append(data)
         if self._in_heading and self._widget is not None:
             self.widgets[self._widget] += data
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "h3":
             self._in_heading = False
+        if tag in ("script", "style"):
+            self._in_code = False
 
 
 def open_in_chromium(page: Path, profile: Path) -> str:
@@ -81,35 +96,73 @@ def open_in_chromium(page: Path, profile: Path) -> str:
     return result.stdout
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make setup installs it)")
-@pytest.mark.parametrize("env", ["dev", "prod"])
-def test_every_widget_and_alarm_is_drawn(env: str, synth_env: Any, tmp_path: Path) -> None:
-    synth: Synth = synth_env(env)
-    template = synth.template_json(synth.platform.monitoring)
-    html, data = render(synth.config, template)
+def drawn_page(config: EnvironmentConfig, tmp_path: Path) -> tuple[Drawn, dict[str, Any]]:
+    html, data = render(config)
     page = tmp_path / "preview.html"
     page.write_text(html)
-
     drawn = Drawn()
     drawn.feed(open_in_chromium(page, tmp_path / "profile"))
-
     assert drawn.rendered, "the page's script did not run"
-    expected = {w["id"]: w["title"] for w in data["cloudwatch"]["widgets"]}
-    for group in data["datadog"]["groups"]:
-        expected |= {w["id"]: w["title"] for w in group["widgets"]}
-    assert drawn.widgets == expected
-    alarms = {
-        r["Properties"].get("AlarmName") or key
-        for key, r in template["Resources"].items()
-        if r["Type"] == "AWS::CloudWatch::Alarm"
-    }
-    assert drawn.alarm_rows == {a["id"] for a in data["cloudwatch"]["alarms"]}
+    return drawn, data
+
+
+def graph_widgets(template: dict[str, Any]) -> list[dict[str, Any]]:
+    (board,) = [
+        r for r in template["Resources"].values() if r["Type"] == "AWS::CloudWatch::Dashboard"
+    ]
+    body = "".join(
+        p if isinstance(p, str) else "T"
+        for p in board["Properties"]["DashboardBody"]["Fn::Join"][1]
+    )
+    return [w for w in json.loads(body)["widgets"] if "metrics" in w["properties"]]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make setup installs it)")
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_every_graph_and_alarm_is_drawn(env: str, synth_env: Any, tmp_path: Path) -> None:
+    synth: Synth = synth_env(env)
+    template = synth.template_json(synth.platform.monitoring)
+    drawn, data = drawn_page(synth.config, tmp_path)
+
+    widgets = [w for section in data["cloudwatch"]["sections"] for w in section["widgets"]]
+    assert drawn.widgets == {w["id"]: w["title"] for w in widgets}
+    # The same graphs as the deployed dashboard, each with as many lines.
+    deployed = graph_widgets(template)
+    assert sorted(w["title"] for w in widgets) == sorted(w["properties"]["title"] for w in deployed)
+    lines = {w["properties"]["title"]: len(w["properties"]["metrics"]) for w in deployed}
+    for widget in widgets:
+        labels = drawn.lines[widget["id"]]
+        assert len(labels) == lines[widget["title"]], widget["title"]
+        # Every line told apart (run time p50, p95 and p99 are three labels).
+        legend = [f"{line['label']} {line['stat']}" for line in widget["lines"]]
+        assert len(set(legend)) == len(legend), widget["title"]
+    # Every alarm of the template is listed by its construct id, and marked on a graph that
+    # charts its metric.
+    alarms = [r for r in template["Resources"].values() if r["Type"] == "AWS::CloudWatch::Alarm"]
+    assert drawn.alarm_rows == {a["name"] for a in data["cloudwatch"]["alarms"]}
     assert len(drawn.alarm_rows) == len(alarms)
-    # Every alarm is shown on at least one graph that charts its metric (or its own widget).
-    graphs = {w["id"] for w in data["cloudwatch"]["widgets"] if w["type"] == "metric"}
-    assert {alarm for widget, alarm in drawn.alarm_marks if widget in graphs} == drawn.alarm_rows
-    assert drawn.monitor_rows == {m["name"] for m in data["datadog"]["monitors"]}
+    assert {alarm for _, alarm in drawn.alarm_marks} == drawn.alarm_rows
+    # Readable: no CloudFormation token or function reaches the page.
+    text = " ".join(drawn.text)
+    assert "${" not in text
+    assert "Fn::" not in text
     for queue in synth.config.queues:
         assert any(queue in title for title in drawn.widgets.values())
     for group in synth.config.worker_groups:
         assert any(f"Group {group}" in title for title in drawn.widgets.values())
+    # Datadog is off in the shipped environments: no Datadog dashboard is shown.
+    assert not synth.config.datadog.enabled
+    assert data["datadog"] is None
+    assert not drawn.monitor_rows
+    assert "Datadog is off in this environment." in text
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make setup installs it)")
+def test_the_datadog_dashboard_is_drawn_where_datadog_is_on(tmp_path: Path) -> None:
+    data = load_environment("staging").model_dump(exclude={"name"}, exclude_none=True)
+    data["datadog"] = {"enabled": True}
+    config = parse_environment("staging", data)
+    drawn, shown = drawn_page(config, tmp_path)
+    groups = shown["datadog"]["groups"]
+    assert {w["id"] for g in groups for w in g["widgets"]} <= set(drawn.widgets)
+    assert drawn.monitor_rows == {m.name for m in dd.monitors(config)}

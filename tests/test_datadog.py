@@ -20,7 +20,7 @@ from moto import mock_aws
 
 from celery_service import contract as m
 from config import ConfigError, EnvironmentConfig, load_environment, parse_environment
-from stacks import datadog_definitions as dd
+from stacks.monitoring import datadog as dd
 from tests.synth import Synth, synthesize
 from tools import datadog_push
 

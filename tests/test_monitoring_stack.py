@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_cdk import App, Stack
+from aws_cdk import aws_ec2 as ec2
 
 from celery_service import contract as m
 from config import EnvironmentConfig, load_environment
-from stacks.monitoring_stack import redis_node_ids
+from config.model import RedisConfig
+from stacks.parts.redis_broker import RedisBroker
 from tests.synth import Synth, synthesize
 
 TOKEN = "TOKEN"
@@ -199,8 +202,20 @@ def test_thresholds_and_missing_data_follow_the_config(env_synth: Synth) -> None
 
 
 def test_redis_node_ids_follow_elasticache_naming() -> None:
-    assert redis_node_ids("grp", 0) == ["grp-001"]
-    assert redis_node_ids("grp", 2) == ["grp-001", "grp-002", "grp-003"]
+    stack = Stack(App(), "Bare")
+    vpc = ec2.Vpc(stack, "Vpc", max_azs=2, nat_gateways=0)
+    subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+    broker = RedisBroker(
+        stack, "Broker", vpc=vpc, subnets=subnets, config=RedisConfig(replicas=2, multi_az=True)
+    )
+
+    def ids(dimensions: list[dict[str, str]]) -> list[str]:
+        return [
+            joined(stack.resolve(d["CacheClusterId"])).replace(TOKEN, "grp") for d in dimensions
+        ]
+
+    assert ids(broker.node_dimensions()) == ["grp-001", "grp-002", "grp-003"]
+    assert ids(broker.node_dimensions(replicas_only=True)) == ["grp-002", "grp-003"]
 
 
 def test_an_alarm_email_and_a_slack_channel_receive_the_topic(tmp_path: Path) -> None:

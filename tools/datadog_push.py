@@ -2,7 +2,7 @@
 monitors through Datadog's API, for accounts without the CloudFormation registry types.
 
 The definitions are the ones the monitoring stack deploys as registry resources
-(stacks/datadog_definitions.py). Re-running updates in place: the dashboard is matched by
+(stacks/monitoring/datadog.py). Re-running updates in place: the dashboard is matched by
 title, monitors by name among those tagged as managed by this project for the environment;
 `--prune` deletes such monitors that the catalog no longer generates (a removed queue).
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from config import CONFIG_DIR, ConfigError, EnvironmentConfig, load_environment
-from stacks import datadog_definitions as dd
+from stacks.monitoring import datadog as dd
 
 
 class PushError(Exception):

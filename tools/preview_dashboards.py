@@ -1,10 +1,14 @@
-"""`make preview-dashboards ENV=<env>`: the environment's CloudWatch dashboard and Datadog
-dashboard as one local HTML page, so a reviewer sees the layout without an AWS account.
+"""`make preview-dashboards ENV=<env>`: the environment's dashboards as one local HTML page,
+so a reviewer sees them without an AWS account.
 
-The CloudWatch body and alarms are read from the synthesized monitoring template (CDK tokens
-shown as `${LogicalId}`), the Datadog dashboard and monitors from the same generator the
-stacks and `make datadog-push` use. The page holds its data as JSON and draws it with a few
-lines of JavaScript: no network, no external file.
+The page draws the monitoring catalog (stacks/monitoring/catalog.py), the declarations the
+monitoring stack renders to CloudWatch and Datadog: each part's graphs as charts, every line
+with its label, statistic, metric and dimensions, the thresholds, and the alarms on it; then
+every alarm with its condition and missing-data rule. Names CloudFormation generates at
+deploy (the broker's node ids, the cluster) are shown as `<what they name>`. The charts
+draw sample data, marked as such: their shape, not measurements. The Datadog dashboard and
+monitors are shown only where the environment turns Datadog on. The page holds its data as
+JSON and draws it with a few lines of JavaScript: no network, no external file.
 """
 
 from __future__ import annotations
@@ -12,167 +16,183 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import math
+import random
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from config import CONFIG_DIR, ConfigError, EnvironmentConfig, load_environment
-from stacks import datadog_definitions as dd
+from config.services import ecs_service_name, worker
+from stacks.monitoring import catalog
+from stacks.monitoring import datadog as dd
+from stacks.monitoring.model import (
+    AUTOSCALER_FUNCTION,
+    FLOWER_LOAD_BALANCER,
+    REDIS_NODES,
+    REDIS_REPLICAS,
+    Alarm,
+    Graph,
+    Metric,
+    Resource,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_POINTS = 36  # three hours of five-minute periods
+PAGE = (Path(__file__).resolve().parent / "dashboards_preview.html").read_text()
 
 
-def resolve(value: Any) -> Any:
-    """A template value with CloudFormation functions turned into readable text."""
-    if isinstance(value, dict) and len(value) == 1:
-        (function, argument), *_ = value.items()
-        if function == "Ref":
-            return f"${{{argument}}}"
-        if function == "Fn::GetAtt":
-            return "${" + ".".join(map(str, argument)) + "}"
-        if function == "Fn::Join":
-            separator, parts = argument
-            return separator.join(str(resolve(part)) for part in parts)
-        if function == "Fn::ImportValue":
-            return f"${{import {resolve(argument)}}}"
-        if function == "Fn::Select":
-            index, items = argument
-            return f"${{{resolve(items)}[{index}]}}"
-        if function == "Fn::Split":
-            return f"${{split {resolve(argument[1])}}}"
-    if isinstance(value, dict):
-        return {key: resolve(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [resolve(item) for item in value]
-    return value
+class Names:
+    """Readable dimension values of one environment's resources."""
+
+    def __init__(self, config: EnvironmentConfig) -> None:
+        self.config = config
+
+    def dimensions(self, resource: Resource) -> list[dict[str, str]]:
+        """One mapping per series, as the constructs give them to CloudWatch."""
+        nodes = range(resource.first_node, self.config.redis.replicas + 2)
+        if resource in (REDIS_NODES, REDIS_REPLICAS):
+            return [{"CacheClusterId": f"<broker>-{node:03d}"} for node in nodes]
+        if resource == AUTOSCALER_FUNCTION:
+            return [{"FunctionName": "<autoscaler function>"}]
+        if resource == FLOWER_LOAD_BALANCER:
+            return [{"LoadBalancer": "<Flower load balancer>"}]
+        service = ecs_service_name(self.config, worker(resource.key))
+        return [{"ClusterName": "<cluster>", "ServiceName": service}]
+
+    def series(self, metric: Metric) -> list[dict[str, str]]:
+        if metric.resource is None:
+            return [dict(metric.dimensions)]
+        return [dict(metric.dimensions) | d for d in self.dimensions(metric.resource)]
 
 
-def _metric_keys(alarm: dict[str, Any]) -> list[tuple[str, str, tuple[str, ...]]]:
-    """(namespace, name, dimension values) of every metric an alarm watches."""
-    keys = []
-    stats = [alarm] if "MetricName" in alarm else []
-    stats += [q["MetricStat"]["Metric"] for q in alarm.get("Metrics", []) if "MetricStat" in q]
-    for metric in stats:
-        dims = tuple(sorted(str(d["Value"]) for d in metric.get("Dimensions", [])))
-        keys.append((metric["Namespace"], metric["MetricName"], dims))
-    return keys
+def sample(metric: Metric, seed: str, graph: Graph) -> list[float]:
+    """A plausible series for the metric's kind (seeded: the same page every time)."""
+    rng = random.Random(seed)
+    levels = [marker.value for marker in graph.markers if marker.value > 0]
+    top = 80.0 if graph.percent else (min(levels) if levels else 50.0)
+    values = []
+    for point in range(SAMPLE_POINTS):
+        wave = 0.5 + 0.4 * math.sin(point / 5 + rng.random())
+        if metric.statistic == "Sum":
+            values.append(float(rng.randint(0, 4) if rng.random() < wave else 0))
+        else:
+            values.append(round(top * wave * rng.uniform(0.6, 1.0), 1))
+    return values
 
 
-def _widget_keys(widget: dict[str, Any]) -> list[tuple[str, str, tuple[str, ...]]]:
-    keys = []
-    for line in widget.get("properties", {}).get("metrics", []):
-        fields = [item for item in line if not isinstance(item, dict)]
-        if len(fields) >= 2 and fields[0] != "...":
-            namespace, name, *pairs = fields
-            dims = tuple(sorted(str(v) for v in pairs[1::2]))
-            keys.append((str(namespace), str(name), dims))
-    return keys
+def _series_key(metric: Metric) -> tuple[object, ...]:
+    """What makes a metric the same series, whatever its statistic or period."""
+    return (metric.namespace, metric.name, metric.dimensions, metric.resource)
 
 
-def cloudwatch_view(template: dict[str, Any]) -> dict[str, Any]:
-    """The dashboard's widgets, each with its metrics and the alarms on them."""
-    resources = template["Resources"]
-    (board,) = [r for r in resources.values() if r["Type"] == "AWS::CloudWatch::Dashboard"]
-    body = json.loads(resolve(board["Properties"]["DashboardBody"]))
-    alarms = []
-    for logical_id, resource in sorted(resources.items()):
-        if resource["Type"] != "AWS::CloudWatch::Alarm":
-            continue
-        props = resolve(resource["Properties"])
-        alarms.append(
-            {
-                "id": logical_id,
-                "description": props.get("AlarmDescription", ""),
-                "threshold": props.get("Threshold"),
-                "comparison": props.get("ComparisonOperator"),
-                "missing": props.get("TreatMissingData"),
-                "keys": _metric_keys(props),
-            }
-        )
-    widgets = []
-    for index, widget in enumerate(body["widgets"]):
-        props = widget.get("properties", {})
-        keys = _widget_keys(widget)
-        title = props.get("title") or props.get("markdown", "").lstrip("# ") or widget["type"]
-        on_widget = [a for a in alarms if set(map(tuple, a["keys"])) & set(keys)]
-        if widget["type"] == "alarm":
-            ids = set(map(str, props.get("alarms", [])))
-            on_widget = [a for a in alarms if any(a["id"] in arn for arn in ids)]
-        widgets.append(
-            {
-                "id": f"cw-{index}",
-                "type": widget["type"],
-                "x": widget.get("x", 0),
-                "y": widget.get("y", 0),
-                "width": widget.get("width", 6),
-                "height": widget.get("height", 6),
-                "title": title,
-                "metrics": [f"{ns} {name} {' '.join(dims)}".strip() for ns, name, dims in keys],
-                "alarms": [a["id"] for a in on_widget],
-            }
-        )
-    return {
-        "widgets": widgets,
-        "alarms": [{k: v for k, v in a.items() if k != "keys"} for a in alarms],
-    }
+def _alarm_names(alarm: Alarm, config: EnvironmentConfig) -> list[str]:
+    """The CloudWatch alarms the monitoring stack makes of it, by construct id."""
+    if not alarm.per_node:
+        return [alarm.construct_id]
+    return [f"{alarm.construct_id}{node}" for node in range(1, config.redis.replicas + 2)]
 
 
-def datadog_view(config: EnvironmentConfig) -> dict[str, Any]:
+def cloudwatch_view(config: EnvironmentConfig) -> dict[str, Any]:
+    names = Names(config)
+    segments = catalog.segments(config, task_metrics=config.task_metrics_in_cloudwatch)
+    alarms = [alarm for segment in segments for alarm in segment.alarms]
+    sections, counter = [], 0
+    for segment in segments:
+        widgets = []
+        for graph in (graph for row in segment.rows for graph in row):
+            counter += 1
+            lines = []
+            for axis, metrics in (("left", graph.left), ("right", graph.right)):
+                for metric in metrics:
+                    first = metric.resource.first_node if metric.resource else 1
+                    for node, dims in enumerate(names.series(metric), start=first):
+                        label = metric.label or metric.name
+                        if metric.per_resource:
+                            label = f"{metric.name} node {node}"
+                        lines.append(
+                            {
+                                "label": label,
+                                "stat": metric.statistic,
+                                "metric": f"{metric.namespace} {metric.name}",
+                                "dimensions": " ".join(f"{k}={v}" for k, v in dims.items()),
+                                "period_minutes": metric.period_minutes,
+                                "axis": axis,
+                                "values": sample(metric, f"{graph.title}/{label}/{axis}", graph),
+                            }
+                        )
+            charted = {_series_key(metric) for metric in graph.left + graph.right}
+            on_graph = [
+                name
+                for alarm in alarms
+                if charted & {_series_key(metric) for _, metric in alarm.metrics}
+                for name in _alarm_names(alarm, config)
+            ]
+            widgets.append(
+                {
+                    "id": f"cw-{counter}",
+                    "title": graph.title,
+                    "width": graph.width,
+                    "bars": graph.bars,
+                    "percent": graph.percent,
+                    "markers": [{"value": m.value, "label": m.label or ""} for m in graph.markers],
+                    "lines": lines,
+                    "alarms": on_graph,
+                }
+            )
+        sections.append({"title": segment.title, "widgets": widgets})
+    rendered = [
+        {
+            "name": name,
+            "title": alarm.title,
+            "description": alarm.description.replace("{node}", name[len(alarm.construct_id) :]),
+            "condition": (
+                f"{' + '.join(f'{m.statistic} of {m.name}' for _, m in alarm.metrics)} "
+                f"{alarm.comparison.value} {alarm.threshold:g} for {alarm.periods} x "
+                f"{alarm.period_minutes} min"
+            ),
+            "missing": alarm.missing.value,
+        }
+        for alarm in alarms
+        for name in _alarm_names(alarm, config)
+    ]
+    return {"sections": sections, "alarms": rendered}
+
+
+def datadog_view(config: EnvironmentConfig) -> dict[str, Any] | None:
+    """Datadog's dashboard and monitors, where the environment turns Datadog on."""
+    if not config.datadog.enabled:
+        return None
     board = dd.dashboard(config)
-    groups = []
-    counter = 0
+    groups, counter = [], 0
     for group in board["widgets"]:
         definition = group["definition"]
         widgets = []
-        for widget in definition.get("widgets", []):
-            inner = widget["definition"]
+        for widget in definition.get("widgets", [definition]):
+            inner = widget.get("definition", widget)
             counter += 1
             widgets.append(
                 {
                     "id": f"dd-{counter}",
-                    "type": inner["type"],
                     "title": inner.get("title", inner["type"]),
                     "queries": [r["q"] for r in inner.get("requests", [])]
                     + ([inner["query"]] if "query" in inner else []),
                 }
             )
-        groups.append({"title": definition["title"], "widgets": widgets})
+        groups.append({"title": definition.get("title", ""), "widgets": widgets})
     monitors = [
         {"name": m.name, "query": m.query, "no_data": m.notify_no_data} for m in dd.monitors(config)
     ]
     return {"title": board["title"], "groups": groups, "monitors": monitors}
 
 
-# The page: its data as JSON in a script element, drawn by a few lines of JavaScript.
-PAGE = (Path(__file__).resolve().parent / "dashboards_preview.html").read_text()
-
-
-def render(
-    config: EnvironmentConfig, monitoring_template: dict[str, Any]
-) -> tuple[str, dict[str, Any]]:
+def render(config: EnvironmentConfig) -> tuple[str, dict[str, Any]]:
     """The page, and the data it draws (for tests to compare with what the browser shows)."""
-    data = {"cloudwatch": cloudwatch_view(monitoring_template), "datadog": datadog_view(config)}
+    data = {"cloudwatch": cloudwatch_view(config), "datadog": datadog_view(config)}
     # "</" cannot end the script element early once escaped.
     payload = json.dumps(data, sort_keys=True).replace("</", "<\\/")
     title = html.escape(f"Celery platform {config.name}: dashboards preview")
     return PAGE.replace("__TITLE__", title).replace("__DATA__", payload), data
-
-
-def synthesize_monitoring(config: EnvironmentConfig) -> dict[str, Any]:
-    from aws_cdk import App
-
-    from stacks.platform import build_platform
-
-    context = json.loads((ROOT / "cdk.json").read_text())["context"]
-    with tempfile.TemporaryDirectory() as outdir:
-        app = App(outdir=outdir, context=context)
-        platform = build_platform(app, config)
-        assembly = app.synth()
-        template: dict[str, Any] = assembly.get_stack_by_name(
-            platform.monitoring.stack_name
-        ).template
-    return template
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,13 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    page, data = render(config, synthesize_monitoring(config))
+    page, data = render(config)
     out = args.out or ROOT / "cdk.out" / f"dashboards-{config.name}.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
-    widgets = len(data["cloudwatch"]["widgets"])
-    dd_widgets = sum(len(g["widgets"]) for g in data["datadog"]["groups"])
-    print(f"{out}: {widgets} CloudWatch widgets, {dd_widgets} Datadog widgets")
+    widgets = sum(len(section["widgets"]) for section in data["cloudwatch"]["sections"])
+    datadog = data["datadog"]
+    dd_widgets = sum(len(g["widgets"]) for g in datadog["groups"]) if datadog else 0
+    print(
+        f"{out}: {widgets} CloudWatch graphs, {len(data['cloudwatch']['alarms'])} alarms, "
+        + (f"{dd_widgets} Datadog widgets" if datadog else "Datadog off")
+    )
     return 0
 
 

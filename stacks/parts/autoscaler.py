@@ -129,3 +129,8 @@ class Autoscaler(Construct):
             "The AWS managed VPC access role only manages the function's network interfaces, "
             "which a Lambda in the VPC needs to reach Redis.",
         )
+
+    @property
+    def metric_dimensions(self) -> dict[str, str]:
+        """The CloudWatch dimensions of the function's Lambda metrics (invocations, errors)."""
+        return {"FunctionName": self.function.function_name}

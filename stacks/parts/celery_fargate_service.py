@@ -132,6 +132,11 @@ class CeleryFargateService(Construct):
         )
         self._acknowledge()
 
+    @property
+    def metric_dimensions(self) -> dict[str, str]:
+        """The CloudWatch dimensions of the service's ECS metrics (CPU, memory)."""
+        return {"ClusterName": self.runtime.cluster.cluster_name, "ServiceName": self.service_name}
+
     def _app_container(
         self,
         service: CeleryService,

@@ -128,6 +128,11 @@ class Flower(CeleryFargateService):
         )
 
     @property
+    def load_balancer_dimensions(self) -> dict[str, str]:
+        """The CloudWatch dimensions of the load balancer's metrics (its 5xx counts)."""
+        return {"LoadBalancer": self.alb.load_balancer_full_name}
+
+    @property
     def url(self) -> str:
         scheme = "https" if self.internet_facing else "http"
         return f"{scheme}://{self.alb.load_balancer_dns_name}/"

@@ -51,6 +51,7 @@ class RedisBroker(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.port = config.port
+        self.replicas = config.replicas
         data_removal = _REMOVAL[config.removal_policy]
         # Secrets and log groups cannot be snapshotted: they are kept unless data is destroyed.
         keep_or_destroy = (
@@ -183,6 +184,16 @@ class RedisBroker(Construct):
 
         self.endpoint_address: str = self.replication_group.attr_primary_end_point_address
         self.reader_endpoint_address: str = self.replication_group.attr_reader_end_point_address
+
+    def node_dimensions(self, *, replicas_only: bool = False) -> list[dict[str, str]]:
+        """The CloudWatch dimensions of each node's metrics (of the replicas only, for their
+        replication lag): ElastiCache names a cluster-mode-disabled group's nodes
+        `<group id>-001`, `-002`, ..."""
+        first = 2 if replicas_only else 1
+        return [
+            {"CacheClusterId": f"{self.replication_group.ref}-{index:03d}"}
+            for index in range(first, self.replicas + 2)
+        ]
 
     def grant_connect(self, consumer: ecs.FargateService | lambda_.Function) -> None:
         """Admit `consumer` on the broker port, and only on it: it joins the clients group.

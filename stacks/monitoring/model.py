@@ -1,0 +1,145 @@
+"""The vocabulary of monitoring, pure data (no CDK): a metric as both CloudWatch and Datadog
+name it, a graph, an alarm, and a part's segment of the dashboards.
+
+A part declares these once (`catalog`); `cloudwatch` renders them into the monitoring stack
+and `datadog` into monitors and a dashboard, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+# CloudWatch's statistic -> Datadog's aggregation of the same series.
+DATADOG_AGGREGATION = {"Maximum": "max", "Minimum": "min", "Sum": "sum", "Average": "avg"}
+
+
+class MissingData(Enum):
+    """What a gap in an alarm's metric means. Each value is the TreatMissingData the
+    CloudWatch alarm gets; the Datadog monitor makes the same decision."""
+
+    # Published only when something happens (errors, 5xx responses): a gap is a zero.
+    # CloudWatch: notBreaching, and FILL(m, 0) on a math operand. Datadog: default_zero().
+    MEANS_ZERO = "notBreaching"
+    # Published on every run by an emitter that another alarm watches: a gap is no news about
+    # this condition, so the state stays. CloudWatch: ignore. Datadog: no no-data alert (the
+    # monitor keeps its last status).
+    NO_NEWS = "ignore"
+    # The metric's absence is the failure itself. CloudWatch: breaching. Datadog:
+    # notify_no_data over the monitor's window.
+    IS_FAILURE = "breaching"
+
+
+class Comparison(Enum):
+    ABOVE = ">"
+    AT_LEAST = ">="
+    BELOW = "<"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A deployed resource whose CloudWatch dimensions only its construct knows (a node id,
+    a function name, a load balancer's full name)."""
+
+    kind: str
+    key: str = ""
+    first_node: int = 1  # the number of its first node, for a per-node metric's labels
+
+
+# Each node of the broker (one CloudWatch series per node; one Datadog series per
+# cacheclusterid), and its replicas only.
+REDIS_NODES = Resource("redis-nodes")
+REDIS_REPLICAS = Resource("redis-replicas", first_node=2)
+AUTOSCALER_FUNCTION = Resource("autoscaler-function")
+FLOWER_LOAD_BALANCER = Resource("flower-load-balancer")
+
+
+def worker_service(group: str) -> Resource:
+    return Resource("worker-service", group)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric, as CloudWatch and Datadog name it."""
+
+    namespace: str
+    name: str
+    statistic: str  # CloudWatch's: Maximum, Minimum, Sum, Average, p50...
+    period_minutes: int
+    datadog_name: str
+    datadog_scope: str  # Datadog's tag filter selecting the same series
+    dimensions: tuple[tuple[str, str], ...] = ()  # CloudWatch's, known without the resource
+    resource: Resource | None = None  # the rest of the dimensions come from its construct
+    label: str | None = None
+    datadog_by: str | None = None  # one Datadog series per value of this tag
+    # Datadog receives it from the agent (DogStatsD), not from CloudWatch through the AWS
+    # integration's crawler, which delivers late.
+    from_agent: bool = False
+
+    @property
+    def per_resource(self) -> bool:
+        """One CloudWatch series for each of several resources (the broker's nodes)."""
+        return self.resource in (REDIS_NODES, REDIS_REPLICAS)
+
+    def datadog_query(self) -> str:
+        aggregation = DATADOG_AGGREGATION.get(self.statistic, self.statistic)
+        by = f" by {{{self.datadog_by}}}" if self.datadog_by else ""
+        # A Sum is a count of events in the period.
+        count = ".as_count()" if self.statistic == "Sum" else ""
+        return f"{aggregation}:{self.datadog_name}{{{self.datadog_scope}}}{by}{count}"
+
+
+@dataclass(frozen=True)
+class Marker:
+    value: float
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Graph:
+    title: str
+    left: tuple[Metric, ...]
+    right: tuple[Metric, ...] = ()
+    markers: tuple[Marker, ...] = ()
+    width: int = 8  # of CloudWatch's 24 columns
+    bars: bool = False  # counts of events, drawn as bars where the backend can
+    percent: bool = False  # a 0-100 % axis
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """One alarm: a CloudWatch alarm (one per node for a per-node metric) and a Datadog
+    monitor (one multi-alert monitor over the nodes)."""
+
+    key: str  # the Datadog monitor's key: stable, it names its CloudFormation resource
+    construct_id: str  # the CloudWatch alarm's (its logical ID: never rename one)
+    title: str  # the Datadog monitor's name
+    # Why it fires and what to do; `{node}` names the node of a per-node alarm.
+    description: str
+    metrics: tuple[tuple[str, Metric], ...]  # named operands; more than one are summed
+    comparison: Comparison
+    threshold: float
+    periods: int  # consecutive periods that must breach
+    missing: MissingData
+    priority: int = 3  # Datadog's, 1 (highest) to 5
+
+    def __post_init__(self) -> None:
+        if len({metric.period_minutes for _, metric in self.metrics}) != 1:
+            raise ValueError(f"alarm {self.key}: its metrics must share one period")
+
+    @property
+    def period_minutes(self) -> int:
+        return self.metrics[0][1].period_minutes
+
+    @property
+    def per_node(self) -> bool:
+        return any(metric.per_resource for _, metric in self.metrics)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One part's section of the dashboards: rows of graphs, and the part's alarms."""
+
+    title: str
+    rows: tuple[tuple[Graph, ...], ...]
+    alarms: tuple[Alarm, ...] = ()
