@@ -35,7 +35,9 @@ from celery_service.contract import (
     dlq_index_key,
     queue_keys,
 )
-from lambdas.autoscaler.handler import BotoEcs, Settings, run_once
+from lambdas.autoscaler.ecs import BotoEcs
+from lambdas.autoscaler.handler import run_once
+from lambdas.autoscaler.settings import Settings
 from tools.local_redis import redis_server_binary, start_server
 
 RESULTS = Path(__file__).resolve().parent / "results"

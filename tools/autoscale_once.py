@@ -17,17 +17,37 @@ from pathlib import Path
 
 import redis
 
-# Locally the decisions are printed as a table, not as per-decision JSON logs.
-os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-
 from config import CONFIG_DIR, ConfigError, load_environment
 from config.services import worker_service_names
-from lambdas.autoscaler.handler import DryRunEcs, Settings, run_once
+from lambdas.autoscaler.ecs import ServiceCounts
+from lambdas.autoscaler.handler import run_once
+from lambdas.autoscaler.settings import Settings
+from lambdas.autoscaler.telemetry import logger
 from tools.local_redis import (
     RedisServerMissingError,
     redis_server_binary,
     start_server,
 )
+
+
+class DryRunEcs:
+    """Records what would change; starts every service at `initial` running tasks."""
+
+    def __init__(self, initial: dict[str, int]) -> None:
+        self.counts = dict(initial)
+        self.updates: list[tuple[str, int]] = []
+
+    def describe(self, services: list[str]) -> tuple[dict[str, ServiceCounts], dict[str, str]]:
+        found = {
+            s: ServiceCounts(self.counts[s], 0, self.counts[s])
+            for s in services
+            if s in self.counts
+        }
+        return found, {s: "not in the dry run" for s in services if s not in self.counts}
+
+    def set_desired(self, service: str, count: int) -> None:
+        self.updates.append((service, count))
+        self.counts[service] = count
 
 
 def main() -> int:
@@ -38,6 +58,8 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=500, help="messages per queue to add")
     parser.add_argument("--metrics", action="store_true", help="also print the EMF metrics")
     args = parser.parse_args()
+    # Locally the decisions are printed as a table, not as per-decision JSON logs.
+    logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"))
     try:
         config = load_environment(args.env, args.config_dir)
     except ConfigError as exc:

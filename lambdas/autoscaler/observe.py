@@ -1,4 +1,5 @@
-"""Everything the autoscaler reads from Redis, in one pipelined round trip.
+"""Everything the autoscaler reads from Redis, in one pipelined round trip, and the policy's
+observation of each worker group made from it.
 
 Key layout (the wire contract, celery_service.contract, and kombu's Redis transport):
 a queue `q` holds its messages in `q`, `q\\x06\\x163`, `q\\x06\\x166`, `q\\x06\\x169` (one list
@@ -22,6 +23,10 @@ from celery_service.contract import (
     dlq_index_key,
     queue_keys,
 )
+
+from .ecs import ServiceCounts
+from .policy import Observation
+from .settings import Target
 
 
 @dataclass(frozen=True)
@@ -159,3 +164,67 @@ def _load_state(raw: Any) -> dict[str, Any] | None:
     except (ValueError, TypeError, RecursionError):
         return None
     return state if isinstance(state, dict) else None
+
+
+def observation_of(
+    target: Target,
+    reading: Reading,
+    counts: ServiceCounts,
+    stored: dict[str, Any],
+    now: float,
+) -> tuple[Observation, int | None]:
+    """One group's observation for the policy: its queues summed, its service's counts, and
+    what arrived and completed since the last run (from the state that run stored); with the
+    completion counter's new total, which the next run's state keeps."""
+    waiting = sum(reading.queues[q].waiting for q in target.queues)
+    in_flight = sum(reading.queues[q].in_flight for q in target.queues)
+    totals = [reading.queues[q].completed_total for q in target.queues]
+    completed_total = None if any(t is None for t in totals) else sum(t or 0 for t in totals)
+    last = stored.get("last") if isinstance(stored.get("last"), dict) else None
+    completed = arrived = 0
+    if last is not None and completed_total is not None:
+        previous = last.get("completed_total")
+        if isinstance(previous, int) and completed_total >= previous:
+            completed = completed_total - previous
+        # Arrivals are not counted anywhere: what changed in the queue, plus what left it.
+        delta_queue = (waiting - _stored_int(last.get("waiting"), waiting)) + (
+            in_flight - _stored_int(last.get("in_flight"), in_flight)
+        )
+        arrived = max(0, delta_queue + completed)
+    observation = Observation(
+        now=now,
+        waiting=waiting,
+        in_flight=in_flight,
+        running_tasks=counts.running,
+        pending_tasks=counts.pending,
+        desired=counts.desired,
+        arrived_since_last=arrived,
+        completed_since_last=completed,
+    )
+    return observation, completed_total
+
+
+def _stored_int(value: object, default: int) -> int:
+    """A count from the stored state; a damaged one reads as "no change" instead of failing
+    the run of every group."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def estimated_wait_s(observation: Observation, stored: dict[str, Any], now: float) -> float | None:
+    """How long the backlog takes to drain at the completion rate measured since the last
+    run; None when there is no rate to measure (first run, or nothing completed)."""
+    waiting, completed = observation.waiting, observation.completed_since_last
+    if waiting is None:
+        return None
+    if waiting == 0:
+        return 0.0
+    last = stored.get("last")
+    if not isinstance(last, dict):
+        return None
+    try:
+        elapsed = now - float(last.get("now", now))
+    except (TypeError, ValueError):
+        return None
+    if elapsed <= 0 or completed is None or completed <= 0:
+        return None
+    return waiting * elapsed / completed

@@ -4,54 +4,8 @@ Pure Python, standard library only: no AWS, no Redis. The handler observes a ser
 `interval_s` seconds (300 by default), calls `decide(observation, config, state)` and stores
 the returned `state` (a small JSON-serializable dict) for the next call.
 
-The model, in plain words
--------------------------
-A worker service is a pool of *slots*: each ECS task runs `concurrency` Celery processes and
-each process runs one message at a time. Two measured numbers describe the load:
-
-* the arrival rate `lambda` (messages/s): arrivals counted over the newest decisions that
-  cover at least `rate_window_s` and hold at least 50 messages (slow services look further
-  back, up to `rate_window_max_s`, so one quiet or busy interval does not swing the count).
-  Only arrivals the service started count: those that piled up as backlog (a batch drop) are
-  the backlog need's, so a drained batch does not keep its tasks, and a lasting surge shows
-  in the backlog until the service keeps up with it. With nothing waiting, the rate is at
-  most what is in flight (plus one standard deviation) per run time: an ended spike shows
-  there at once;
-* the run time `S` (s/message), from Little's law on the slots: in-flight messages average
-  throughput x run time, so `S = sum(in flight x seconds) / sum(completions)`, weighted with a
-  half-life of `rate_half_life_s` and pulled towards `run_time_hint_s` while few completions
-  are known. Intervals in which a backlog appeared or drained are skipped: two in-flight
-  samples do not describe them.
-
-*Steady need.* The flow keeps `a = lambda x S` slots busy on average (Little's law). The
-policy takes the fewest slots `k` for which the Erlang-C (M/M/k) queue lets at most a given
-share of messages wait longer than `target_wait_s`. That share is `late_fraction` divided by
-the *exposure*: a message finding every slot busy is rescued at the next decision plus
-start-up at the latest, so only arrivals for which `interval - u + startup_s > target_wait_s`
-(`u` = seconds since the last decision) can be late at all. With a 300 s interval, 75 s
-start-up and a 60 s target every arrival is exposed; with a 30 s cadence and a 300 s target
-none is, and the steady need is about the load itself. One standard deviation of counting
-noise is added to `lambda`, scaled by the same exposure.
-
-*Backlog need.* Waiting messages must start within `drain_s` (default: the target) of new
-tasks being up. The policy counts the slot-seconds due in that window: each waiting message
-with its run time (at most the window), each in-flight message with its expected remainder,
-each expected arrival with its share; divided by the window that is the slots needed. A
-short-task backlog needs about `waiting x S / drain_s` slots, a long-task one a slot per
-message, and a few waiting messages that free slots will pick up in time need none.
-
-*Decision.* The larger need, rounded up to tasks, within [min_tasks, max_tasks]. Scale-out
-is immediate. Scale-in is careful: never below the tasks busy with in-flight work
-(`ceil(in_flight / concurrency)`; reserved messages are invisible to LLEN), never below the
-largest steady need of the last `scale_in_stabilization_s` seconds (default two intervals,
-at least 120 s: a brief dip does not count), never more than `scale_in_max_step_fraction` of
-the tasks at once. With min_tasks 0
-the service stops after `idle_before_zero_s` with nothing waiting, in flight or arriving (as
-soon as nothing waits or runs if fewer than one message is expected in that time), and wakes
-as soon as anything waits. Missing, negative or contradictory inputs never lower the count:
-the decision holds (scale-out stays possible) and the reason says why. Scale-in protection
-on the workers means ECS only ever stops idle tasks; the floors above keep the desired count
-honest anyway.
+The model behind it (the arrival rate and run time it measures, the steady and backlog needs
+it sizes for, how it scales in) is explained in docs/autoscaler.md.
 """
 
 from __future__ import annotations
@@ -375,12 +329,79 @@ def _tasks(slots: float, concurrency: int) -> int:
     return max(0, math.ceil(slots / concurrency - 1e-9))
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """One observation, cleaned, with the previous state it continues."""
+
+    now: float | None
+    waiting: int | None
+    in_flight: int | None
+    arrived: int | None
+    completed: int | None
+    memory: _Memory | None
+    problems: list[str]  # inputs missing or making no sense: reasons not to scale in
+    holds: list[str]  # the problems, and a first observation (no rates yet)
+    current: int  # the count now; where unknown, the largest any signal supports
+
+    @property
+    def waiting_n(self) -> int:
+        return self.waiting or 0
+
+    @property
+    def in_flight_n(self) -> int:
+        return self.in_flight or 0
+
+    @property
+    def work_present(self) -> bool:
+        return self.waiting_n + self.in_flight_n > 0
+
+
+@dataclass(frozen=True)
+class _Load:
+    """The measured load: arrival rates (messages/s) and run time (s/message)."""
+
+    exposure: float  # share of arrivals reactions cannot save (late_exposure)
+    measured_rate: float  # arrivals as counted, over the rate window
+    rate: float  # arrivals to size for: those the service took, plus a noise margin
+    run_time_s: float
+    busy_slot_s: float  # the run-time measurement's weighted sums, for the state
+    completed_w: float
+    arrivals: list[tuple[float, int]]  # (seconds, messages) the service took, newest last
+
+
+@dataclass(frozen=True)
+class _Idle:
+    active_t: float  # epoch s when work was last seen
+    quiet_s: float  # seconds since then
+    quiet: bool  # nothing to do long enough (or, for rare messages, right now) to stop
+    warm_pays: bool  # a message is expected within idle_before_zero_s
+
+
 def decide(
     observation: Observation, config: PolicyConfig, state: dict[str, Any] | None
 ) -> Decision:
     """The desired count for the next interval, the state to pass to the next call, and a
-    one-sentence reason with the numbers behind it."""
-    c = config.concurrency
+    one-sentence reason with the numbers behind it. The stages below, in order: clean the
+    inputs, measure the load, size for it, tell idleness, then scale out at once or in
+    carefully (docs/autoscaler.md explains the model)."""
+    inputs = _clean(observation, config, state)
+    load = _measure(inputs, config)
+    steady_tasks, busy_tasks, need = _needs(inputs, load, config)
+    idle = _idleness(inputs, load, config)
+    # Nothing to do after the quiet period (itself the stabilization), or stopped and idle: 0.
+    # Otherwise at least one task: work waits, or stay warm until the quiet period has passed.
+    stop = not inputs.work_present and (idle.quiet or inputs.current == 0)
+    need = 0 if stop else max(need, 1)
+    new, recent, notes = _scale(inputs, need, busy_tasks, idle, config)
+    reason = _reason(inputs, load, config, new, need, steady_tasks, notes)
+    if inputs.now is not None:
+        recent = [*recent, (inputs.now, steady_tasks)]
+    return Decision(desired=new, state=_state(inputs, load, idle, recent, new), reason=reason)
+
+
+def _clean(observation: Observation, config: PolicyConfig, state: dict[str, Any] | None) -> _Inputs:
+    """Each field as a count or seconds (None where missing or nonsense), the usable previous
+    state, and the count to hold when the current one is unknown."""
     now = _seconds(observation.now)
     waiting = _count(observation.waiting)
     in_flight = _count(observation.in_flight)
@@ -389,8 +410,6 @@ def decide(
     desired = _count(observation.desired)
     arrived = _count(observation.arrived_since_last)
     completed = _count(observation.completed_since_last)
-
-    # Inputs that are missing or make no sense: reasons not to scale in.
     problems = [
         f"{name} is {raw!r}"
         for name, raw, clean in (
@@ -409,9 +428,7 @@ def decide(
     if state is not None and memory is None and now is not None:
         problems.append("previous state unusable or stale")
     holds = problems if state is not None else [*problems, "first observation, no rates yet"]
-
-    # The count to hold when the current one is unknown: the largest any signal supports,
-    # so a missing field never lowers capacity.
+    # A missing field never lowers capacity: hold the largest count any signal supports.
     if desired is not None:
         current = desired
     else:
@@ -419,10 +436,13 @@ def decide(
         if running is not None and pending is not None:
             known.append(running + pending)
         current = max(known, default=config.min_tasks)
-    waiting_n = waiting or 0
-    in_flight_n = in_flight or 0
+    return _Inputs(now, waiting, in_flight, arrived, completed, memory, problems, holds, current)
 
-    # ---- measurements: arrival rate (messages/s) and run time (s/message)
+
+def _measure(inputs: _Inputs, config: PolicyConfig) -> _Load:
+    """The arrival rate and run time, updated with this interval where it tells something."""
+    memory, now, arrived, completed = inputs.memory, inputs.now, inputs.arrived, inputs.completed
+    in_flight, waiting_n, in_flight_n = inputs.in_flight, inputs.waiting_n, inputs.in_flight_n
     exposure = late_exposure(config)
     busy_slot_s = memory.busy_slot_s if memory is not None else 0.0
     completed_w = memory.completed if memory is not None else 0.0
@@ -467,37 +487,50 @@ def decide(
     run_time_s = _run_time(busy_slot_s, completed_w, config)
     if sizing_alternative is not None and waiting_n > 0:
         run_time_s = max(run_time_s, _run_time(*sizing_alternative, config))
-    if waiting == 0 and in_flight is not None and memory is not None:
+    if inputs.waiting == 0 and in_flight is not None and memory is not None:
         # Little's law the other way round: with nothing waiting, the messages in flight are
         # what arrived within about one run time. A rate window still full of a spike that
         # has ended must not hold its tasks for another window.
         current_rate = (in_flight + RATE_NOISE_SIGMAS * math.sqrt(in_flight + 1)) / run_time_s
         rate = min(rate, current_rate)
+    return _Load(exposure, measured_rate, rate, run_time_s, busy_slot_s, completed_w, arrivals)
 
-    # ---- needs, in slots then tasks
+
+def _needs(inputs: _Inputs, load: _Load, config: PolicyConfig) -> tuple[int, int, int]:
+    """Tasks for the arrival rate (steady), tasks busy with in-flight work, and tasks for
+    the steady load or the backlog, whichever needs more."""
+    c = config.concurrency
     steady_slots = slots_for_wait(
-        rate * run_time_s,
-        run_time_s,
+        load.rate * load.run_time_s,
+        load.run_time_s,
         config.target_wait_s,
-        _erlang_late(exposure, config.late_fraction),
+        _erlang_late(load.exposure, config.late_fraction),
         limit=config.max_tasks * c,
     )
     steady_tasks = _tasks(steady_slots, c)
-    busy_tasks = _tasks(in_flight_n, c)
     need = steady_tasks
-    if waiting_n > 0:
+    if inputs.waiting_n > 0:
         # A backlog: start it within drain_s of new tasks being up, on top of the rest.
         backlog = backlog_slots(
-            waiting=waiting_n,
-            in_flight=in_flight_n,
-            arrival_rate=rate,
-            run_time_s=run_time_s,
+            waiting=inputs.waiting_n,
+            in_flight=inputs.in_flight_n,
+            arrival_rate=load.rate,
+            run_time_s=load.run_time_s,
             drain_s=config.drain_s if config.drain_s is not None else config.target_wait_s,
         )
         need = max(need, _tasks(backlog, c))
+    return steady_tasks, _tasks(inputs.in_flight_n, c), need
 
-    work_present = waiting_n + in_flight_n > 0
-    active_now = work_present or (arrived or 0) > 0 or waiting is None or in_flight is None
+
+def _idleness(inputs: _Inputs, load: _Load, config: PolicyConfig) -> _Idle:
+    """Whether the service has had nothing to do long enough to stop (min_tasks 0)."""
+    now, memory = inputs.now, inputs.memory
+    active_now = (
+        inputs.work_present
+        or (inputs.arrived or 0) > 0
+        or inputs.waiting is None
+        or inputs.in_flight is None
+    )
     if memory is None or now is None:
         active_t = now if now is not None else 0.0
     else:
@@ -505,29 +538,35 @@ def decide(
     quiet_s = now - active_t if now is not None and memory is not None else 0.0
     # Staying warm pays only if a message is expected within the quiet period; for rarer
     # ones the service stops as soon as a decision finds nothing waiting or in flight.
-    warm_pays = measured_rate * config.idle_before_zero_s >= 1
+    warm_pays = load.measured_rate * config.idle_before_zero_s >= 1
     if warm_pays:
         quiet = not active_now and quiet_s >= config.idle_before_zero_s
     else:
-        quiet = not work_present and waiting is not None and in_flight is not None
-    # Nothing to do after the quiet period (itself the stabilization), or stopped and idle: 0.
-    # Otherwise at least one task: work waits, or stay warm until the quiet period has passed.
-    need = 0 if not work_present and (quiet or current == 0) else max(need, 1)
+        quiet = (
+            not inputs.work_present and inputs.waiting is not None and inputs.in_flight is not None
+        )
+    return _Idle(active_t, quiet_s, quiet, warm_pays)
 
-    # ---- scale out at once; scale in carefully
-    recent = memory.recent if memory is not None else []
+
+def _scale(
+    inputs: _Inputs, need: int, busy_tasks: int, idle: _Idle, config: PolicyConfig
+) -> tuple[int, list[tuple[float, int]], list[str]]:
+    """Scale out at once; scale in carefully. The new count, the steady needs still inside
+    the stabilization window, and notes for the reason."""
+    current, now = inputs.current, inputs.now
+    recent = inputs.memory.recent if inputs.memory is not None else []
     if now is not None:
         recent = [(t, n) for t, n in recent if now - t < config.stabilization_s]
     notes: list[str] = []
     if need >= current:
         new = need
-        if problems:
-            notes.append("inputs: " + ", ".join(problems))
-    elif holds:
+        if inputs.problems:
+            notes.append("inputs: " + ", ".join(inputs.problems))
+    elif inputs.holds:
         new = current
-        notes.append("scale-in held: " + ", ".join(holds))
+        notes.append("scale-in held: " + ", ".join(inputs.holds))
     else:
-        stable = need if quiet else max([need] + [n for _, n in recent])
+        stable = need if idle.quiet else max([need] + [n for _, n in recent])
         step = max(1, math.floor(current * config.scale_in_max_step_fraction))
         # Never below the tasks busy with in-flight work (a scale-in, not a scale-out, though:
         # scale-in protection keeps busy tasks running above the desired count anyway).
@@ -537,19 +576,30 @@ def decide(
                 f"scale-in limited (steady need over the last "
                 f"{config.stabilization_s:g} s {stable}, step {step}, busy {busy_tasks})"
             )
-
     new = min(max(new, config.min_tasks), config.max_tasks)
-    if work_present and new == 0:
+    if inputs.work_present and new == 0:
         new = 1  # never stop a service that has work, whatever min_tasks says
     if need > config.max_tasks:
         notes.append(f"capped at max_tasks {config.max_tasks}")
-    if quiet and warm_pays:
-        notes.append(f"quiet for {quiet_s:.0f} s")
-    elif quiet:
+    if idle.quiet and idle.warm_pays:
+        notes.append(f"quiet for {idle.quiet_s:.0f} s")
+    elif idle.quiet:
         notes.append(
             f"nothing to do and under one message expected in {config.idle_before_zero_s:g} s"
         )
+    return new, recent, notes
 
+
+def _reason(
+    inputs: _Inputs,
+    load: _Load,
+    config: PolicyConfig,
+    new: int,
+    need: int,
+    steady_tasks: int,
+    notes: list[str],
+) -> str:
+    current, c, run_time_s = inputs.current, config.concurrency, load.run_time_s
     if new > current:
         verb = f"scale out {current}->{new}"
     elif new < current:
@@ -557,32 +607,36 @@ def decide(
     else:
         verb = f"hold at {new}"
     reason = (
-        f"{verb}: {_show(waiting)} waiting + {_show(in_flight)} in flight, "
-        f"arrivals {measured_rate:.3g}/s, run time {run_time_s:.3g} s, "
+        f"{verb}: {_show(inputs.waiting)} waiting + {_show(inputs.in_flight)} in flight, "
+        f"arrivals {load.measured_rate:.3g}/s, run time {run_time_s:.3g} s, "
         f"service rate {c / run_time_s:.3g}/s/task ({c} slots), target wait "
         f"{config.target_wait_s:g} s; needs {_plural(steady_tasks, 'task')} for the arrival rate, "
         f"{need} with in-flight work and backlog"
     )
     if notes:
         reason += "; " + "; ".join(notes)
+    return reason
 
-    if now is not None:
-        recent = [*recent, (now, steady_tasks)]
-    new_state: dict[str, Any] = {
+
+def _state(
+    inputs: _Inputs, load: _Load, idle: _Idle, recent: list[tuple[float, int]], new: int
+) -> dict[str, Any]:
+    """What the next call continues from (JSON-serializable)."""
+    memory, now, in_flight = inputs.memory, inputs.now, inputs.in_flight
+    return {
         "version": STATE_VERSION,
         # Without a valid clock this state is unusable next time, which the next call says.
         "t": now if now is not None else 0.0,
-        "waiting": waiting_n,
+        "waiting": inputs.waiting_n,
         "in_flight": in_flight if in_flight is not None else (memory.in_flight if memory else 0),
-        "arrival_rate": measured_rate,
-        "arrivals": [[span, n] for span, n in arrivals[-MAX_RECENT_ENTRIES:]],
-        "busy_slot_s": busy_slot_s,
-        "completed": completed_w,
-        "active_t": active_t,
+        "arrival_rate": load.measured_rate,
+        "arrivals": [[span, n] for span, n in load.arrivals[-MAX_RECENT_ENTRIES:]],
+        "busy_slot_s": load.busy_slot_s,
+        "completed": load.completed_w,
+        "active_t": idle.active_t,
         "recent": [[t, n] for t, n in recent[-MAX_RECENT_ENTRIES:]],
         "desired": new,
     }
-    return Decision(desired=new, state=new_state, reason=reason)
 
 
 def _show(value: int | None) -> str:

@@ -17,8 +17,10 @@ from bench import autoscaler_run
 from celery_service.contract import PRIORITY_SEPARATOR as SEP
 from celery_service.contract import UNACKED_KEY, completed_key, dlq_index_key
 from lambdas.autoscaler import handler as scaler
-from lambdas.autoscaler.handler import BotoEcs, DryRunEcs, ServiceCounts, Settings, run_once
+from lambdas.autoscaler.ecs import BotoEcs, ServiceCounts
+from lambdas.autoscaler.handler import run_once
 from lambdas.autoscaler.observe import read_all
+from lambdas.autoscaler.settings import Settings
 from tests.conftest import (
     FakeLambdaContext,
     RedisServer,
@@ -26,6 +28,7 @@ from tests.conftest import (
     free_port,
     use_fake_aws_credentials,
 )
+from tools.autoscale_once import DryRunEcs
 
 CONFIG: dict[str, Any] = {
     "environment": "test",

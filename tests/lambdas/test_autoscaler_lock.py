@@ -24,12 +24,9 @@ from moto import mock_aws
 from celery_service import contract
 from config.model import AutoscalerConfig
 from lambdas.autoscaler import handler as scaler
-from lambdas.autoscaler.handler import (
-    DryRunEcs,
-    GroupResult,
-    ServiceCounts,
-    run_exclusive,
-)
+from lambdas.autoscaler import settings as autoscaler_settings
+from lambdas.autoscaler.ecs import ServiceCounts
+from lambdas.autoscaler.handler import GroupResult, run_exclusive
 from tests.conftest import (
     FakeLambdaContext,
     RedisServer,
@@ -39,6 +36,7 @@ from tests.conftest import (
 )
 from tests.lambdas.test_autoscaler_handler import CONFIG, emitted_metrics, settings_for
 from tests.synth import ROOT
+from tools.autoscale_once import DryRunEcs
 
 LOCK = contract.AUTOSCALER_LOCK_KEY
 SERVICES = {"celery-test-worker-general": 1, "celery-test-worker-batch": 0}
@@ -168,7 +166,7 @@ def test_the_lock_has_a_ttl_that_covers_the_run_and_ends_before_the_next(
     assert run_exclusive(settings, client, DryRunEcs(SERVICES), sleep=sleep) is not None
     assert len(held_ms) == 2
     # A run lasts its two 60 s sleeps plus its work; the next one is due 300 s after it.
-    assert settings.lock_ttl_s == 2 * 60 + scaler.RUN_WORK_S
+    assert settings.lock_ttl_s == 2 * 60 + autoscaler_settings.RUN_WORK_S
     assert all(
         (settings.lock_ttl_s - 5) * 1000 < ms <= settings.lock_ttl_s * 1000 for ms in held_ms
     )
@@ -180,7 +178,7 @@ def test_the_lock_has_a_ttl_that_covers_the_run_and_ends_before_the_next(
 # the lock: no `finally` runs, the lock stays behind until its TTL.
 KILLED_RUN = """
 import sys, threading
-from lambdas.autoscaler import handler
+from lambdas.autoscaler import handler, redis_access, settings as autoscaler_settings
 
 class Hung:
     def describe(self, services):
@@ -190,9 +188,9 @@ class Hung:
     def set_desired(self, service, count):
         raise AssertionError("never reached")
 
-handler.RUN_WORK_S = int(sys.argv[2])
-settings = handler.Settings.model_validate_json(sys.argv[1])
-handler.run_exclusive(settings, handler.redis_client_for(settings, None), Hung())
+autoscaler_settings.RUN_WORK_S = int(sys.argv[2])
+settings = autoscaler_settings.Settings.model_validate_json(sys.argv[1])
+handler.run_exclusive(settings, redis_access.redis_client_for(settings, None), Hung())
 """
 
 
@@ -201,10 +199,16 @@ def test_a_killed_run_leaves_a_lock_that_expires_by_itself_before_the_next_run(
 ) -> None:
     # Two seconds of work instead of 45, so the expiry is seen within the test (and a busy
     # machine still sees the lock before it expires).
-    monkeypatch.setattr(scaler, "RUN_WORK_S", 2)
+    monkeypatch.setattr(autoscaler_settings, "RUN_WORK_S", 2)
     settings = settings_for(backlog.port)
     process = subprocess.Popen(
-        [sys.executable, "-c", KILLED_RUN, settings.model_dump_json(), str(scaler.RUN_WORK_S)],
+        [
+            sys.executable,
+            "-c",
+            KILLED_RUN,
+            settings.model_dump_json(),
+            str(autoscaler_settings.RUN_WORK_S),
+        ],
         cwd=ROOT,
         env=os.environ,
         stdout=subprocess.PIPE,

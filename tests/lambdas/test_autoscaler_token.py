@@ -17,6 +17,7 @@ from moto import mock_aws
 
 from celery_service import contract
 from lambdas.autoscaler import handler as scaler
+from lambdas.autoscaler import redis_access
 from tests.conftest import (
     FakeLambdaContext,
     RedisServer,
@@ -126,7 +127,7 @@ def test_the_token_is_read_again_once_older_than_its_max_age(
     rotation: Rotation, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # One second instead of fifteen minutes; Powertools counts max ages in whole seconds.
-    monkeypatch.setattr(scaler, "TOKEN_MAX_AGE_S", 1)
+    monkeypatch.setattr(redis_access, "TOKEN_MAX_AGE_S", 1)
     assert acted(scaler.handler({}, FakeLambdaContext()))
     rotation.update_secret("B")
     time.sleep(1.1)

@@ -25,14 +25,11 @@ from moto import mock_aws
 
 from celery_service.contract import UNACKED_KEY, completed_key, queue_keys
 from lambdas.autoscaler import handler as scaler
-from lambdas.autoscaler.handler import (
-    BotoEcs,
-    GroupResult,
-    ServiceCounts,
-    Settings,
-    redis_client_for,
-    run_once,
-)
+from lambdas.autoscaler import redis_access
+from lambdas.autoscaler.ecs import BotoEcs, ServiceCounts
+from lambdas.autoscaler.handler import GroupResult, run_once
+from lambdas.autoscaler.redis_access import redis_client_for
+from lambdas.autoscaler.settings import Settings
 from tests.conftest import FakeLambdaContext, ecs_cluster_with, use_fake_aws_credentials
 from tests.proofs.conftest import RestartableRedis
 from tests.proofs.figures import EXHAUSTIVE, FIGURES
@@ -454,7 +451,7 @@ def test_a_hung_redis_is_reported_well_inside_the_lambda_timeout(
     proxy = FaultProxy(restartable_redis.port)
     proxy.set("blackhole")
     client = redis_client_for(settings_for(proxy.port), None)
-    timeout_s = scaler.REDIS_SOCKET_TIMEOUT_S
+    timeout_s = redis_access.REDIS_SOCKET_TIMEOUT_S
     if not EXHAUSTIVE:  # same client and retries, scaled-down timeout; the count is the point
         client.connection_pool.connection_kwargs["socket_timeout"] = FAST_TIMEOUT_S
     started = time.monotonic()
@@ -463,8 +460,8 @@ def test_a_hung_redis_is_reported_well_inside_the_lambda_timeout(
     took = time.monotonic() - started
     proxy.close()
     attempts = proxy.fired
-    worst_s = attempts * timeout_s + scaler.REDIS_RETRIES * 0.5  # plus the capped backoff
-    assert attempts == scaler.REDIS_RETRIES + 1
+    worst_s = attempts * timeout_s + redis_access.REDIS_RETRIES * 0.5  # plus the capped backoff
+    assert attempts == redis_access.REDIS_RETRIES + 1
     assert worst_s < 30, f"a hung Redis holds one pipeline for {worst_s:.0f} s"
     if EXHAUSTIVE:
         assert took < 30

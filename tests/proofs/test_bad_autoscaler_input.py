@@ -23,7 +23,8 @@ from celery_service.contract import (
     queue_keys,
 )
 from lambdas.autoscaler import handler as scaler
-from lambdas.autoscaler.handler import ServiceCounts, run_once
+from lambdas.autoscaler.ecs import ServiceCounts
+from lambdas.autoscaler.handler import run_once
 from tests.conftest import FakeLambdaContext, ecs_cluster_with, use_fake_aws_credentials
 from tests.proofs.conftest import RestartableRedis
 from tests.proofs.figures import FIGURES
