@@ -10,7 +10,7 @@ low-priority tasks (`10/m`) are queued, then a high-priority task is published 1
 worker is ready. Measured: publish to completion of the high-priority task.
 
 1. shared: both tasks in one queue of one group (what the config now warns about);
-2. split: the rate-limited task in its own queue and group, as the README lays it out.
+2. split: the rate-limited task in its own queue and group, as docs/configuration.md lays it out.
 
 Results go to bench/results/rate_limit_tiers.md.
 """

@@ -1,12 +1,17 @@
-"""The docs a newcomer follows: every link between them resolves, and every `make` target
-they name exists."""
+"""The docs a newcomer follows: every link between them resolves, every `make` target they
+name exists, the README maps every doc, and the configuration reference names every
+setting."""
 
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
+
+from config.model import EnvironmentConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -43,10 +48,50 @@ def test_the_operations_doc_is_linked_from_the_readme() -> None:
         assert f"]({doc}" in readme, doc
 
 
+def test_the_readme_maps_every_doc() -> None:
+    readme = (ROOT / "README.md").read_text()
+    docs = sorted((ROOT / "docs").glob("*.md"))
+    assert docs
+    assert [d.name for d in docs if f"](docs/{d.name})" not in readme] == []
+
+
+def settings(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every leaf setting of a config model, as a dotted path (`<name>` for a table's keys)."""
+    found = []
+    for name, field in model.model_fields.items():
+        inner = [
+            t
+            for t in (field.annotation, *typing.get_args(field.annotation))
+            for t in (t, *typing.get_args(t))
+            if isinstance(t, type) and issubclass(t, BaseModel)
+        ]
+        if inner:
+            keyed = "dict[" in str(field.annotation)
+            for sub in dict.fromkeys(inner):
+                found += settings(sub, f"{prefix}{name}.{'<name>.' if keyed else ''}")
+        else:
+            found.append(f"{prefix}{name}")
+    return found
+
+
+def test_the_configuration_reference_names_every_setting() -> None:
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    # The words of its code spans (`redis.port`, `{ ssm = "/parameter/name" }`), not of its
+    # code blocks (examples).
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", reference, flags=re.DOTALL))
+    named = {word for span in spans for word in re.findall(r"\w+", span)}
+    every = settings(EnvironmentConfig)
+    assert "worker_groups.<name>.target_wait_s" in every
+    # `name` is the environment file's name, not a setting.
+    missing = [p for p in every if p != "name" and p.rsplit(".", 1)[-1] not in named]
+    assert not missing, f"settings the reference does not name: {missing}"
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_make_targets_named_in_docs_exist(doc: Path) -> None:
     makefile = (ROOT / "Makefile").read_text()
     targets = set(re.findall(r"^([a-z][\w-]*):", makefile, re.MULTILINE))
     named = set(re.findall(r"`make (?:-s )?([a-z][\w-]*)", doc.read_text()))
-    assert named, "a doc a newcomer follows names its commands"
+    if doc.name in ("README.md", "operations.md"):
+        assert named, "a doc a newcomer follows names its commands"
     assert named <= targets, sorted(named - targets)

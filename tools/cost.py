@@ -107,7 +107,7 @@ ASSUMED_LOG_GB_PER_GROUP = 1.0  # GB ingested per log group per month
 # Flower's load balancer serves a few people's page views; one LCU is 25 new connections/s
 # or 1 GB of traffic an hour.
 ASSUMED_ALB_LCU = 0.1
-# One autoscaler run with one decision lasts about a second (README, Autoscaler).
+# One autoscaler run with one decision lasts about a second (docs/autoscaler.md).
 ASSUMED_DECISION_RUN_S = 1.0
 FARGATE_FREE_STORAGE_GB = 20
 SSM_STANDARD_MAX_CHARS = 4096  # a longer value needs the advanced tier
