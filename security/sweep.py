@@ -43,7 +43,7 @@ from stacks.platform import build_platform
 ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENTS = ("dev", "staging", "prod")
 REPORT = Path(__file__).resolve().parent / "report.md"
-# The same cfn-lint exceptions as tests/test_checks.py, for the same reasons.
+# The same cfn-lint exceptions as tests/stacks/test_checks.py, for the same reasons.
 # Any connection checkov tries goes here and fails at once: the scan must stay offline.
 NO_NETWORK = "http://127.0.0.1:9"
 

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,3 +88,8 @@ def synthesize(
         attach_checks(app)
     assembly = app.synth()
     return Synth(config=config, app=app, platform=platform, assembly=assembly, outdir=outdir)
+
+
+def resources(template: Mapping[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    """A template's resources of one type, by logical ID."""
+    return {key: r for key, r in template["Resources"].items() if r["Type"] == kind}

@@ -13,14 +13,13 @@ import pytest
 
 from config import CONFIG_DIR, ConfigError, load_environment, parse_environment
 from security.iam_wildcards import grants_in_template
-from tests.synth import Synth, run_app, synthesize
-from tests.test_services_stack import (
+from tests.stacks.test_services_stack import (
     app_container,
     env_of,
-    resources,
     services_by_command,
     task_definition_of,
 )
+from tests.synth import Synth, resources, run_app, synthesize
 
 DIGEST = "sha256:" + "ab12" * 16
 TEAM_DOCKERFILE = """ARG CELERY_PLATFORM_IMAGE

@@ -1,6 +1,6 @@
 """The autoscaler's pure decision: hard rules, stabilization, state handling, properties.
 (Its benchmark against the anchors is bench/autoscaler_sim.py; the simulator's own tests are
-tests/test_autoscaler_sim.py.)
+tests/bench/test_autoscaler_sim.py.)
 
 The policy's contract (names and fields) is what the handler and outside benchmarks use, so
 these tests build observations exactly as the handler does: by keyword.

@@ -183,7 +183,7 @@ def test_synth_reports_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
         'region = "eu-west-1"\n[worker_groups.general]\nconcurrency = -4\n',
     ]
     if not EXHAUSTIVE:
-        cases = cases[:1]  # tests/test_config.py covers another; each run costs seconds
+        cases = cases[:1]  # tests/config/test_config.py covers another; each run costs seconds
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     (config_dir / "catalog.toml").write_bytes((CONFIG_DIR / "catalog.toml").read_bytes())

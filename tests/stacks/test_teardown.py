@@ -13,8 +13,8 @@ from aws_cdk import aws_ec2 as ec2
 
 from config import load_environment
 from stacks.platform import Platform
+from tests.stacks.test_data_stack import broker_groups, own_ingress
 from tests.synth import Synth, synthesize
-from tests.test_data_stack import broker_groups, own_ingress
 
 KEPT = {"Retain", "RetainExceptOnCreate"}
 

@@ -12,13 +12,9 @@ import pytest
 
 from config import CONFIG_DIR, load_environment, parse_environment
 from stacks.parts.celery_fargate_service import APP_CONTAINER
-from tests.synth import Synth, synthesize
-from tests.test_config import merged
-from tests.test_data_stack import joins_the_clients_group, own_ingress
-
-
-def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+from tests.config.test_config import merged
+from tests.stacks.test_data_stack import joins_the_clients_group, own_ingress
+from tests.synth import Synth, resources, synthesize
 
 
 def services_template(synth: Synth) -> dict[str, Any]:

@@ -9,12 +9,8 @@ from typing import Any
 
 from config import CONFIG_DIR, EnvironmentConfig, parse_environment
 from stacks.network_stack import INTERFACE_ENDPOINTS, interface_endpoints
-from tests.synth import Synth, synthesize
-from tests.test_config import merged
-
-
-def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    return [r for r in template["Resources"].values() if r["Type"] == kind]
+from tests.config.test_config import merged
+from tests.synth import Synth, resources, synthesize
 
 
 def network(synth: Synth) -> dict[str, Any]:
@@ -30,7 +26,7 @@ def variant(name: str, tmp_path: Path, context: dict[str, Any] | None = None, **
 
 def test_subnets_span_the_configured_azs(env_synth: Synth) -> None:
     net = env_synth.config.network
-    subnets = resources(network(env_synth), "AWS::EC2::Subnet")
+    subnets = list(resources(network(env_synth), "AWS::EC2::Subnet").values())
     public = [s for s in subnets if s["Properties"]["MapPublicIpOnLaunch"]]
     private = [s for s in subnets if not s["Properties"]["MapPublicIpOnLaunch"]]
     assert len(public) == len(private) == net.az_count
@@ -41,13 +37,13 @@ def test_subnets_span_the_configured_azs(env_synth: Synth) -> None:
 
 
 def test_nat_gateways_per_environment(env_synth: Synth) -> None:
-    nats = resources(network(env_synth), "AWS::EC2::NatGateway")
+    nats = list(resources(network(env_synth), "AWS::EC2::NatGateway").values())
     assert len(nats) == env_synth.config.network.nat_gateways
 
 
 def test_flow_logs_capture_all_traffic_with_retention(env_synth: Synth) -> None:
     template = network(env_synth)
-    (flow_log,) = resources(template, "AWS::EC2::FlowLog")
+    (flow_log,) = resources(template, "AWS::EC2::FlowLog").values()
     assert flow_log["Properties"]["TrafficType"] == "ALL"
     assert flow_log["Properties"]["LogDestinationType"] == "cloud-watch-logs"
     group_ref = flow_log["Properties"]["LogGroupName"]["Ref"]
@@ -59,7 +55,7 @@ def test_flow_logs_capture_all_traffic_with_retention(env_synth: Synth) -> None:
 
 def test_interface_endpoints_only_where_configured(env_synth: Synth) -> None:
     template = network(env_synth)
-    endpoints = resources(template, "AWS::EC2::VPCEndpoint")
+    endpoints = list(resources(template, "AWS::EC2::VPCEndpoint").values())
     interface = [e for e in endpoints if e["Properties"].get("VpcEndpointType") == "Interface"]
     gateway = [
         e for e in endpoints if e["Properties"].get("VpcEndpointType", "Gateway") == "Gateway"
@@ -92,7 +88,7 @@ def test_endpoint_security_group_admits_only_https_from_the_vpc(synth_env: Any) 
     synth = synth_env("prod")
     groups = [
         g
-        for g in resources(network(synth), "AWS::EC2::SecurityGroup")
+        for g in resources(network(synth), "AWS::EC2::SecurityGroup").values()
         if "endpoints" in g["Properties"]["GroupDescription"]
     ]
     assert len(groups) == 1
@@ -110,8 +106,8 @@ def test_endpoint_security_group_admits_only_https_from_the_vpc(synth_env: Any) 
 def test_no_nat_means_isolated_subnets_reached_through_endpoints(tmp_path: Path) -> None:
     synth = variant("qa", tmp_path, network={"nat_gateways": 0, "interface_endpoints": True})
     template = network(synth)
-    assert resources(template, "AWS::EC2::NatGateway") == []
-    routes = resources(template, "AWS::EC2::Route")
+    assert not resources(template, "AWS::EC2::NatGateway")
+    routes = list(resources(template, "AWS::EC2::Route").values())
     # Only the public subnets route to the internet gateway; private ones have no default route.
     assert all("GatewayId" in r["Properties"] for r in routes)
     assert len(resources(template, "AWS::EC2::VPCEndpoint")) == len(INTERFACE_ENDPOINTS) + 1
@@ -155,19 +151,19 @@ def test_existing_vpc_is_imported_not_created(tmp_path: Path) -> None:
         network={"vpc_id": "vpc-0123456789abcdef0", "interface_endpoints": True},
     )
     template = network(synth)
-    assert resources(template, "AWS::EC2::VPC") == []
-    assert resources(template, "AWS::EC2::FlowLog") == []
-    endpoints = resources(template, "AWS::EC2::VPCEndpoint")
+    assert not resources(template, "AWS::EC2::VPC")
+    assert not resources(template, "AWS::EC2::FlowLog")
+    endpoints = list(resources(template, "AWS::EC2::VPCEndpoint").values())
     assert {e["Properties"]["VpcId"] for e in endpoints} == {"vpc-0123456789abcdef0"}
     # The endpoints admit the imported VPC's own CIDR, as found by the lookup.
     ingress = [
         rule
-        for group in resources(template, "AWS::EC2::SecurityGroup")
+        for group in resources(template, "AWS::EC2::SecurityGroup").values()
         for rule in group["Properties"].get("SecurityGroupIngress", [])
     ]
     assert [r["CidrIp"] for r in ingress] == ["10.99.0.0/16"]
     broker = synth.template_json(synth.platform.data)
-    (subnet_group,) = resources(broker, "AWS::ElastiCache::SubnetGroup")
+    (subnet_group,) = resources(broker, "AWS::ElastiCache::SubnetGroup").values()
     assert subnet_group["Properties"]["SubnetIds"] == [
         "subnet-00000000000000001",
         "subnet-00000000000000002",

@@ -24,10 +24,10 @@ import redis
 
 from celery_service import contract
 from config import load_environment
+from tests.synth import ROOT
 from tests.worker.harness import wait_for
 from tools import run_local
 
-ROOT = Path(__file__).resolve().parent.parent
 BANNER_END = "Stop with Ctrl-C."
 
 

@@ -14,8 +14,8 @@ from moto import mock_aws
 
 from config import load_environment, parse_environment
 from stacks.parts.app_image import BASE_IMAGE_TAG, runtime_fingerprint
+from tests.config.test_config import merged
 from tests.conftest import use_fake_aws_credentials
-from tests.test_config import merged
 from tools import preflight
 
 # What `docker buildx inspect` prints on an x86 host, without and with QEMU registered.

@@ -10,12 +10,8 @@ from typing import Any
 from config import load_environment
 from stacks.parts.app_image import IMAGE_DIR
 from stacks.parts.autoscaler import CODE_DIR
-from tests.synth import Synth, synthesize
-from tests.test_data_stack import joins_the_clients_group
-
-
-def resources(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    return [r for r in template["Resources"].values() if r["Type"] == kind]
+from tests.stacks.test_data_stack import joins_the_clients_group
+from tests.synth import Synth, resources, synthesize
 
 
 def with_tokens_as_text(value: Any) -> str:
@@ -32,7 +28,7 @@ def autoscaler(synth: Synth) -> dict[str, Any]:
 
 def test_function_runs_in_the_vpc_within_its_interval(env_synth: Synth) -> None:
     template = autoscaler(env_synth)
-    (function,) = resources(template, "AWS::Lambda::Function")
+    (function,) = resources(template, "AWS::Lambda::Function").values()
     props = function["Properties"]
     assert props["PackageType"] == "Image"
     assert props["Timeout"] < env_synth.config.autoscaler.schedule_minutes * 60
@@ -42,7 +38,7 @@ def test_function_runs_in_the_vpc_within_its_interval(env_synth: Synth) -> None:
     for name, target in config["targets"].items():
         assert target["queues"] == env_synth.config.worker_groups[name].queues
     assert "REDIS_AUTH_TOKEN" not in props["Environment"]["Variables"]
-    (rule,) = resources(template, "AWS::Events::Rule")
+    (rule,) = resources(template, "AWS::Events::Rule").values()
     minutes = env_synth.config.autoscaler.schedule_minutes
     assert rule["Properties"]["ScheduleExpression"] == f"rate({minutes} minutes)"
 
@@ -51,7 +47,7 @@ def test_no_reserved_concurrency_so_new_accounts_can_create_it(env_synth: Synth)
     """Reserving any concurrency fails in accounts whose quota is the default 10 (unreserved
     may not drop below 10); the Redis run lock keeps runs apart instead."""
     template = autoscaler(env_synth)
-    functions = resources(template, "AWS::Lambda::Function")
+    functions = list(resources(template, "AWS::Lambda::Function").values())
     assert functions
     assert [f for f in functions if "ReservedConcurrentExecutions" in f["Properties"]] == []
 
@@ -60,7 +56,7 @@ def test_it_may_only_touch_worker_services_and_read_the_redis_secret(env_synth: 
     template = autoscaler(env_synth)
     statements = [
         s
-        for p in resources(template, "AWS::IAM::Policy")
+        for p in resources(template, "AWS::IAM::Policy").values()
         for s in p["Properties"]["PolicyDocument"]["Statement"]
     ]
     ecs = [s for s in statements if "ecs:UpdateService" in json.dumps(s["Action"])]
@@ -82,7 +78,7 @@ def test_it_may_only_touch_worker_services_and_read_the_redis_secret(env_synth: 
 
 def test_the_autoscaler_joins_the_broker_clients_group(env_synth: Synth) -> None:
     template = autoscaler(env_synth)
-    (function,) = resources(template, "AWS::Lambda::Function")
+    (function,) = resources(template, "AWS::Lambda::Function").values()
     assert joins_the_clients_group(function["Properties"]["VpcConfig"]["SecurityGroupIds"])
     assert not resources(template, "AWS::EC2::SecurityGroupIngress")
 
@@ -92,7 +88,7 @@ def test_alarms_on_errors_and_on_missed_runs(env_synth: Synth) -> None:
     template = env_synth.template_json(env_synth.platform.monitoring)
     alarms = {
         a["Properties"]["AlarmDescription"]: a["Properties"]
-        for a in resources(template, "AWS::CloudWatch::Alarm")
+        for a in resources(template, "AWS::CloudWatch::Alarm").values()
     }
     missed = alarms[
         "The Celery autoscaler has not run for three intervals: worker counts are frozen"

@@ -18,11 +18,7 @@ from config import load_environment
 from stacks.parts.redis_broker import MAXMEMORY_POLICY
 from stacks.platform import Platform
 from tests.conftest import RedisServer
-from tests.synth import Synth, synthesize
-
-
-def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+from tests.synth import Synth, resources, synthesize
 
 
 def only(template: dict[str, Any], kind: str) -> tuple[str, dict[str, Any]]:

@@ -8,24 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_cdk import App, Stack
-from aws_cdk import aws_ec2 as ec2
 
 from celery_service import contract as m
 from config import EnvironmentConfig, load_environment
-from config.model import RedisConfig
-from stacks.parts.redis_broker import RedisBroker
-from tests.synth import Synth, synthesize
+from tests.synth import Synth, resources, synthesize
 
 TOKEN = "TOKEN"
 
 
 def monitoring(synth: Synth) -> dict[str, Any]:
     return synth.template_json(synth.platform.monitoring)
-
-
-def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
-    return {k: r for k, r in template["Resources"].items() if r["Type"] == kind}
 
 
 def alarms(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -199,23 +191,6 @@ def test_thresholds_and_missing_data_follow_the_config(env_synth: Synth) -> None
         assert alarm["Threshold"] == settings.flower_5xx_per_5_minutes
         assert alarm["TreatMissingData"] == "notBreaching"
         assert "LoadBalancer" in json.dumps(alarm["Dimensions"])
-
-
-def test_redis_node_ids_follow_elasticache_naming() -> None:
-    stack = Stack(App(), "Bare")
-    vpc = ec2.Vpc(stack, "Vpc", max_azs=2, nat_gateways=0)
-    subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
-    broker = RedisBroker(
-        stack, "Broker", vpc=vpc, subnets=subnets, config=RedisConfig(replicas=2, multi_az=True)
-    )
-
-    def ids(dimensions: list[dict[str, str]]) -> list[str]:
-        return [
-            joined(stack.resolve(d["CacheClusterId"])).replace(TOKEN, "grp") for d in dimensions
-        ]
-
-    assert ids(broker.node_dimensions()) == ["grp-001", "grp-002", "grp-003"]
-    assert ids(broker.node_dimensions(replicas_only=True)) == ["grp-002", "grp-003"]
 
 
 def test_an_alarm_email_and_a_slack_channel_receive_the_topic(tmp_path: Path) -> None:

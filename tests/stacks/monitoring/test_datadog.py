@@ -21,10 +21,10 @@ from moto import mock_aws
 from celery_service import contract as m
 from config import ConfigError, EnvironmentConfig, load_environment, parse_environment
 from stacks.monitoring import datadog as dd
-from tests.synth import Synth, synthesize
+from tests.synth import ROOT, Synth, resources, synthesize
 from tools import datadog_push
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "stacks" / "registry_schemas"
+SCHEMAS = ROOT / "stacks" / "registry_schemas"
 
 
 def with_datadog(name: str = "staging", **datadog: Any) -> EnvironmentConfig:
@@ -39,19 +39,15 @@ def registry_synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     return synthesize(config, tmp_path_factory.mktemp("datadog"))
 
 
-def resources_of(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    return [r for r in template["Resources"].values() if r["Type"] == kind]
-
-
 def test_registry_resources_only_when_an_environment_asks(
     registry_synth: Synth, synth_env: Any
 ) -> None:
     template = registry_synth.template_json(registry_synth.platform.monitoring)
     config = registry_synth.config
-    monitors = resources_of(template, "Datadog::Monitors::Monitor")
+    monitors = list(resources(template, "Datadog::Monitors::Monitor").values())
     expected = len(config.queues) + 2 * len(config.worker_groups) + 3 + 2 + 1 + 2
     assert len(monitors) == expected
-    assert len(resources_of(template, "Datadog::Dashboards::Dashboard")) == 1
+    assert len(resources(template, "Datadog::Dashboards::Dashboard")) == 1
     for shipped in ("dev", "staging", "prod"):
         synth: Synth = synth_env(shipped)
         plain = synth.template_json(synth.platform.monitoring)
@@ -63,7 +59,7 @@ def test_registry_properties_follow_the_published_schemas(registry_synth: Synth)
     checked = 0
     for path in sorted(SCHEMAS.glob("*.json")):
         schema = json.loads(path.read_text())
-        for resource in resources_of(template, schema["typeName"]):
+        for resource in resources(template, schema["typeName"]).values():
             jsonschema.validate(resource["Properties"], schema)
             checked += 1
         # The schema is strict: a misspelt property is refused (so the check can fail).
@@ -123,7 +119,7 @@ def test_the_errors_monitor_sees_a_crash_as_the_alarm_does(synth_env: Any) -> No
     tagged = [
         stack.stack_name
         for stack in synth.assembly.stacks
-        for function in resources_of(stack.template, "AWS::Lambda::Function")
+        for function in resources(stack.template, "AWS::Lambda::Function").values()
         if tag in function["Properties"].get("Tags", [])
     ]
     # Only the autoscaler's function, of all the environment's (custom resources have more).
@@ -174,7 +170,7 @@ def test_task_metrics_go_to_cloudwatch_only_without_datadog(
     def emf_flags(synth: Synth) -> list[str | None]:
         template = synth.template_json(synth.platform.services)
         flags = []
-        for task in resources_of(template, "AWS::ECS::TaskDefinition"):
+        for task in resources(template, "AWS::ECS::TaskDefinition").values():
             for container in task["Properties"]["ContainerDefinitions"]:
                 if container["Name"] == "celery":
                     env = {e["Name"]: e["Value"] for e in container.get("Environment", [])}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.alarm_eval import Alarm, Gaps, State, UnsupportedError, parse
+from tests.stacks.monitoring.alarm_eval import Alarm, Gaps, State, UnsupportedError, parse
 
 # The user guide's notation: 0 within the threshold, X breaching, - no datapoint.
 POINTS = {"0": 0.0, "X": 1.0, "-": None}

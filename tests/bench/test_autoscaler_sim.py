@@ -12,6 +12,7 @@ from bench.autoscaler_sim import OURS, POLICIES, RunResult, Service, goals, main
 from bench.workloads import DAY_S, SHAPES, Job, generate, read_csv, write_csv
 from config import load_environment
 from lambdas.autoscaler.policy import Observation
+from tests.synth import ROOT
 
 # Fixed start-up so that times are exact.
 FARGATE = Service(concurrency=1, min_tasks=0, max_tasks=2, target_wait_s=60, startup_s=(50, 50))
@@ -226,7 +227,7 @@ def test_simulate_takes_a_named_group_of_another_app_and_flags_override_it(
 ) -> None:
     jobs = tmp_path / "jobs.csv"
     write_csv([Job(i * 3.0, 20.0) for i in range(100)], jobs)
-    config_dir = Path(__file__).parent.parent / "examples" / "pipeline" / "config"
+    config_dir = ROOT / "examples" / "pipeline" / "config"
     group = load_environment("dev", config_dir).worker_groups["crunchers"]
     args = ["simulate", "--csv", str(jobs), "--plot", str(tmp_path / "p.png")]
     assert main([*args, "--config-dir", str(config_dir), "--group", "crunchers"]) == 0

@@ -20,7 +20,7 @@ from celery_service import contract as m
 from config import load_environment
 from stacks.monitoring import datadog as dd
 from stacks.monitoring.model import MissingData
-from tests.alarm_eval import Alarm, Gaps, State, alarms_in
+from tests.stacks.monitoring.alarm_eval import Alarm, Gaps, State, alarms_in
 from tests.synth import ENVIRONMENTS, Synth
 
 Outcome = Literal["OK", "ALARM", "INSUFFICIENT_DATA", "KEEP"]  # KEEP: the state before stays

@@ -16,8 +16,8 @@ from constructs import Construct
 from celery_service.contract import PRODUCER_PARAMETERS, producer_parameter
 from config import CONFIG_DIR, ConfigError, load_environment, parse_environment
 from stacks.platform import Platform
+from tests.stacks.test_data_stack import broker_groups, joins_the_clients_group, own_ingress
 from tests.synth import Synth, synthesize
-from tests.test_data_stack import broker_groups, joins_the_clients_group, own_ingress
 
 
 def of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,51 @@
+"""The autoscaler built alone in a bare stack: one run at a time without reserved
+concurrency, on its schedule, allowed to scale only the services it is given."""
+
+from __future__ import annotations
+
+import json
+
+from aws_cdk import App, Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk.assertions import Template
+
+from config.model import AutoscalerConfig, RedisConfig
+from stacks.parts.autoscaler import Autoscaler
+from stacks.parts.redis_broker import RedisBroker
+from tests.synth import resources
+
+
+def test_the_autoscaler_alone() -> None:
+    stack = Stack(App(), "Bare")
+    vpc = ec2.Vpc(stack, "Vpc", max_azs=2, nat_gateways=0)
+    subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+    broker = RedisBroker(stack, "Broker", vpc=vpc, subnets=subnets, config=RedisConfig())
+    Autoscaler(
+        stack,
+        "Autoscaler",
+        config=AutoscalerConfig(schedule_minutes=2),
+        settings={"targets": {}},
+        cluster_name="bare-cluster",
+        worker_services={"io": "bare-worker-io"},
+        vpc=vpc,
+        subnets=subnets,
+        broker=broker,
+        architecture="arm64",
+        log_retention_days=7,
+    )
+    template = Template.from_stack(stack).to_json()
+    (function,) = resources(template, "AWS::Lambda::Function").values()
+    # Reserved concurrency fails in accounts with the default quota: a Redis lock serializes.
+    assert "ReservedConcurrentExecutions" not in function["Properties"]
+    assert function["Properties"]["Architectures"] == ["arm64"]
+    (rule,) = resources(template, "AWS::Events::Rule").values()
+    assert rule["Properties"]["ScheduleExpression"] == "rate(2 minutes)"
+    assert rule["Properties"]["Targets"][0]["RetryPolicy"]["MaximumRetryAttempts"] == 0
+    statements = [
+        statement
+        for policy in resources(template, "AWS::IAM::Policy").values()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    (update,) = [s for s in statements if "ecs:UpdateService" in json.dumps(s["Action"])]
+    assert "bare-cluster/bare-worker-io" in json.dumps(update["Resource"])
+    assert "*" not in json.dumps(update["Resource"])
