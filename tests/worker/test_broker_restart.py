@@ -45,7 +45,7 @@ def test_tasks_running_when_redis_restarts_complete(
     """Regression: with worker_cancel_long_running_tasks_on_connection_loss a worker cancelled
     its running tasks at the connection loss; writing their RETRY state to the result backend
     (the same Redis, down) failed, so Celery marked them REVOKED and acknowledged their
-    messages: the tasks were gone (2 of 10,000 in the chaos soak, bench/chaos.py)."""
+    messages: the tasks were gone (2 of 10,000 in the chaos soak, bench/chaos/)."""
     workdir = tmp_path / "redis"
     workdir.mkdir()
     server = redis_server(appendonly="yes", appendfsync="always", dir=str(workdir))

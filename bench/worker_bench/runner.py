@@ -1,33 +1,12 @@
-"""Worker throughput and start latency: the shipped settings next to Celery's defaults.
-
-`make bench-worker` runs this. Everything stays on this machine: it starts a throw-away
-redis-server on a free 127.0.0.1 port (always stopped at the end) and, per variant, one
-worker with a prefork pool of 2 processes consuming one queue, then
-
-1. drain: fills the queue with --tasks no-op tasks, starts the worker and times it from
-   "ready" (the worker_ready signal, sent just before its event loop starts consuming) to the
-   last completion; also the CPU its main process, its pool processes and Redis used per task.
-   The queue is filled with copies of one message published through the variant's app (each
-   with a fresh task id and delivery tag), pipelined: publishing 20,000 through `apply_async`
-   would take 10-20 s here, and the publisher is not what is measured;
-2. latency: publishes through `apply_async` at a steady --rate for --seconds to the now idle
-   worker; start latency is the task body's wall clock minus a header stamped in
-   before_task_publish (as the platform's `published_at`, for both apps). The time from the
-   caller's `apply_async` is reported too.
-
-Completions are counted from the worker side over a Unix datagram socket (see bench_tasks):
-no Redis command, no result backend read, so counting does not load what is measured. Other
-load on the machine is measured as well (CPU used by processes other than the benchmark's,
-from /proc/stat): the numbers are only meaningful on an otherwise idle machine.
-Results go to bench/results/worker_bench.{json,md}; the table is printed too.
-"""
+"""The worker benchmark's runner: a throw-away redis-server, one worker per variant, the
+queue filled and drained, tasks published at a steady rate, CPU measured from /proc, and
+optional cProfile files."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -41,147 +20,26 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
-from statistics import median
-from typing import Any, Literal
+from typing import Any
 
 import redis
 from celery import Celery
 
 from bench import bench_tasks
+from bench.worker_bench.report import RESULTS_DIR, floor_lines
+from bench.worker_bench.variants import BENCH_GROUP, CONCURRENCY, VARIANTS, Variant
 from celery_service.__main__ import worker_args
 from celery_service.factory import create_app
 from celery_service.settings import Settings, variables_for
-from config import load_environment
 from tools.local_redis import (
     RedisServerMissingError,
     redis_server_binary,
     start_server,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH_DIR = ROOT / "bench"
-RESULTS_DIR = BENCH_DIR / "results"
-# The project's config package and the worker's package, as the worker image sees them.
-
-
-CONCURRENCY = 2  # pool processes: one per core of the 2-core reference machine
-BENCH_GROUP = "bench"  # worker group added to the catalog: queue `default`, prefork, 2
+ROOT = Path(__file__).resolve().parents[2]  # this file is bench/worker_bench/runner.py
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# ---------------------------------------------------------------- variants
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    title: str
-    app: Literal["shipped", "defaults"]
-    # Celery settings applied on top of the app's (worker and publisher alike).
-    conf: dict[str, Any] = field(default_factory=dict)
-    tweaks: tuple[str, ...] = ()  # see bench_app
-    # The shipped variant runs the image's own entry point, `python -m celery_service worker`.
-    image_entry: bool = False
-
-
-# What an earlier version of the shipped configuration did and the current one does not
-# (see bench/README.md): task events, the STARTED state write, Celery's per-task INFO lines
-# and a wake-up of the monitor thread per message. `untuned` puts all of them back.
-EVENTS_ON: dict[str, Any] = {"worker_send_task_events": True, "task_send_sent_event": True}
-UNTUNED_CONF: dict[str, Any] = {**EVENTS_ON, "task_track_started": True}
-UNTUNED_TWEAKS = ("loud_task_logs", "wake_every_message")
-
-
-# Further changes measured here that keep late acks and no prefetch (see bench/README.md):
-# results stored only for tasks that opt in, and dead connections found by TCP keepalive
-# rather than by a timeout on every socket call.
-NO_SOCKET_TIMEOUTS: dict[str, Any] = {
-    "broker_transport_options": {"socket_timeout": None},
-    "redis_socket_timeout": None,
-}
-PROPOSAL_CONF: dict[str, Any] = {"task_ignore_result": True, **NO_SOCKET_TIMEOUTS}
-
-
-def _variants(*items: Variant) -> dict[str, Variant]:
-    return {v.name: v for v in items}
-
-
-def _shipped(name: str, title: str, conf: dict[str, Any] | None = None, *tweaks: str) -> Variant:
-    return Variant(name, title, "shipped", conf or {}, tweaks)
-
-
-VARIANTS = _variants(
-    Variant("defaults", "Celery defaults", "defaults"),
-    Variant("shipped", "shipped configuration", "shipped", image_entry=True),
-    _shipped(
-        "untuned",
-        "shipped, untuned (events, STARTED, INFO lines, wake-ups)",
-        UNTUNED_CONF,
-        *UNTUNED_TWEAKS,
-    ),
-    _shipped("results_off", "shipped + task_ignore_result", {"task_ignore_result": True}),
-    # The catalog's [celery] settings turned on (the trade-off of their defaults, off).
-    _shipped("task_events", "shipped + catalog task_events", {"worker_send_task_events": True}),
-    _shipped(
-        "events_and_started",
-        "shipped + catalog task_events and track_started",
-        {"worker_send_task_events": True, "task_track_started": True},
-    ),
-    _shipped("proposal", "shipped + results off + no socket timeouts", PROPOSAL_CONF),
-    # Celery's defaults with one thing the platform does for every task: results stored
-    # (callers poll them, chords need them); late acks with no prefetch (nothing lost with
-    # a worker, nothing hoarded by a busy one).
-    Variant("defaults_results", "defaults + results stored", "defaults", {}, ("store_results",)),
-    Variant(
-        "defaults_late_ack",
-        "defaults + acks_late + prefetch x1",
-        "defaults",
-        {"task_acks_late": True, "worker_prefetch_multiplier": 1},
-    ),
-    # Diagnostics: one change each, to show where the time goes.
-    _shipped("control", "shipped via bench_app (control)"),
-    _shipped("events_on", "shipped + task events", EVENTS_ON),
-    _shipped("track_started", "shipped + task_track_started", {"task_track_started": True}),
-    _shipped("loud_task_logs", "shipped + per-task INFO lines", None, "loud_task_logs"),
-    _shipped(
-        "wake_every_message", "shipped + monitor wake per message", None, "wake_every_message"
-    ),
-    _shipped("not_extended", "shipped, result_extended off", {"result_extended": False}),
-    _shipped("no_signals", "shipped, no prerun/postrun handlers", None, "no_platform_signals"),
-    _shipped(
-        "no_time_limits",
-        "shipped, no time limits",
-        {"task_time_limit": None, "task_soft_time_limit": None},
-    ),
-    _shipped(
-        "disable_prefetch", "shipped + worker_disable_prefetch", {"worker_disable_prefetch": True}
-    ),
-    _shipped("prefetch4", "shipped, prefetch x4 (hoards)", {"worker_prefetch_multiplier": 4}),
-    _shipped(
-        "early_ack",
-        "shipped, early acks + prefetch x4 (as defaults)",
-        {"task_acks_late": False, "worker_prefetch_multiplier": 4},
-    ),
-    _shipped("no_socket_timeouts", "shipped, no socket timeouts", NO_SOCKET_TIMEOUTS),
-    _shipped(
-        "short_time_limits",
-        "shipped, limits due in the run (timers popped)",
-        {"task_soft_time_limit": 4, "task_time_limit": 8},
-    ),
-    _shipped("statsd", "shipped, metrics sent (DogStatsD sink)", None, "statsd"),
-)
-DEFAULT_VARIANTS = [
-    "defaults",
-    "defaults_results",
-    "defaults_late_ack",
-    "shipped",
-    "task_events",
-    "track_started",
-    "events_and_started",
-]
 
 
 # ---------------------------------------------------------------- processes and /proc
@@ -609,104 +467,7 @@ def stop(worker: subprocess.Popen[bytes]) -> None:
         os.killpg(worker.pid, signal.SIGKILL)
 
 
-# ---------------------------------------------------------------- report
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    redis_version = subprocess.run(
-        ["redis-server", "--version"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "celery": version("celery"),
-        "kombu": version("kombu"),
-        "billiard": version("billiard"),
-        "redis_py": version("redis"),
-        "redis_server": redis_version,
-        "load_avg_at_start": list(os.getloadavg()),
-    }
-
-
-def disturbance(run: dict[str, Any]) -> float:
-    """The larger share of the CPUs other processes used during the drain or latency run."""
-    return float(max(run["drain"]["other_cpu_share"], run["latency"]["other_cpu_share"]))
-
-
-def summarize(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, Any]:
-    """One variant's runs: best of N (a shared or virtual machine only ever makes numbers
-    worse, so the best run is the closest to an idle one), medians, and drain throughput
-    relative to `reference` (Celery's defaults) run in the same rounds."""
-    ok = [r for r in runs if "error" not in r]
-    if not ok:
-        return {"variant": runs[0]["variant"], "runs": 0, "errors": len(runs)}
-    cpu = [r["drain"]["cpu_ms_per_task"] for r in ok]
-    latency = min(ok, key=lambda r: float(r["latency"]["start_ms"]["p99"]))
-    by_round = {r["round"]: r["drain"]["tasks_per_s"] for r in reference if "error" not in r}
-    ratios = [
-        r["drain"]["tasks_per_s"] / by_round[r["round"]] for r in ok if r["round"] in by_round
-    ]
-    return {
-        "variant": ok[0]["variant"],
-        "title": ok[0]["title"],
-        "runs": len(ok),
-        "errors": len(runs) - len(ok),
-        "best": {
-            "drain_tasks_per_s": max(r["drain"]["tasks_per_s"] for r in ok),
-            "cpu_ms_per_task": {k: min(c[k] for c in cpu) for k in cpu[0]},
-            "start_ms": latency["latency"]["start_ms"],
-        },
-        "median": {
-            "drain_tasks_per_s": median(r["drain"]["tasks_per_s"] for r in ok),
-            "cpu_ms_per_task": {k: median(c[k] for c in cpu) for k in cpu[0]},
-            "start_ms_p99": median(r["latency"]["start_ms"]["p99"] for r in ok),
-        },
-        "drain_vs_defaults_same_round": round(median(ratios), 3) if ratios else None,
-        "other_load_max": max(disturbance(r) for r in ok),
-    }
-
-
-def table(summary: list[dict[str, Any]]) -> str:
-    lines = [
-        "| variant | drain tasks/s | vs defaults | main CPU ms/task | pool CPU ms/task "
-        "| Redis CPU ms/task | start p50 ms | p95 ms | p99 ms | other load |",
-        "|" + "---|" * 10,
-    ]
-    for s in summary:
-        if not s["runs"]:
-            lines.append(f"| {s['variant']} | failed |" + " |" * 8)
-            continue
-        best = s["best"]
-        cpu, start, ratio = (
-            best["cpu_ms_per_task"],
-            best["start_ms"],
-            s["drain_vs_defaults_same_round"],
-        )
-        lines.append(
-            f"| {s['title']} | {best['drain_tasks_per_s']:.0f} "
-            f"| {'' if ratio is None else f'{ratio:.2f}'} | {cpu['worker_main']:.2f} "
-            f"| {cpu['pool_processes']:.2f} | {cpu['redis']:.2f} | {start['p50']:.2f} "
-            f"| {start['p95']:.2f} | {start['p99']:.2f} | {s['other_load_max']:.0%} |"
-        )
-    return "\n".join(lines)
-
-
-def floor_lines(floor: dict[str, Any]) -> str:
-    if "error" in floor:
-        return f"redis-benchmark: {floor['error']}"
-    parts = [
-        f"{name} {v['requests_per_s']:.0f}/s"
-        + (f" (p50 {v['p50_ms']} ms)" if "p50_ms" in v else "")
-        for name, v in floor.items()
-    ]
-    return "redis-benchmark floor: " + "; ".join(parts)
+# ---------------------------------------------------------------- all variants
 
 
 def run_all(
@@ -749,110 +510,3 @@ def run_all(
                 bench.statsd_sink.close()
                 reports.close()
     return floor, runs
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--variants",
-        default=",".join(DEFAULT_VARIANTS),
-        help=f"comma-separated, from: {', '.join(VARIANTS)}",
-    )
-    parser.add_argument("--tasks", type=int, default=20_000, help="tasks to drain")
-    parser.add_argument("--rate", type=float, default=200.0, help="latency run: tasks/s")
-    parser.add_argument("--seconds", type=float, default=15.0, help="latency run: duration")
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=1,
-        help="rounds over all variants (interleaved); medians are reported",
-    )
-    parser.add_argument(
-        "--max-wait-idle",
-        type=float,
-        default=30.0,
-        help="before each variant, wait up to this long for other load to drop under 10%%",
-    )
-    parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="cProfile each worker's main and pool processes into bench/results/",
-    )
-    parser.add_argument(
-        "--output", default="worker_bench", help="result file stem under bench/results/"
-    )
-    args = parser.parse_args(argv)
-    # A plain SIGTERM would skip the `finally` blocks that stop the worker and redis-server.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
-
-    catalog = load_environment("dev").runtime_catalog()
-    catalog["worker_groups"][BENCH_GROUP] = {
-        "queues": [catalog["default_queue"]],
-        "concurrency": CONCURRENCY,
-        "pool": "prefork",
-        "soft_time_limit_s": 240,
-        "time_limit_s": 300,
-    }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    info = machine()
-    floor, runs = run_all(args, names, catalog)
-    reference = [r for r in runs if r["variant"] == "defaults"]
-    summary = [summarize([r for r in runs if r["variant"] == n], reference) for n in names]
-    doc = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": info,
-        "parameters": {
-            "drain_tasks": args.tasks,
-            "latency_rate_per_s": args.rate,
-            "latency_seconds": args.seconds,
-            "repeat": args.repeat,
-            "pool": "prefork",
-            "concurrency": CONCURRENCY,
-        },
-        "completion_counting": "one Unix datagram per finished task from the worker "
-        "(bench/bench_tasks.py); the platform's Redis counter is kept as a cross-check",
-        "redis_benchmark": floor,
-        "summary": summary,
-        "runs": runs,
-        "wall_seconds": round(time.monotonic() - started, 1),
-    }
-    stem = RESULTS_DIR / args.output
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    busy = max((s["other_load_max"] for s in summary if s["runs"]), default=0.0)
-    warning = ""
-    if busy > 0.05:
-        warning = (
-            f"\n**Warning**: other processes used up to {busy:.0%} of the CPUs during the "
-            "run; these are not the numbers of an idle machine.\n"
-        )
-    best_of = ""
-    if args.repeat > 1:
-        best_of = (
-            f" With {args.repeat} rounds: best of each column (throughput highest, CPU "
-            "lowest, latency from the run with the lowest p99), ratio the median."
-        )
-    text = (
-        f"# Worker benchmark, {doc['date']}\n\n"
-        f"{info['cpu_count']} CPUs ({info['cpu_model']}), Python {info['python']}, "
-        f"Celery {info['celery']}, kombu {info['kombu']}, "
-        f"{info['redis_server'].split(' sha')[0]}. Prefork pool, {CONCURRENCY} processes. "
-        f"Drain: {args.tasks} no-op tasks queued before the worker starts. Start latency: "
-        f"{args.rate:g} tasks/s for {args.seconds:g} s, publish stamp to task body. CPU: per "
-        f"task during the drain. vs defaults: drain rate over that of Celery's defaults in the "
-        f"same round. Other load: the largest CPU share other processes used meanwhile."
-        f"{best_of}\n\n"
-        f"{table(summary)}\n\n{floor_lines(floor)}\n{warning}"
-    )
-    stem.with_suffix(".md").write_text(text)
-    print()
-    print(text)
-    return 1 if any("error" in r for r in runs) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,191 @@
+"""The worker benchmark's report: per-variant summaries, the table, and the results written
+to bench/results/<stem>.{json,md}."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from bench.worker_bench.variants import CONCURRENCY
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # bench/results
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    redis_version = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "celery": version("celery"),
+        "kombu": version("kombu"),
+        "billiard": version("billiard"),
+        "redis_py": version("redis"),
+        "redis_server": redis_version,
+        "load_avg_at_start": list(os.getloadavg()),
+    }
+
+
+def disturbance(run: dict[str, Any]) -> float:
+    """The larger share of the CPUs other processes used during the drain or latency run."""
+    return float(max(run["drain"]["other_cpu_share"], run["latency"]["other_cpu_share"]))
+
+
+def summarize(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant's runs: best of N (a shared or virtual machine only ever makes numbers
+    worse, so the best run is the closest to an idle one), medians, and drain throughput
+    relative to `reference` (Celery's defaults) run in the same rounds."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"variant": runs[0]["variant"], "runs": 0, "errors": len(runs)}
+    cpu = [r["drain"]["cpu_ms_per_task"] for r in ok]
+    latency = min(ok, key=lambda r: float(r["latency"]["start_ms"]["p99"]))
+    by_round = {r["round"]: r["drain"]["tasks_per_s"] for r in reference if "error" not in r}
+    ratios = [
+        r["drain"]["tasks_per_s"] / by_round[r["round"]] for r in ok if r["round"] in by_round
+    ]
+    return {
+        "variant": ok[0]["variant"],
+        "title": ok[0]["title"],
+        "runs": len(ok),
+        "errors": len(runs) - len(ok),
+        "best": {
+            "drain_tasks_per_s": max(r["drain"]["tasks_per_s"] for r in ok),
+            "cpu_ms_per_task": {k: min(c[k] for c in cpu) for k in cpu[0]},
+            "start_ms": latency["latency"]["start_ms"],
+        },
+        "median": {
+            "drain_tasks_per_s": median(r["drain"]["tasks_per_s"] for r in ok),
+            "cpu_ms_per_task": {k: median(c[k] for c in cpu) for k in cpu[0]},
+            "start_ms_p99": median(r["latency"]["start_ms"]["p99"] for r in ok),
+        },
+        "drain_vs_defaults_same_round": round(median(ratios), 3) if ratios else None,
+        "other_load_max": max(disturbance(r) for r in ok),
+    }
+
+
+def table(summary: list[dict[str, Any]]) -> str:
+    lines = [
+        "| variant | drain tasks/s | vs defaults | main CPU ms/task | pool CPU ms/task "
+        "| Redis CPU ms/task | start p50 ms | p95 ms | p99 ms | other load |",
+        "|" + "---|" * 10,
+    ]
+    for s in summary:
+        if not s["runs"]:
+            lines.append(f"| {s['variant']} | failed |" + " |" * 8)
+            continue
+        best = s["best"]
+        cpu, start, ratio = (
+            best["cpu_ms_per_task"],
+            best["start_ms"],
+            s["drain_vs_defaults_same_round"],
+        )
+        lines.append(
+            f"| {s['title']} | {best['drain_tasks_per_s']:.0f} "
+            f"| {'' if ratio is None else f'{ratio:.2f}'} | {cpu['worker_main']:.2f} "
+            f"| {cpu['pool_processes']:.2f} | {cpu['redis']:.2f} | {start['p50']:.2f} "
+            f"| {start['p95']:.2f} | {start['p99']:.2f} | {s['other_load_max']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def floor_lines(floor: dict[str, Any]) -> str:
+    if "error" in floor:
+        return f"redis-benchmark: {floor['error']}"
+    parts = [
+        f"{name} {v['requests_per_s']:.0f}/s"
+        + (f" (p50 {v['p50_ms']} ms)" if "p50_ms" in v else "")
+        for name, v in floor.items()
+    ]
+    return "redis-benchmark floor: " + "; ".join(parts)
+
+
+def document(
+    info: dict[str, Any],
+    floor: dict[str, Any],
+    runs: list[dict[str, Any]],
+    names: list[str],
+    *,
+    tasks: int,
+    rate: float,
+    seconds: float,
+    repeat: int,
+    started: float,
+) -> dict[str, Any]:
+    """The results as written to the JSON file: parameters, summaries and every run."""
+    reference = [r for r in runs if r["variant"] == "defaults"]
+    summary = [summarize([r for r in runs if r["variant"] == n], reference) for n in names]
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": info,
+        "parameters": {
+            "drain_tasks": tasks,
+            "latency_rate_per_s": rate,
+            "latency_seconds": seconds,
+            "repeat": repeat,
+            "pool": "prefork",
+            "concurrency": CONCURRENCY,
+        },
+        "completion_counting": "one Unix datagram per finished task from the worker "
+        "(bench/bench_tasks.py); the platform's Redis counter is kept as a cross-check",
+        "redis_benchmark": floor,
+        "summary": summary,
+        "runs": runs,
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The Markdown report of a `document`."""
+    info, parameters, summary = doc["machine"], doc["parameters"], doc["summary"]
+    busy = max((s["other_load_max"] for s in summary if s["runs"]), default=0.0)
+    warning = ""
+    if busy > 0.05:
+        warning = (
+            f"\n**Warning**: other processes used up to {busy:.0%} of the CPUs during the "
+            "run; these are not the numbers of an idle machine.\n"
+        )
+    best_of = ""
+    if parameters["repeat"] > 1:
+        best_of = (
+            f" With {parameters['repeat']} rounds: best of each column (throughput highest, CPU "
+            "lowest, latency from the run with the lowest p99), ratio the median."
+        )
+    return (
+        f"# Worker benchmark, {doc['date']}\n\n"
+        f"{info['cpu_count']} CPUs ({info['cpu_model']}), Python {info['python']}, "
+        f"Celery {info['celery']}, kombu {info['kombu']}, "
+        f"{info['redis_server'].split(' sha')[0]}. Prefork pool, {parameters['concurrency']} "
+        f"processes. Drain: {parameters['drain_tasks']} no-op tasks queued before the worker "
+        f"starts. Start latency: {parameters['latency_rate_per_s']:g} tasks/s for "
+        f"{parameters['latency_seconds']:g} s, publish stamp to task body. CPU: per "
+        f"task during the drain. vs defaults: drain rate over that of Celery's defaults in the "
+        f"same round. Other load: the largest CPU share other processes used meanwhile."
+        f"{best_of}\n\n"
+        f"{table(summary)}\n\n{floor_lines(doc['redis_benchmark'])}\n{warning}"
+    )
+
+
+def write_results(doc: dict[str, Any], stem: str) -> str:
+    """Write bench/results/<stem>.json and .md; return the Markdown."""
+    path = RESULTS_DIR / stem
+    path.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    text = markdown(doc)
+    path.with_suffix(".md").write_text(text)
+    return text
