@@ -65,9 +65,14 @@ class PolicyConfig:
     run_time_hint_s: float = 30.0  # run time assumed until completions are measured
     late_fraction: float = 0.05  # share of messages allowed over target_wait_s in steady state
     drain_s: float | None = None  # backlog start deadline after new tasks are up; None: target
-    # Scale in only below every steady need of this long; None: two intervals, at least 120 s
-    # (a wrong scale-in costs one decision plus a start-up to undo, so faster decisions can
-    # afford a shorter memory).
+    # Scale out for a backlog only once the tasks there would start its last message later
+    # than this share of the target by the time new tasks could be up: until then they spend
+    # the target instead of new tasks' start-ups (1: the whole target).
+    scale_out_wait_fraction: float = 0.85
+    # Scale in only below every steady need of this long. None: no memory. With the workers'
+    # scale-in protection ECS stops only idle tasks, so a scale-in never interrupts work and
+    # one that proves wrong costs a start-up; holding tasks through every dip cost more
+    # (bench/results/autoscaler_sim.md).
     scale_in_stabilization_s: float | None = None
     scale_in_max_step_fraction: float = 1.0  # largest share of tasks removed at once; 1: no cap
     idle_before_zero_s: float = 300.0  # quiet time before min_tasks 0 lets the service stop
@@ -101,6 +106,10 @@ class PolicyConfig:
         ):
             if not getattr(self, name) >= 0:
                 errors.append(f"{name} {getattr(self, name)} must be >= 0")
+        if not 0 <= self.scale_out_wait_fraction <= 1:
+            errors.append(
+                f"scale_out_wait_fraction {self.scale_out_wait_fraction} must be in [0, 1]"
+            )
         if not 0 < self.late_fraction < 1:
             errors.append(f"late_fraction {self.late_fraction} must be in (0, 1)")
         if not 0 < self.scale_in_max_step_fraction <= 1:
@@ -120,7 +129,7 @@ class PolicyConfig:
     def stabilization_s(self) -> float:
         if self.scale_in_stabilization_s is not None:
             return self.scale_in_stabilization_s
-        return max(120.0, 2 * self.interval_s)
+        return 0.0
 
     @property
     def state_max_age_s(self) -> float:
@@ -383,16 +392,20 @@ def decide(
     """The desired count for the next interval, the state to pass to the next call, and a
     one-sentence reason with the numbers behind it. The stages below, in order: clean the
     inputs, measure the load, size for it, tell idleness, then scale out at once or in
-    carefully (docs/autoscaler.md explains the model)."""
+    carefully unless the tasks there start the backlog in time (docs/autoscaler.md explains
+    the model)."""
     inputs = _clean(observation, config, state)
     load = _measure(inputs, config)
     steady_tasks, busy_tasks, need = _needs(inputs, load, config)
+    need, in_time = _in_time(inputs, load, config, need)
     idle = _idleness(inputs, load, config)
     # Nothing to do after the quiet period (itself the stabilization), or stopped and idle: 0.
     # Otherwise at least one task: work waits, or stay warm until the quiet period has passed.
     stop = not inputs.work_present and (idle.quiet or inputs.current == 0)
     need = 0 if stop else max(need, 1)
     new, recent, notes = _scale(inputs, need, busy_tasks, idle, config)
+    if in_time:
+        notes.insert(0, in_time)
     reason = _reason(inputs, load, config, new, need, steady_tasks, notes)
     if inputs.now is not None:
         recent = [*recent, (inputs.now, steady_tasks)]
@@ -520,6 +533,29 @@ def _needs(inputs: _Inputs, load: _Load, config: PolicyConfig) -> tuple[int, int
         )
         need = max(need, _tasks(backlog, c))
     return steady_tasks, _tasks(inputs.in_flight_n, c), need
+
+
+def _in_time(
+    inputs: _Inputs, load: _Load, config: PolicyConfig, need: int
+) -> tuple[int, str | None]:
+    """Spend the target before paying for start-ups: hold the current tasks while they start
+    the last waiting message within `scale_out_wait_fraction` of the target, counting the
+    queue's growth (arrivals beyond their capacity) until new tasks could be up (the next
+    decision plus a start-up). Returns the need, and a note when it was held."""
+    current = inputs.current
+    if need <= current or current == 0:
+        return need, None  # not a scale-out, or a stopped service that has work: wake it
+    slots = current * config.concurrency
+    horizon_s = config.interval_s + config.startup_s
+    growth = max(0.0, load.rate - slots / load.run_time_s) * horizon_s
+    last_start_s = (inputs.waiting_n + growth) * load.run_time_s / slots
+    limit_s = config.scale_out_wait_fraction * config.target_wait_s
+    if last_start_s > limit_s:
+        return need, None
+    return current, (
+        f"scale-out to {need} held: the {current} tasks start the backlog within "
+        f"{last_start_s:.0f} s (limit {limit_s:g} s)"
+    )
 
 
 def _idleness(inputs: _Inputs, load: _Load, config: PolicyConfig) -> _Idle:

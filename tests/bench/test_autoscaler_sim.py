@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.autoscaler_sim import OURS, POLICIES, RunResult, Service, goals, main, plot, simulate
+from bench.autoscaler_sim import OURS, POLICIES, RunResult, Service, goals, plot, simulate
+from bench.autoscaler_sim.__main__ import main
 from bench.workloads import DAY_S, SHAPES, Job, generate, read_csv, write_csv
 from config import load_environment
 from lambdas.autoscaler.policy import Observation
@@ -240,7 +241,7 @@ def test_simulate_takes_a_named_group_of_another_app_and_flags_override_it(
         main([*args, "--config-dir", str(config_dir), "--group", "gpu"])
 
 
-def test_goal_verdict_uses_the_best_anchor_and_the_geometric_mean() -> None:
+def test_the_300_s_goal_is_relative_to_backlog_per_task_on_the_same_runs() -> None:
     def run(policy: str, workload: str, late: float, cost_x: float) -> RunResult:
         return RunResult(
             workload=workload,
@@ -264,18 +265,35 @@ def test_goal_verdict_uses_the_best_anchor_and_the_geometric_mean() -> None:
         )
 
     results = [
-        run(OURS, "a", 0.02, 1.2),
-        run(OURS, "b", 0.00, 1.4),
+        run(OURS, "a", 0.02, 1.0),
+        run(OURS, "b", 0.00, 1.2),
         run("AWS backlog/task", "a", 0.10, 1.0),
-        run("AWS backlog/task", "b", 0.00, 1.0),
-        run("KEDA redis list", "a", 0.30, 1.5),
-        run("KEDA redis list", "b", 0.10, 1.5),
+        run("AWS backlog/task", "b", 0.00, 1.21),
+        run("KEDA redis list", "a", 0.01, 1.5),
+        run("KEDA redis list", "b", 0.00, 1.5),
     ]
     verdict = goals(results, 300)
-    assert verdict["best_anchor"] == "AWS backlog/task"
+    assert verdict["best_anchor"] == "KEDA redis list"  # reported, not the goal's anchor
     assert verdict["policies"][OURS]["mean_late"] == pytest.approx(0.01)
-    assert verdict["policies"][OURS]["geomean_cost_x"] == pytest.approx(math.sqrt(1.2 * 1.4))
+    assert verdict["policies"][OURS]["geomean_cost_x"] == pytest.approx(math.sqrt(1.2))
     assert verdict["late_limit"] == pytest.approx(0.6 * 0.05)
-    assert verdict["met"]  # 1 % <= 3 %, 1.296 <= 1.3
-    results[1] = run(OURS, "b", 0.00, 1.5)
-    assert not goals(results, 300)["met"]  # geometric mean 1.342 > 1.3
+    assert verdict["cost_limit"] == pytest.approx(math.sqrt(1.21))
+    assert verdict["met"]  # 1 % <= 3 %, 1.095 <= 1.1
+    results[1] = run(OURS, "b", 0.00, 1.3)
+    assert not goals(results, 300)["met"]  # geometric mean 1.140 > 1.1
+    results[1] = run(OURS, "b", 0.07, 1.2)
+    assert not goals(results, 300)["met"]  # 4.5 % late > 3 %
+
+
+def test_the_60_s_goal_is_absolute() -> None:
+    def run(policy: str, late: float, cost_x: float) -> RunResult:
+        return RunResult(
+            workload="a", policy=policy, interval_s=60, protection=True, jobs=1,
+            task_hours=cost_x, lower_bound_hours=1.0, cost_x=cost_x, late=late, killed=0,
+            max_waiting=0, actions=0, unfinished=0, end_s=0, p50_wait_s=0, p95_wait_s=0,
+            p99_wait_s=0, mean_wait_s=0,
+        )  # fmt: skip
+
+    assert goals([run(OURS, 0.009, 1.2), run("AWS backlog/task", 0.5, 1.0)], 60)["met"]
+    assert not goals([run(OURS, 0.011, 1.1), run("AWS backlog/task", 0.5, 1.0)], 60)["met"]
+    assert not goals([run(OURS, 0.0, 1.21), run("AWS backlog/task", 0.5, 1.0)], 60)["met"]

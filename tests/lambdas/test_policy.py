@@ -1,5 +1,5 @@
 """The autoscaler's pure decision: hard rules, stabilization, state handling, properties.
-(Its benchmark against the anchors is bench/autoscaler_sim.py; the simulator's own tests are
+(Its benchmark against the anchors is bench/autoscaler_sim/; the simulator's own tests are
 tests/bench/test_autoscaler_sim.py.)
 
 The policy's contract (names and fields) is what the handler and outside benchmarks use, so
@@ -238,28 +238,39 @@ def test_never_scales_in_below_the_tasks_busy_with_in_flight_work(in_flight: int
     assert after.desired >= min(50, math.ceil(in_flight / CONFIG.concurrency))
 
 
-def test_a_brief_dip_does_not_scale_in_but_a_lasting_one_does() -> None:
-    decision, now = steady(CONFIG, rate_per_s=2.0, run_time_s=10, desired=6)
+def test_with_a_stabilization_a_brief_dip_does_not_scale_in_but_a_lasting_one_does() -> None:
+    config = replace(CONFIG, scale_in_stabilization_s=2 * INTERVAL_S)
+    decision, now = steady(config, rate_per_s=2.0, run_time_s=10, desired=6)
     level = decision.desired
     assert level >= 6  # 20 slots of load need more than 5 tasks of 4
     dip = {"arrived_since_last": 60, "completed_since_last": 60, "in_flight": 2}
     now += INTERVAL_S
-    first = decide(observe(now=now, desired=level, **dip), CONFIG, decision.state)
+    first = decide(observe(now=now, desired=level, **dip), config, decision.state)
     assert first.desired == level
     assert "scale-in limited" in first.reason
     desired, state = first.desired, first.state
     for _ in range(4):
         now += INTERVAL_S
-        decision = decide(observe(now=now, desired=desired, **dip), CONFIG, state)
+        decision = decide(observe(now=now, desired=desired, **dip), config, state)
         desired, state = decision.desired, decision.state
     assert desired <= 2
 
 
+def test_by_default_a_dip_scales_in_at_the_next_decision() -> None:
+    """Scale-in protection lets ECS stop only idle tasks: a scale-in never interrupts work,
+    and holding tasks through every dip cost more than the start-ups it saved."""
+    assert CONFIG.stabilization_s == 0
+    decision, now = steady(CONFIG, rate_per_s=2.0, run_time_s=10, desired=6)
+    level = decision.desired
+    dip = {"arrived_since_last": 60, "completed_since_last": 60, "in_flight": 2}
+    after = decide(observe(now=now + INTERVAL_S, desired=level, **dip), CONFIG, decision.state)
+    assert after.desired < level, after.reason
+
+
 @pytest.mark.parametrize(("interval_s", "held_s"), [(300.0, 600.0), (60.0, 120.0), (30.0, 120.0)])
-def test_scale_in_waits_two_decisions_by_default(interval_s: float, held_s: float) -> None:
-    """The steady need is remembered for two intervals (at least 120 s): a scale-in that
-    proves wrong costs one decision plus a start-up, which fast decisions undo sooner."""
-    config = replace(CONFIG, interval_s=interval_s)
+def test_scale_in_waits_the_stabilization_it_is_given(interval_s: float, held_s: float) -> None:
+    """A configured stabilization remembers the steady need that long."""
+    config = replace(CONFIG, interval_s=interval_s, scale_in_stabilization_s=held_s)
     assert config.stabilization_s == held_s
     decision, now = steady(config, rate_per_s=2.0, run_time_s=10, desired=6, steps=24)
     level = decision.desired
@@ -357,7 +368,9 @@ def test_an_ended_spike_is_seen_in_flight_before_the_rate_window_forgets_it() ->
 
 
 def test_long_tasks_get_a_slot_per_waiting_message_not_more() -> None:
-    config = replace(CONFIG, concurrency=2, target_wait_s=300)
+    # The current slots would start the 4th waiting message in about 4 x 900 / 20 = 180 s:
+    # over this target, so the policy scales out.
+    config = replace(CONFIG, concurrency=2, target_wait_s=120)
     # 20 slots busy with 15-minute tasks, 4 messages waiting.
     decision, now = steady(config, rate_per_s=20 / 900, run_time_s=900, desired=10, steps=12)
     after = decide(
@@ -373,6 +386,27 @@ def test_long_tasks_get_a_slot_per_waiting_message_not_more() -> None:
         decision.state,
     )
     assert 10 < after.desired <= math.ceil((20 + 4) / 2) + 2
+
+
+def test_tasks_that_start_the_backlog_in_time_are_not_joined_by_new_ones() -> None:
+    """Spend the target: the 20 busy slots start the 4th waiting 15-minute message in about
+    180 s, within 85 % of a 300 s target, so no task is launched (and billed) for it."""
+    config = replace(CONFIG, concurrency=2, target_wait_s=300)
+    decision, now = steady(config, rate_per_s=20 / 900, run_time_s=900, desired=10, steps=12)
+    observation = observe(
+        now=now + INTERVAL_S,
+        desired=decision.desired,
+        waiting=4,
+        in_flight=20,
+        arrived_since_last=11,
+        completed_since_last=7,
+    )
+    held = decide(observation, config, decision.state)
+    assert held.desired == decision.desired
+    assert "held: the 10 tasks start the backlog within" in held.reason
+    # The whole target spent at once: the same backlog scales out.
+    eager = decide(observation, replace(config, scale_out_wait_fraction=0), decision.state)
+    assert eager.desired > decision.desired
 
 
 # ---------------------------------------------------------------- state
