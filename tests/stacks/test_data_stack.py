@@ -240,23 +240,3 @@ def test_grant_connect_makes_the_consumer_a_member_of_the_clients_group(tmp_path
     # The stateful stack is unchanged: it gains no rule and no dependency on its consumer.
     own_ingress(synth.template_json(synth.platform.data))
     assert "consumer" not in {d.stack_name for d in synth.platform.data.dependencies}
-
-
-# The broker's stateful resources, by the logical ids deployed stacks know them by: a new id
-# is a new resource, and CloudFormation deletes the old broker with every queued message.
-STATEFUL_IDS = {
-    "BrokerReplicationGroupC7814FB9": "AWS::ElastiCache::ReplicationGroup",
-    "BrokerSubnetGroup61EAF853": "AWS::ElastiCache::SubnetGroup",
-    "BrokerParameters9E6D77B2": "AWS::ElastiCache::ParameterGroup",
-    "BrokerAuthToken5ACAD3C2": "AWS::SecretsManager::Secret",
-    "BrokerSecurityGroup4607CDDC": "AWS::EC2::SecurityGroup",
-}
-
-
-def test_the_stateful_resources_keep_their_logical_ids(env_synth: Synth) -> None:
-    template = env_synth.template_json(env_synth.platform.data)
-    found = {k: r["Type"] for k, r in template["Resources"].items() if k in STATEFUL_IDS}
-    assert found == STATEFUL_IDS
-    kinds = set(STATEFUL_IDS.values()) - {"AWS::EC2::SecurityGroup"}
-    others = [k for k, r in template["Resources"].items() if r["Type"] in kinds]
-    assert sorted(others) == sorted(k for k, t in STATEFUL_IDS.items() if t in kinds)
