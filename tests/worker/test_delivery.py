@@ -453,3 +453,27 @@ def test_a_channel_without_its_transport_still_reaches_redis_for_what_it_holds(
         _assert_back_in_its_queue(server)
     finally:
         app.close()
+
+
+def test_a_message_counts_as_completed_once_when_it_leaves_not_when_it_is_requeued(
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    """The autoscaler's completion counter moves with the ack, in the ack's own script: a
+    requeue does not count, the ack of the message redelivered afterwards does, once."""
+    server = redis_server()
+    client = server.client()
+    app = publisher(server.port)
+    completed = contract.completed_key("default")
+    try:
+        connection, _, held = _holding_one(app, server.port)
+        held[0].reject(requeue=True)
+        assert client.get(completed) is None
+        connection.close()
+        # One of the two now waiting (the requeued one and a new one), acked.
+        connection, _, held = _holding_one(app, server.port)
+        held[0].ack()
+        assert int(client.get(completed) or 0) == 1
+        assert client.hlen("unacked") == 0
+        connection.close()
+    finally:
+        app.close()

@@ -123,7 +123,8 @@ KEY_PREFIX = "celery"
 
 
 def completed_key(queue: str) -> str:
-    """Tasks of `queue` finished (any outcome) since the counter began; the autoscaler diffs it."""
+    """Messages of `queue` that left the workers since the counter began (acked or rejected:
+    finished with any outcome, retried, revoked), counted by the ack; the autoscaler diffs it."""
     return f"{KEY_PREFIX}:completed:{queue}"
 
 

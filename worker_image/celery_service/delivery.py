@@ -118,14 +118,21 @@ end
 return false
 """
 
-# KEYS: unacked_index zset, unacked hash, deliveries hash; ARGV: a delivery tag. kombu acks
-# with MULTI, and Redis refuses a transaction on a full `noeviction` server even when its
-# commands only free memory; the worker then exits on the error and every replacement does
-# the same. A script that only deletes runs there.
+# KEYS: unacked_index zset, unacked hash, deliveries hash, the message's queue's completion
+# counter; ARGV: a delivery tag, "1" to count it. kombu acks with MULTI, and Redis refuses a
+# transaction on a full `noeviction` server even when its commands only free memory; the
+# worker then exits on the error and every replacement does the same. A script that only
+# deletes runs there (an INCR of an existing counter needs no new memory). The message leaves
+# the workers here, so the autoscaler's completion counter is counted here too, once per
+# message that still had its entry: no round trip of its own per task.
 FORGET = """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
-return redis.call('HDEL', KEYS[2], ARGV[1])
+local removed = redis.call('HDEL', KEYS[2], ARGV[1])
+if removed == 1 and ARGV[2] == '1' then
+  redis.call('INCR', KEYS[4])
+end
+return removed
 """
 
 # Keyspace events that may have put a message in a queue key.
@@ -197,13 +204,20 @@ class RecordingQoS(kombu_redis.QoS):
     def _forget(self, delivery_tag: str) -> None:
         if not self._still_holds(delivery_tag):
             return
+        held = self._delivered.get(delivery_tag)
+        queue = str(held.delivery_info.get("routing_key") or "") if held is not None else ""
         with self.channel.conn_or_acquire() as client:
             if self._forget_script is None:
                 self._forget_script = client.register_script(FORGET)
             # EVALSHA on this client, loading the script when the server lacks it.
             self._forget_script(
-                keys=[self.unacked_index_key, self.unacked_key, contract.DELIVERIES_KEY],
-                args=[delivery_tag],
+                keys=[
+                    self.unacked_index_key,
+                    self.unacked_key,
+                    contract.DELIVERIES_KEY,
+                    contract.completed_key(queue),
+                ],
+                args=[delivery_tag, "1" if queue else "0"],
                 client=client,
             )
 

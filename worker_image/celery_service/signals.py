@@ -1,4 +1,4 @@
-"""Celery signal handlers: metrics, completion counters, dead letters, logging, protection.
+"""Celery signal handlers: metrics, dead letters, logging, protection.
 
 Imported once by `create_app`. Handlers never raise into Celery: a metrics or Redis hiccup
 is logged and the task goes on.
@@ -74,11 +74,7 @@ def _task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) 
         metrics.distribution(contract.TASK_RUNTIME_MS, runtime_ms, queue, task.name)
     if state == "SUCCESS":
         metrics.count(contract.TASK_SUCCEEDED, queue, task.name)
-    try:
-        # Every attempt that leaves a slot counts, retries included: a retry is a new arrival.
-        client_for(settings).incr(contract.completed_key(queue))
-    except Exception as exc:
-        log.warning("completion counter not updated: %s", exc)
+    # The queue's completion counter moves with the message's ack (delivery.FORGET).
 
 
 @signals.task_retry.connect
