@@ -69,11 +69,11 @@ class PolicyConfig:
     # than this share of the target by the time new tasks could be up: until then they spend
     # the target instead of new tasks' start-ups (1: the whole target).
     scale_out_wait_fraction: float = 0.85
-    # Scale in only below every steady need of this long. None: no memory. With the workers'
+    # Scale in only below every steady need of this long (seconds). With the workers'
     # scale-in protection ECS stops only idle tasks, so a scale-in never interrupts work and
     # one that proves wrong costs a start-up; holding tasks through every dip cost more
-    # (bench/results/autoscaler_sim.md).
-    scale_in_stabilization_s: float | None = None
+    # (bench/results/autoscaler_sim.md), hence none by default.
+    scale_in_stabilization_s: float = 0.0
     scale_in_max_step_fraction: float = 1.0  # largest share of tasks removed at once; 1: no cap
     idle_before_zero_s: float = 300.0  # quiet time before min_tasks 0 lets the service stop
     rate_window_s: float = 300.0  # arrivals are averaged over at least this long
@@ -116,7 +116,7 @@ class PolicyConfig:
             errors.append(
                 f"scale_in_max_step_fraction {self.scale_in_max_step_fraction} must be in (0, 1]"
             )
-        if self.scale_in_stabilization_s is not None and not self.scale_in_stabilization_s >= 0:
+        if not self.scale_in_stabilization_s >= 0:
             errors.append(f"scale_in_stabilization_s {self.scale_in_stabilization_s} must be >= 0")
         if self.drain_s is not None and not self.drain_s > 0:
             errors.append(f"drain_s {self.drain_s} must be > 0")
@@ -124,12 +124,6 @@ class PolicyConfig:
             errors.append(f"max_state_age_s {self.max_state_age_s} must be > 0")
         if errors:
             raise ValueError("invalid PolicyConfig: " + "; ".join(errors))
-
-    @property
-    def stabilization_s(self) -> float:
-        if self.scale_in_stabilization_s is not None:
-            return self.scale_in_stabilization_s
-        return 0.0
 
     @property
     def state_max_age_s(self) -> float:
@@ -391,21 +385,21 @@ def decide(
 ) -> Decision:
     """The desired count for the next interval, the state to pass to the next call, and a
     one-sentence reason with the numbers behind it. The stages below, in order: clean the
-    inputs, measure the load, size for it, tell idleness, then scale out at once or in
-    carefully unless the tasks there start the backlog in time (docs/autoscaler.md explains
+    inputs, measure the load, size for it, tell idleness, hold a backlog's scale-out that the
+    current tasks absorb in time, then scale out or in carefully (docs/autoscaler.md explains
     the model)."""
     inputs = _clean(observation, config, state)
     load = _measure(inputs, config)
     steady_tasks, busy_tasks, need = _needs(inputs, load, config)
-    need, in_time = _in_time(inputs, load, config, need)
     idle = _idleness(inputs, load, config)
     # Nothing to do after the quiet period (itself the stabilization), or stopped and idle: 0.
     # Otherwise at least one task: work waits, or stay warm until the quiet period has passed.
     stop = not inputs.work_present and (idle.quiet or inputs.current == 0)
     need = 0 if stop else max(need, 1)
-    new, recent, notes = _scale(inputs, need, busy_tasks, idle, config)
-    if in_time:
-        notes.insert(0, in_time)
+    wanted, held = _in_time(inputs, load, config, need, steady_tasks)
+    new, recent, notes = _scale(inputs, wanted, busy_tasks, idle, config)
+    if held:
+        notes.insert(0, held)
     reason = _reason(inputs, load, config, new, need, steady_tasks, notes)
     if inputs.now is not None:
         recent = [*recent, (inputs.now, steady_tasks)]
@@ -536,15 +530,19 @@ def _needs(inputs: _Inputs, load: _Load, config: PolicyConfig) -> tuple[int, int
 
 
 def _in_time(
-    inputs: _Inputs, load: _Load, config: PolicyConfig, need: int
+    inputs: _Inputs, load: _Load, config: PolicyConfig, need: int, steady_tasks: int
 ) -> tuple[int, str | None]:
-    """Spend the target before paying for start-ups: hold the current tasks while they start
-    the last waiting message within `scale_out_wait_fraction` of the target, counting the
-    queue's growth (arrivals beyond their capacity) until new tasks could be up (the next
-    decision plus a start-up). Returns the need, and a note when it was held."""
+    """Spend the target before paying for start-ups: a scale-out for a backlog waits while
+    the current tasks start its last message within `scale_out_wait_fraction` of the target,
+    counting the queue's growth (arrivals beyond their capacity) until new tasks could be up
+    (the next decision plus a start-up). Only the backlog's share waits: never below the
+    steady need. Returns the count to scale to, and a note when a scale-out was held."""
     current = inputs.current
-    if need <= current or current == 0:
-        return need, None  # not a scale-out, or a stopped service that has work: wake it
+    if need <= current or current == 0 or inputs.waiting_n == 0:
+        return need, None  # no backlog's scale-out, or a stopped service with work: wake it
+    floor = max(current, steady_tasks)
+    if floor >= need:
+        return need, None
     slots = current * config.concurrency
     horizon_s = config.interval_s + config.startup_s
     growth = max(0.0, load.rate - slots / load.run_time_s) * horizon_s
@@ -552,8 +550,8 @@ def _in_time(
     limit_s = config.scale_out_wait_fraction * config.target_wait_s
     if last_start_s > limit_s:
         return need, None
-    return current, (
-        f"scale-out to {need} held: the {current} tasks start the backlog within "
+    return floor, (
+        f"scale-out to {need} held at {floor}: the {current} tasks start the backlog within "
         f"{last_start_s:.0f} s (limit {limit_s:g} s)"
     )
 
@@ -592,7 +590,7 @@ def _scale(
     current, now = inputs.current, inputs.now
     recent = inputs.memory.recent if inputs.memory is not None else []
     if now is not None:
-        recent = [(t, n) for t, n in recent if now - t < config.stabilization_s]
+        recent = [(t, n) for t, n in recent if now - t < config.scale_in_stabilization_s]
     notes: list[str] = []
     if need >= current:
         new = need
@@ -610,7 +608,7 @@ def _scale(
         if new > need:
             notes.append(
                 f"scale-in limited (steady need over the last "
-                f"{config.stabilization_s:g} s {stable}, step {step}, busy {busy_tasks})"
+                f"{config.scale_in_stabilization_s:g} s {stable}, step {step}, busy {busy_tasks})"
             )
     new = min(max(new, config.min_tasks), config.max_tasks)
     if inputs.work_present and new == 0:

@@ -259,7 +259,7 @@ def test_with_a_stabilization_a_brief_dip_does_not_scale_in_but_a_lasting_one_do
 def test_by_default_a_dip_scales_in_at_the_next_decision() -> None:
     """Scale-in protection lets ECS stop only idle tasks: a scale-in never interrupts work,
     and holding tasks through every dip cost more than the start-ups it saved."""
-    assert CONFIG.stabilization_s == 0
+    assert CONFIG.scale_in_stabilization_s == 0
     decision, now = steady(CONFIG, rate_per_s=2.0, run_time_s=10, desired=6)
     level = decision.desired
     dip = {"arrived_since_last": 60, "completed_since_last": 60, "in_flight": 2}
@@ -271,7 +271,6 @@ def test_by_default_a_dip_scales_in_at_the_next_decision() -> None:
 def test_scale_in_waits_the_stabilization_it_is_given(interval_s: float, held_s: float) -> None:
     """A configured stabilization remembers the steady need that long."""
     config = replace(CONFIG, interval_s=interval_s, scale_in_stabilization_s=held_s)
-    assert config.stabilization_s == held_s
     decision, now = steady(config, rate_per_s=2.0, run_time_s=10, desired=6, steps=24)
     level = decision.desired
     per_interval = round(0.2 * interval_s)
@@ -389,8 +388,9 @@ def test_long_tasks_get_a_slot_per_waiting_message_not_more() -> None:
 
 
 def test_tasks_that_start_the_backlog_in_time_are_not_joined_by_new_ones() -> None:
-    """Spend the target: the 20 busy slots start the 4th waiting 15-minute message in about
-    180 s, within 85 % of a 300 s target, so no task is launched (and billed) for it."""
+    """Spend the target: the 20 or more slots busy with 15-minute messages start the 4th
+    waiting one within about 180 s, within 85 % of a 300 s target, so no task is launched
+    (and billed) for it."""
     config = replace(CONFIG, concurrency=2, target_wait_s=300)
     decision, now = steady(config, rate_per_s=20 / 900, run_time_s=900, desired=10, steps=12)
     observation = observe(
@@ -403,10 +403,21 @@ def test_tasks_that_start_the_backlog_in_time_are_not_joined_by_new_ones() -> No
     )
     held = decide(observation, config, decision.state)
     assert held.desired == decision.desired
-    assert "held: the 10 tasks start the backlog within" in held.reason
-    # The whole target spent at once: the same backlog scales out.
+    level = decision.desired
+    assert f"held at {level}: the {level} tasks start the backlog within" in held.reason
+    # None of the target spent on the backlog: the same backlog scales out.
     eager = decide(observation, replace(config, scale_out_wait_fraction=0), decision.state)
     assert eager.desired > decision.desired
+
+
+def test_the_steady_need_is_never_held() -> None:
+    """Only a backlog's scale-out waits for the target: with nothing waiting, the arrival
+    rate's own sizing scales out at once (here 0.06/s of 100 s tasks: 6 busy slots, more
+    than 2 tasks of 4 give for a 30 s target)."""
+    config = replace(CONFIG, target_wait_s=30)
+    decision, _ = steady(config, rate_per_s=0.06, run_time_s=100, desired=2, steps=12)
+    assert decision.desired >= 3, decision.reason
+    assert "held" not in decision.reason
 
 
 # ---------------------------------------------------------------- state
