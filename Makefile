@@ -28,7 +28,7 @@ APPROVAL ?= broadening
 
 .PHONY: synth test lint typecheck pytest setup redis-server chromium clean local bench-worker \
 	autoscale-once bench-autoscaler preview-dashboards datadog-push security test-image chaos \
-	failover proofs
+	failover proofs template-diff
 
 ## Synthesize one environment (ENV=dev|staging|prod) into cdk.out/ and list its stacks.
 synth: $(VENV)/.runtime-installed $(CDK)
@@ -159,6 +159,14 @@ bench-worker: $(VENV)/.dev-installed redis-server
 ## The environment's CloudWatch and Datadog dashboards as a local HTML page (cdk.out/).
 preview-dashboards: $(VENV)/.dev-installed
 	$(BIN)/python -m tools.preview_dashboards --config-dir $(CONFIG) --env $(ENV)
+
+## What the work tree changes in the templates of every environment of CONFIG against BASE
+## (a git ref, default HEAD), stack by stack; fails when a stateful resource (broker, secret,
+## bucket, key, logs, network) loses its logical ID. ENV= on the command line: that one only.
+BASE ?= HEAD
+template-diff: $(VENV)/.dev-installed $(CDK)
+	$(BIN)/python -m tools.template_diff --config-dir $(CONFIG) --base $(BASE) \
+		$(if $(findstring command line,$(origin ENV)),--env $(ENV))
 
 ## Create or update the environment's Datadog dashboard and monitors through the API
 ## (keys: DD_API_KEY/DD_APP_KEY or Secrets Manager). ARGS="--dry-run" prints them instead.
