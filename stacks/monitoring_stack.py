@@ -96,10 +96,10 @@ class MonitoringStack(Stack):
             dashboard_name=f"{config.project}-{config.name}",
             default_interval=Duration.hours(3),
         )
-        broker = data.broker
+        broker, replicas = data.broker, config.redis.replicas
         dimensions: Dimensions = {
-            REDIS_NODES: broker.node_dimensions(),
-            REDIS_REPLICAS: broker.node_dimensions(replicas_only=True),
+            REDIS_NODES: broker.node_dimensions(REDIS_NODES.nodes(replicas)),
+            REDIS_REPLICAS: broker.node_dimensions(REDIS_REPLICAS.nodes(replicas)),
             AUTOSCALER_FUNCTION: [autoscaler.autoscaler.metric_dimensions],
             FLOWER_LOAD_BALANCER: [services.flower.load_balancer_dimensions],
             **{

@@ -29,8 +29,6 @@ from stacks.monitoring import datadog as dd
 from stacks.monitoring.model import (
     AUTOSCALER_FUNCTION,
     FLOWER_LOAD_BALANCER,
-    REDIS_NODES,
-    REDIS_REPLICAS,
     Alarm,
     Graph,
     Metric,
@@ -50,8 +48,8 @@ class Names:
 
     def dimensions(self, resource: Resource) -> list[dict[str, str]]:
         """One mapping per series, as the constructs give them to CloudWatch."""
-        nodes = range(resource.first_node, self.config.redis.replicas + 2)
-        if resource in (REDIS_NODES, REDIS_REPLICAS):
+        if resource.per_node:
+            nodes = resource.nodes(self.config.redis.replicas)
             return [{"CacheClusterId": f"<broker>-{node:03d}"} for node in nodes]
         if resource == AUTOSCALER_FUNCTION:
             return [{"FunctionName": "<autoscaler function>"}]
@@ -90,7 +88,8 @@ def _alarm_names(alarm: Alarm, config: EnvironmentConfig) -> list[str]:
     """The CloudWatch alarms the monitoring stack makes of it, by construct id."""
     if not alarm.per_node:
         return [alarm.construct_id]
-    return [f"{alarm.construct_id}{node}" for node in range(1, config.redis.replicas + 2)]
+    nodes = alarm.nodes_resource.nodes(config.redis.replicas)
+    return [f"{alarm.construct_id}{node}" for node in nodes]
 
 
 def cloudwatch_view(config: EnvironmentConfig) -> dict[str, Any]:
@@ -108,7 +107,7 @@ def cloudwatch_view(config: EnvironmentConfig) -> dict[str, Any]:
                     first = metric.resource.first_node if metric.resource else 1
                     for node, dims in enumerate(names.series(metric), start=first):
                         label = metric.label or metric.name
-                        if metric.per_resource:
+                        if metric.per_node:
                             label = f"{metric.name} node {node}"
                         lines.append(
                             {

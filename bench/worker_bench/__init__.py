@@ -6,7 +6,8 @@ worker with a prefork pool of 2 processes consuming one queue, then
 
 1. drain: fills the queue with --tasks no-op tasks, starts the worker and times it from
    "ready" (the worker_ready signal, sent just before its event loop starts consuming) to the
-   last completion; also the CPU its main process, its pool processes and Redis used per task.
+   last completion; also the CPU its main process, its pool processes and Redis used per task,
+   and the resident memory of its main process and largest pool process at the end.
    The queue is filled with copies of one message published through the variant's app (each
    with a fresh task id and delivery tag), pipelined: publishing 20,000 through `apply_async`
    would take 10-20 s here, and the publisher is not what is measured;

@@ -47,6 +47,15 @@ def disturbance(run: dict[str, Any]) -> float:
     return float(max(run["drain"]["other_cpu_share"], run["latency"]["other_cpu_share"]))
 
 
+def resident(run: dict[str, Any]) -> dict[str, float]:
+    """A run's memory columns: the main process's RSS and the largest pool process's, MiB."""
+    rss = run["drain"]["rss_mib"]
+    return {
+        "worker_main": rss["worker_main"],
+        "largest_pool_process": max(rss["pool_processes"]),
+    }
+
+
 def summarize(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, Any]:
     """One variant's runs: best of N (a shared or virtual machine only ever makes numbers
     worse, so the best run is the closest to an idle one), medians, and drain throughput
@@ -55,6 +64,7 @@ def summarize(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> di
     if not ok:
         return {"variant": runs[0]["variant"], "runs": 0, "errors": len(runs)}
     cpu = [r["drain"]["cpu_ms_per_task"] for r in ok]
+    rss = [resident(r) for r in ok]
     latency = min(ok, key=lambda r: float(r["latency"]["start_ms"]["p99"]))
     by_round = {r["round"]: r["drain"]["tasks_per_s"] for r in reference if "error" not in r}
     ratios = [
@@ -68,11 +78,13 @@ def summarize(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> di
         "best": {
             "drain_tasks_per_s": max(r["drain"]["tasks_per_s"] for r in ok),
             "cpu_ms_per_task": {k: min(c[k] for c in cpu) for k in cpu[0]},
+            "rss_mib": {k: min(m[k] for m in rss) for k in rss[0]},
             "start_ms": latency["latency"]["start_ms"],
         },
         "median": {
             "drain_tasks_per_s": median(r["drain"]["tasks_per_s"] for r in ok),
             "cpu_ms_per_task": {k: median(c[k] for c in cpu) for k in cpu[0]},
+            "rss_mib": {k: median(m[k] for m in rss) for k in rss[0]},
             "start_ms_p99": median(r["latency"]["start_ms"]["p99"] for r in ok),
         },
         "drain_vs_defaults_same_round": round(median(ratios), 3) if ratios else None,
@@ -80,26 +92,40 @@ def summarize(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> di
     }
 
 
+COLUMNS = (
+    "variant",
+    "drain tasks/s",
+    "vs defaults",
+    "main CPU ms/task",
+    "pool CPU ms/task",
+    "Redis CPU ms/task",
+    "main RSS MiB",
+    "largest pool RSS MiB",
+    "start p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "other load",
+)
+
+
 def table(summary: list[dict[str, Any]]) -> str:
-    lines = [
-        "| variant | drain tasks/s | vs defaults | main CPU ms/task | pool CPU ms/task "
-        "| Redis CPU ms/task | start p50 ms | p95 ms | p99 ms | other load |",
-        "|" + "---|" * 10,
-    ]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for s in summary:
         if not s["runs"]:
-            lines.append(f"| {s['variant']} | failed |" + " |" * 8)
+            lines.append(f"| {s['variant']} | failed |" + " |" * (len(COLUMNS) - 2))
             continue
         best = s["best"]
-        cpu, start, ratio = (
+        cpu, rss, start, ratio = (
             best["cpu_ms_per_task"],
+            best["rss_mib"],
             best["start_ms"],
             s["drain_vs_defaults_same_round"],
         )
         lines.append(
             f"| {s['title']} | {best['drain_tasks_per_s']:.0f} "
             f"| {'' if ratio is None else f'{ratio:.2f}'} | {cpu['worker_main']:.2f} "
-            f"| {cpu['pool_processes']:.2f} | {cpu['redis']:.2f} | {start['p50']:.2f} "
+            f"| {cpu['pool_processes']:.2f} | {cpu['redis']:.2f} "
+            f"| {rss['worker_main']:.1f} | {rss['largest_pool_process']:.1f} | {start['p50']:.2f} "
             f"| {start['p95']:.2f} | {start['p99']:.2f} | {s['other_load_max']:.0%} |"
         )
     return "\n".join(lines)
@@ -165,7 +191,7 @@ def markdown(doc: dict[str, Any]) -> str:
     if parameters["repeat"] > 1:
         best_of = (
             f" With {parameters['repeat']} rounds: best of each column (throughput highest, CPU "
-            "lowest, latency from the run with the lowest p99), ratio the median."
+            "and memory lowest, latency from the run with the lowest p99), ratio the median."
         )
     return (
         f"# Worker benchmark, {doc['date']}\n\n"
@@ -175,8 +201,11 @@ def markdown(doc: dict[str, Any]) -> str:
         f"processes. Drain: {parameters['drain_tasks']} no-op tasks queued before the worker "
         f"starts. Start latency: {parameters['latency_rate_per_s']:g} tasks/s for "
         f"{parameters['latency_seconds']:g} s, publish stamp to task body. CPU: per "
-        f"task during the drain. vs defaults: drain rate over that of Celery's defaults in the "
-        f"same round. Other load: the largest CPU share other processes used meanwhile."
+        f"task during the drain. RSS: resident memory (VmRSS) of the worker's main process and "
+        f"of its largest pool process at the end of the drain; pages a pool process still "
+        f"shares with the main process since the fork count in both. vs defaults: drain rate "
+        f"over that of Celery's defaults in the same round. Other load: the largest CPU share "
+        f"other processes used meanwhile."
         f"{best_of}\n\n"
         f"{table(summary)}\n\n{floor_lines(doc['redis_benchmark'])}\n{warning}"
     )

@@ -1,6 +1,6 @@
 """The worker benchmark's runner: a throw-away redis-server, one worker per variant, the
-queue filled and drained, tasks published at a steady rate, CPU measured from /proc, and
-optional cProfile files."""
+queue filled and drained, tasks published at a steady rate, CPU and memory measured from
+/proc, and optional cProfile files."""
 
 from __future__ import annotations
 
@@ -65,6 +65,26 @@ def children_of(pid: int) -> list[int]:
             if int(stat[1]) == pid:
                 found.append(int(entry.name))
     return found
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident set size of one process in MiB (None if it is gone, or a zombie: those have
+    no VmRSS line)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    match = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
+    return int(match[1]) / 1024 if match else None
+
+
+def resident_mib(worker_pid: int) -> dict[str, Any]:
+    """RSS of the worker's main process and of each of its pool processes (ascending), MiB."""
+    main = rss_mib(worker_pid)
+    pool = [rss for child in children_of(worker_pid) if (rss := rss_mib(child)) is not None]
+    if main is None or not pool:
+        raise RuntimeError("the worker or its pool processes exited before memory was read")
+    return {"worker_main": round(main, 1), "pool_processes": sorted(round(r, 1) for r in pool)}
 
 
 def system_cpu() -> tuple[float, float]:
@@ -371,6 +391,8 @@ class Bench:
         before = CpuSnapshot.take(worker.pid, self.redis_pid)
         done = self.reports.wait_done(self.tasks, stall_s=30)
         after = CpuSnapshot.take(worker.pid, self.redis_pid)
+        # Read now, after the tasks ran: imported task modules and warmed caches count.
+        memory = resident_mib(worker.pid)
         finished = sorted(end for *_, end in done)
         elapsed = finished[-1] - ready
         # Steady state: the middle 80 % of completions, free of start-up and tail effects.
@@ -386,6 +408,7 @@ class Bench:
                 "pool_processes": round((after.pool - before.pool) * 1000 / self.tasks, 3),
                 "redis": round((after.redis - before.redis) * 1000 / self.tasks, 3),
             },
+            "rss_mib": memory,
             **before.other_share(after),
         }
 

@@ -92,7 +92,7 @@ class Metrics:
         scope: str = "",
         period_minutes: int = AWS_PERIOD_MINUTES,
     ) -> Metric:
-        per_node = resource in (REDIS_NODES, REDIS_REPLICAS)
+        per_node = resource.per_node
         return Metric(
             namespace=namespace,
             name=name,

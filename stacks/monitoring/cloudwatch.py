@@ -62,7 +62,7 @@ class CloudWatchRenderer:
                 dimensions_map={**dict(metric.dimensions), **dimensions},
                 statistic=metric.statistic,
                 period=Duration.minutes(metric.period_minutes),
-                label=(f"{metric.name} node {index}" if metric.per_resource else metric.label)
+                label=(f"{metric.name} node {index}" if metric.per_node else metric.label)
                 if labelled
                 else None,
             )
@@ -86,11 +86,12 @@ class CloudWatchRenderer:
         )
 
     def alarm(self, alarm: Alarm) -> list[cw.Alarm]:
-        """The alarm: one, or one per node (`<construct id><node number>`) for a per-node
-        metric."""
+        """The alarm: one, or one per node (`<construct id><node number>`, the primary 1)
+        for a per-node metric."""
         operands = {name: self.series(metric, labelled=False) for name, metric in alarm.metrics}
         count = len(next(iter(operands.values())))
         created = []
+        first = alarm.nodes_resource.first_node if alarm.per_node else 1
         for index in range(count):
             metric: cw.IMetric
             if len(operands) == 1:
@@ -106,12 +107,13 @@ class CloudWatchRenderer:
                     using_metrics={name: series[index] for name, series in operands.items()},
                     period=Duration.minutes(alarm.period_minutes),
                 )
-            suffix = str(index + 1) if alarm.per_node else ""
+            node = first + index
+            suffix = str(node) if alarm.per_node else ""
             created.append(
                 cw.Alarm(
                     self.scope,
                     f"{alarm.construct_id}{suffix}",
-                    alarm_description=alarm.description.replace("{node}", str(index + 1)),
+                    alarm_description=alarm.description.replace("{node}", str(node)),
                     metric=metric,
                     threshold=alarm.threshold,
                     evaluation_periods=alarm.periods,

@@ -12,12 +12,23 @@ from typing import Any
 
 from config import EnvironmentConfig
 from stacks.monitoring import catalog
-from stacks.monitoring.model import Alarm, Comparison, Graph, Metric, MissingData, Segment
+from stacks.monitoring.model import (
+    DATADOG_AGGREGATION,
+    Alarm,
+    Comparison,
+    Graph,
+    Metric,
+    MissingData,
+    Segment,
+)
 
 MANAGED_BY_TAG = "managed-by:celery-platform"
 # Datadog's AWS integration crawls CloudWatch every few minutes; its guidance for monitors on
 # crawled metrics is to evaluate 15 minutes late, so a window is not judged half-filled.
 CRAWLER_EVALUATION_DELAY_S = 900
+# Datadog's no-data timeframe is at least twice the evaluation window: a shorter one reports
+# no data for a series that is only late.
+NO_DATA_WINDOWS = 2
 
 
 @dataclass(frozen=True)
@@ -85,23 +96,25 @@ def _pascal(value: Any) -> Any:
 
 
 def _term(metric: Metric, missing: MissingData) -> str:
-    query = metric.datadog_query()
+    # One point per CloudWatch period, of the alarm's statistic, whatever the resolution
+    # Datadog received the metric at (ElastiCache's crawled points are a minute apart).
+    aggregation = DATADOG_AGGREGATION[metric.statistic]
+    query = f"{metric.datadog_query()}.rollup({aggregation}, {metric.period_minutes * 60})"
     # A count published only when something happens: no data reads as 0, as FILL does in
     # the CloudWatch alarm.
     return f"default_zero({query})" if missing is MissingData.MEANS_ZERO else query
 
 
 def _time_aggregation(alarm: Alarm) -> str:
-    """How the window's points become the one value compared with the threshold, so the
-    monitor breaches exactly when the CloudWatch alarm does."""
+    """How the window's per-period points become the one value compared with the threshold,
+    as the CloudWatch alarm compares them."""
     if alarm.periods > 1:
         # CloudWatch: every period of the window breaches. Above: the least point is above.
         return "max" if alarm.comparison is Comparison.BELOW else "min"
-    statistics = {metric.statistic for _, metric in alarm.metrics}
-    if statistics == {"Sum"}:
-        return "sum"
-    (statistic,) = statistics
-    return {"Maximum": "max", "Minimum": "min", "Average": "avg"}[statistic]
+    # One period: its statistic over the window (a window astride two rollup buckets sums,
+    # or takes the extreme of, their parts as CloudWatch does over the period).
+    (statistic,) = {metric.statistic for _, metric in alarm.metrics}
+    return DATADOG_AGGREGATION[statistic]
 
 
 def monitor_query(alarm: Alarm) -> str:
@@ -131,7 +144,9 @@ def monitors(config: EnvironmentConfig) -> list[Monitor]:
                 tags=tags,
                 critical=alarm.threshold,
                 missing=alarm.missing,
-                no_data_minutes=window if alarm.missing is MissingData.IS_FAILURE else None,
+                no_data_minutes=NO_DATA_WINDOWS * window
+                if alarm.missing is MissingData.IS_FAILURE
+                else None,
                 evaluation_delay_s=CRAWLER_EVALUATION_DELAY_S if crawled else 0,
                 priority=alarm.priority,
             )

@@ -43,13 +43,19 @@ class Resource:
 
     kind: str
     key: str = ""
-    first_node: int = 1  # the number of its first node, for a per-node metric's labels
+    # Several nodes, one CloudWatch series (and alarm) each, numbered from `first_node`.
+    per_node: bool = False
+    first_node: int = 1
+
+    def nodes(self, replicas: int) -> range:
+        """The node numbers of a broker with `replicas` replicas (the primary is 1)."""
+        return range(self.first_node, replicas + 2)
 
 
 # Each node of the broker (one CloudWatch series per node; one Datadog series per
 # cacheclusterid), and its replicas only.
-REDIS_NODES = Resource("redis-nodes")
-REDIS_REPLICAS = Resource("redis-replicas", first_node=2)
+REDIS_NODES = Resource("redis-nodes", per_node=True)
+REDIS_REPLICAS = Resource("redis-replicas", per_node=True, first_node=2)
 AUTOSCALER_FUNCTION = Resource("autoscaler-function")
 FLOWER_LOAD_BALANCER = Resource("flower-load-balancer")
 
@@ -77,9 +83,9 @@ class Metric:
     from_agent: bool = False
 
     @property
-    def per_resource(self) -> bool:
-        """One CloudWatch series for each of several resources (the broker's nodes)."""
-        return self.resource in (REDIS_NODES, REDIS_REPLICAS)
+    def per_node(self) -> bool:
+        """One CloudWatch series for each node of the broker."""
+        return self.resource is not None and self.resource.per_node
 
     def datadog_query(self) -> str:
         aggregation = DATADOG_AGGREGATION.get(self.statistic, self.statistic)
@@ -126,6 +132,8 @@ class Alarm:
     def __post_init__(self) -> None:
         if len({metric.period_minutes for _, metric in self.metrics}) != 1:
             raise ValueError(f"alarm {self.key}: its metrics must share one period")
+        if self.per_node and len({metric.resource for _, metric in self.metrics}) != 1:
+            raise ValueError(f"alarm {self.key}: a per-node alarm reads one kind of node")
 
     @property
     def period_minutes(self) -> int:
@@ -133,7 +141,15 @@ class Alarm:
 
     @property
     def per_node(self) -> bool:
-        return any(metric.per_resource for _, metric in self.metrics)
+        return any(metric.per_node for _, metric in self.metrics)
+
+    @property
+    def nodes_resource(self) -> Resource:
+        """The nodes a per-node alarm watches, one CloudWatch alarm each."""
+        resource = self.metrics[0][1].resource
+        if resource is None or not resource.per_node:
+            raise ValueError(f"alarm {self.key} is not a per-node alarm")
+        return resource
 
 
 @dataclass(frozen=True)

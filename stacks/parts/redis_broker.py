@@ -10,6 +10,8 @@ an idle worker waits on them for the next message (worker_image/celery_service/d
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import jsii
 from aws_cdk import CfnResource, IStableListProducer, Lazy, RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
@@ -51,7 +53,6 @@ class RedisBroker(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.port = config.port
-        self.replicas = config.replicas
         data_removal = _REMOVAL[config.removal_policy]
         # Secrets and log groups cannot be snapshotted: they are kept unless data is destroyed.
         keep_or_destroy = (
@@ -185,15 +186,10 @@ class RedisBroker(Construct):
         self.endpoint_address: str = self.replication_group.attr_primary_end_point_address
         self.reader_endpoint_address: str = self.replication_group.attr_reader_end_point_address
 
-    def node_dimensions(self, *, replicas_only: bool = False) -> list[dict[str, str]]:
-        """The CloudWatch dimensions of each node's metrics (of the replicas only, for their
-        replication lag): ElastiCache names a cluster-mode-disabled group's nodes
-        `<group id>-001`, `-002`, ..."""
-        first = 2 if replicas_only else 1
-        return [
-            {"CacheClusterId": f"{self.replication_group.ref}-{index:03d}"}
-            for index in range(first, self.replicas + 2)
-        ]
+    def node_dimensions(self, nodes: Iterable[int]) -> list[dict[str, str]]:
+        """The CloudWatch dimensions of the metrics of these nodes (1 is the primary):
+        ElastiCache names a cluster-mode-disabled group's nodes `<group id>-001`, `-002`..."""
+        return [{"CacheClusterId": f"{self.replication_group.ref}-{node:03d}"} for node in nodes]
 
     def grant_connect(self, consumer: ecs.FargateService | lambda_.Function) -> None:
         """Admit `consumer` on the broker port, and only on it: it joins the clients group.

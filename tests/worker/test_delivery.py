@@ -22,9 +22,10 @@ import redis
 from kombu.connection import Connection
 
 from celery_service import contract
-from celery_service.delivery import POP_AND_RECORD, DeliveryChannel, use_delivery
+from celery_service.delivery import FORGET, POP_AND_RECORD, DeliveryChannel, use_delivery
 from celery_service.dlq import DeadLetterQueues
 from celery_service.factory import create_app
+from celery_service.redis_client import call_script
 from celery_service.settings import Settings
 from tests.conftest import RedisServer
 from tests.worker.harness import IMAGE_DIR, base_env, publisher, running, wait_for
@@ -477,3 +478,29 @@ def test_a_message_counts_as_completed_once_when_it_leaves_not_when_it_is_requeu
         connection.close()
     finally:
         app.close()
+
+
+class _FlushedAfterEveryLoad(redis.Redis):
+    """A server whose script cache is flushed right after each SCRIPT LOAD: a failover or a
+    restart between redis-py's load of a script and its EVALSHA."""
+
+    def script_load(self, script: Any) -> Any:
+        sha = super().script_load(script)
+        self.script_flush()
+        return sha
+
+
+def test_an_ack_survives_a_script_cache_flushed_between_load_and_call(
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    """Regression: the first ack of a worker loads FORGET; a flush right then failed the
+    EVALSHA that followed, and the NoScriptError ended the worker (seen in
+    test_a_flushed_script_cache_is_reloaded)."""
+    server = redis_server()
+    client = _FlushedAfterEveryLoad(port=server.port)
+    client.hset("unacked", "tag-1", "[]")
+    keys = ["unacked_index", "unacked", contract.DELIVERIES_KEY, contract.completed_key("q")]
+    assert call_script(client.register_script(FORGET), client, keys, ["tag-1", "1"]) == 1
+    assert client.hlen("unacked") == 0
+    assert client.get(contract.completed_key("q")) == b"1"
+    client.close()

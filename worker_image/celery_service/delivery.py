@@ -49,6 +49,7 @@ from celery_service import contract
 from celery_service.redis_client import (
     PrimaryConnection,
     PrimarySSLConnection,
+    call_script,
     write_replicated,
 )
 
@@ -209,17 +210,13 @@ class RecordingQoS(kombu_redis.QoS):
         with self.channel.conn_or_acquire() as client:
             if self._forget_script is None:
                 self._forget_script = client.register_script(FORGET)
-            # EVALSHA on this client, loading the script when the server lacks it.
-            self._forget_script(
-                keys=[
-                    self.unacked_index_key,
-                    self.unacked_key,
-                    contract.DELIVERIES_KEY,
-                    contract.completed_key(queue),
-                ],
-                args=[delivery_tag, "1" if queue else "0"],
-                client=client,
-            )
+            keys = [
+                self.unacked_index_key,
+                self.unacked_key,
+                contract.DELIVERIES_KEY,
+                contract.completed_key(queue),
+            ]
+            call_script(self._forget_script, client, keys, [delivery_tag, "1" if queue else "0"])
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
         """kombu's sweep of messages left unacked past the visibility timeout, at every

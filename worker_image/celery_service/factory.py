@@ -169,7 +169,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # the message unacked, so it runs again (at least once). Cancelling them instead lost
         # work: the cancel writes RETRY to the result backend, the same Redis, which is down;
         # Celery then marks the task REVOKED and acks its message (tests/worker/
-        # test_broker_restart.py, bench/chaos.py).
+        # test_broker_restart.py, bench/chaos/).
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_default_queue": catalog.default_queue,
         # No task_default_priority: Celery copies it onto every task as its own `priority`,

@@ -18,7 +18,7 @@ from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import NoScriptError, ReadOnlyError
 
 from celery_service import contract
 from celery_service.settings import Settings
@@ -42,6 +42,17 @@ class _PrimaryOnly:
         except ReadOnlyError as exc:
             self.disconnect()  # type: ignore[attr-defined]
             raise PrimaryGone(str(exc)) from None
+
+
+def call_script(script: Any, client: Any, keys: list[Any], args: list[Any]) -> Any:
+    """A registered script (redis-py's Script) by EVALSHA on `client`, which redis-py loads
+    when the server lacks it. A cache flushed again between that load and the call (a
+    failover or a restart right then) would fail the caller, a worker's ack among them:
+    then EVAL sends the script's text."""
+    try:
+        return script(keys=keys, args=args, client=client)
+    except NoScriptError:
+        return client.eval(script.script, len(keys), *keys, *args)
 
 
 class PrimaryConnection(_PrimaryOnly, redis.Connection):
@@ -114,7 +125,7 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
     def _store_unless_succeeded(self, key: bytes, value: str, expires: int | None) -> None:
         if self._store_script is None:
             self._store_script = self.client.register_script(STORE_UNLESS_SUCCEEDED)
-        self._store_script(keys=[key], args=[value, int(expires or 0)], client=self.client)
+        call_script(self._store_script, self.client, [key], [value, int(expires or 0)])
 
 
 _clients: dict[tuple[int, str], redis.Redis] = {}

@@ -100,9 +100,10 @@ def test_monitors_follow_the_config(registry_synth: Synth) -> None:
         assert f"queue:{queue}" in by_key[f"dlq-{queue}"].query
     assert by_key["redis-memory"].critical == config.monitoring.redis_memory_percent
     assert by_key["autoscaler-not-running"].notify_no_data
-    assert (
-        by_key["autoscaler-not-running"].no_data_minutes == 3 * config.autoscaler.schedule_minutes
-    )
+    # No data for twice the alarm's window (three intervals), as Datadog requires at least.
+    not_running = by_key["autoscaler-not-running"]
+    assert not_running.no_data_minutes == 2 * 3 * config.autoscaler.schedule_minutes
+    assert "last_" + str(3 * config.autoscaler.schedule_minutes) + "m" in not_running.query
     assert not by_key["dlq-" + next(iter(config.queues))].notify_no_data
     assert all("@slack-celery-alerts" in monitor.message for monitor in by_key.values())
     assert all(f"environment:{config.name}" in monitor.tags for monitor in by_key.values())

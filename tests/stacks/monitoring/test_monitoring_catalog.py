@@ -62,6 +62,8 @@ def test_each_alarm_is_rendered_alike_to_cloudwatch_and_datadog(env_synth: Synth
         assert match["op"] == alarm.comparison.value
         assert float(match["threshold"]) == monitor.critical == alarm.threshold
         assert monitor.missing is alarm.missing
+        # One point per CloudWatch period, of the alarm's statistic.
+        assert f", {alarm.period_minutes * 60})" in match["terms"], monitor.query
         for construct_id in ids:
             props = rendered[construct_id]
             assert props["Threshold"] == alarm.threshold, construct_id

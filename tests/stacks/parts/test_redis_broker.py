@@ -8,6 +8,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk.assertions import Match, Template
 
 from config.model import RedisConfig
+from stacks.monitoring.model import REDIS_NODES, REDIS_REPLICAS
 from stacks.parts.redis_broker import MAXMEMORY_POLICY, RedisBroker
 
 TOKEN = "<group>"
@@ -32,8 +33,11 @@ def test_its_nodes_are_named_as_elasticache_names_them() -> None:
             names.append(separator.join(TOKEN if p == group else p for p in parts))
         return names
 
-    assert ids(broker.node_dimensions()) == [f"{TOKEN}-001", f"{TOKEN}-002", f"{TOKEN}-003"]
-    assert ids(broker.node_dimensions(replicas_only=True)) == [f"{TOKEN}-002", f"{TOKEN}-003"]
+    every = [f"{TOKEN}-001", f"{TOKEN}-002", f"{TOKEN}-003"]
+    assert ids(broker.node_dimensions([1, 2, 3])) == every
+    # The monitoring model's node numbers: every node, or the replicas only.
+    assert ids(broker.node_dimensions(REDIS_NODES.nodes(2))) == every
+    assert ids(broker.node_dimensions(REDIS_REPLICAS.nodes(2))) == every[1:]
 
 
 def test_it_never_evicts_and_requires_tls_and_auth() -> None:
