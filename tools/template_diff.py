@@ -8,8 +8,7 @@ BASE and from the work tree, each by its own app.py in a child process as `cdk s
 it. The templates are then compared by logical ID: resources added, removed and changed
 (the names of the top-level properties that changed, and any change of DeletionPolicy or
 UpdateReplacePolicy). A new asset hash (an image or a Lambda bundle rebuilt from changed
-code) is reported as "asset changed", not as property changes. The autoscaler's image always
-is between two checkouts: its hash covers the absolute path of its second build context.
+code) is reported as "asset changed", not as property changes.
 
 A resource of a stateful type (STATEFUL_TYPES) that is gone from its stack, or whose type
 changed, under its logical ID is an error: one line each, and exit status 1. Exit status 2

@@ -14,7 +14,7 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
-from aws_cdk.aws_ecr_assets import Platform
+from aws_cdk.aws_ecr_assets import DockerImageAssetInvalidationOptions, Platform
 from constructs import Construct
 
 from celery_service import contract
@@ -63,8 +63,11 @@ class Autoscaler(Construct):
                 platform=Platform.LINUX_ARM64 if arm else Platform.LINUX_AMD64,
                 # The runtime package, for its wire contract. Only the primary directory is
                 # fingerprinted by CDK: the runtime's own digest makes its changes rebuild too.
+                # The context's path stays out of the hash: a checkout elsewhere (another CI
+                # runner, a laptop) would otherwise rebuild and redeploy the same function.
                 build_contexts={"runtime": str(IMAGE_DIR)},
                 extra_hash=runtime_fingerprint(),
+                invalidation=DockerImageAssetInvalidationOptions(build_contexts=False),
             ),
             architecture=lambda_.Architecture.ARM_64 if arm else lambda_.Architecture.X86_64,
             description="Sets each Celery worker service's desired count from queue depth",
