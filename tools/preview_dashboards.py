@@ -29,7 +29,6 @@ from stacks.monitoring import datadog as dd
 from stacks.monitoring.model import (
     AUTOSCALER_FUNCTION,
     FLOWER_LOAD_BALANCER,
-    Alarm,
     Graph,
     Metric,
     Resource,
@@ -84,14 +83,6 @@ def _series_key(metric: Metric) -> tuple[object, ...]:
     return (metric.namespace, metric.name, metric.dimensions, metric.resource)
 
 
-def _alarm_names(alarm: Alarm, config: EnvironmentConfig) -> list[str]:
-    """The CloudWatch alarms the monitoring stack makes of it, by construct id."""
-    if not alarm.per_node:
-        return [alarm.construct_id]
-    nodes = alarm.nodes_resource.nodes(config.redis.replicas)
-    return [f"{alarm.construct_id}{node}" for node in nodes]
-
-
 def cloudwatch_view(config: EnvironmentConfig) -> dict[str, Any]:
     names = Names(config)
     segments = catalog.segments(config, task_metrics=config.task_metrics_in_cloudwatch)
@@ -106,9 +97,7 @@ def cloudwatch_view(config: EnvironmentConfig) -> dict[str, Any]:
                 for metric in metrics:
                     first = metric.resource.first_node if metric.resource else 1
                     for node, dims in enumerate(names.series(metric), start=first):
-                        label = metric.label or metric.name
-                        if metric.per_node:
-                            label = f"{metric.name} node {node}"
+                        label = metric.line_label(node) or metric.name
                         lines.append(
                             {
                                 "label": label,
@@ -122,10 +111,10 @@ def cloudwatch_view(config: EnvironmentConfig) -> dict[str, Any]:
                         )
             charted = {_series_key(metric) for metric in graph.left + graph.right}
             on_graph = [
-                name
+                alarm.cloudwatch_id(node)
                 for alarm in alarms
                 if charted & {_series_key(metric) for _, metric in alarm.metrics}
-                for name in _alarm_names(alarm, config)
+                for node in alarm.nodes(config.redis.replicas)
             ]
             widgets.append(
                 {
@@ -142,9 +131,9 @@ def cloudwatch_view(config: EnvironmentConfig) -> dict[str, Any]:
         sections.append({"title": segment.title, "widgets": widgets})
     rendered = [
         {
-            "name": name,
+            "name": alarm.cloudwatch_id(node),
             "title": alarm.title,
-            "description": alarm.description.replace("{node}", name[len(alarm.construct_id) :]),
+            "description": alarm.text(node),
             "condition": (
                 f"{' + '.join(f'{m.statistic} of {m.name}' for _, m in alarm.metrics)} "
                 f"{alarm.comparison.value} {alarm.threshold:g} for {alarm.periods} x "
@@ -153,7 +142,7 @@ def cloudwatch_view(config: EnvironmentConfig) -> dict[str, Any]:
             "missing": alarm.missing.value,
         }
         for alarm in alarms
-        for name in _alarm_names(alarm, config)
+        for node in alarm.nodes(config.redis.replicas)
     ]
     return {"sections": sections, "alarms": rendered}
 

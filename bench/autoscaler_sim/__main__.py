@@ -23,11 +23,11 @@ from bench.autoscaler_sim.report import (
     SEEDS,
     WARMUP_S,
     Case,
-    _table,
     goals,
     render,
     run_case,
     run_cases,
+    table,
 )
 from bench.workloads import DAY_S, SHAPES, generate, read_csv, write_csv
 from config import CONFIG_DIR
@@ -84,7 +84,7 @@ def main_simulate(args: argparse.Namespace) -> int:
         f"{service.concurrency} slots, protection {'on' if service.protection else 'off'} "
         f"({time.monotonic() - started:.1f} s)\n"
     )
-    print("\n".join(_table(results)))
+    print("\n".join(table(results)))
     plotted = next(r for r in results if r.policy == args.plot_policy)
     # Outside the repository by default: a plot per try is not something to commit.
     out = args.plot or Path(tempfile.gettempdir()) / (

@@ -118,7 +118,7 @@ def goals(results: Sequence[RunResult], interval_s: float) -> dict[str, Any]:
     return {"interval_s": interval_s, "policies": summary, "best_anchor": best, **verdict}
 
 
-def _table(results: Sequence[RunResult]) -> list[str]:
+def table(results: Sequence[RunResult]) -> list[str]:
     lines = [
         "| workload | policy | p50 s | p95 s | p99 s | late | task-h | lower bound h | "
         "x bound | killed | max waiting |",
@@ -240,14 +240,14 @@ def render(
         lines += ["", "Late share / cost (x lower bound) per shape, means over the seeds:", ""]
         lines += compact(results, interval, held_out)
         lines += ["", f"Seed {seed}:", ""]
-        lines += _table(
+        lines += table(
             [r for r in results if r.interval_s == interval and r.protection and r.seed == seed]
         )
         lines += [""]
     off = [r for r in results if not r.protection]
     if off:
         lines += ["## Decisions every 300 s, scale-in protection off", ""]
-        lines += _table(off)
+        lines += table(off)
         lines += [""]
     if plots:
         lines += ["Plots of the policy's runs: " + ", ".join(f"`{p}`" for p in plots), ""]

@@ -62,11 +62,9 @@ class CloudWatchRenderer:
                 dimensions_map={**dict(metric.dimensions), **dimensions},
                 statistic=metric.statistic,
                 period=Duration.minutes(metric.period_minutes),
-                label=(f"{metric.name} node {index}" if metric.per_node else metric.label)
-                if labelled
-                else None,
+                label=metric.line_label(node) if labelled else None,
             )
-            for index, dimensions in enumerate(series, start=first)
+            for node, dimensions in enumerate(series, start=first)
         ]
 
     def graph(self, graph: Graph) -> cw.GraphWidget:
@@ -108,12 +106,11 @@ class CloudWatchRenderer:
                     period=Duration.minutes(alarm.period_minutes),
                 )
             node = first + index
-            suffix = str(node) if alarm.per_node else ""
             created.append(
                 cw.Alarm(
                     self.scope,
-                    f"{alarm.construct_id}{suffix}",
-                    alarm_description=alarm.description.replace("{node}", str(node)),
+                    alarm.cloudwatch_id(node),
+                    alarm_description=alarm.text(node),
                     metric=metric,
                     threshold=alarm.threshold,
                     evaluation_periods=alarm.periods,

@@ -87,6 +87,10 @@ class Metric:
         """One CloudWatch series for each node of the broker."""
         return self.resource is not None and self.resource.per_node
 
+    def line_label(self, node: int) -> str | None:
+        """A graph line's label: the node's, for a per-node metric (one line each)."""
+        return f"{self.name} node {node}" if self.per_node else self.label
+
     def datadog_query(self) -> str:
         aggregation = DATADOG_AGGREGATION.get(self.statistic, self.statistic)
         by = f" by {{{self.datadog_by}}}" if self.datadog_by else ""
@@ -150,6 +154,19 @@ class Alarm:
         if resource is None or not resource.per_node:
             raise ValueError(f"alarm {self.key} is not a per-node alarm")
         return resource
+
+    def nodes(self, replicas: int) -> range:
+        """The node of each CloudWatch alarm it becomes: every node its metric is read on,
+        or one (numbered 1, unused) for an alarm that is not per node."""
+        return self.nodes_resource.nodes(replicas) if self.per_node else range(1, 2)
+
+    def cloudwatch_id(self, node: int) -> str:
+        """The construct id (and logical id) of its CloudWatch alarm on `node`."""
+        return f"{self.construct_id}{node}" if self.per_node else self.construct_id
+
+    def text(self, node: int) -> str:
+        """Its description, with `{node}` named."""
+        return self.description.replace("{node}", str(node))
 
 
 @dataclass(frozen=True)

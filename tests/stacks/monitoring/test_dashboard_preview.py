@@ -4,7 +4,6 @@ shown only where it is on."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -15,6 +14,7 @@ import pytest
 
 from config import EnvironmentConfig, load_environment, parse_environment
 from stacks.monitoring import datadog as dd
+from tests.stacks.test_monitoring_stack import dashboard
 from tests.synth import Synth
 from tools.preview_dashboards import render
 
@@ -107,14 +107,7 @@ def drawn_page(config: EnvironmentConfig, tmp_path: Path) -> tuple[Drawn, dict[s
 
 
 def graph_widgets(template: dict[str, Any]) -> list[dict[str, Any]]:
-    (board,) = [
-        r for r in template["Resources"].values() if r["Type"] == "AWS::CloudWatch::Dashboard"
-    ]
-    body = "".join(
-        p if isinstance(p, str) else "T"
-        for p in board["Properties"]["DashboardBody"]["Fn::Join"][1]
-    )
-    return [w for w in json.loads(body)["widgets"] if "metrics" in w["properties"]]
+    return [w for w in dashboard(template) if "metrics" in w["properties"]]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make setup installs it)")
