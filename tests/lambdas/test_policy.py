@@ -11,10 +11,12 @@ from __future__ import annotations
 import ast
 import json
 import math
+import random
 import re
 import sys
 from dataclasses import replace
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ from lambdas.autoscaler.policy import (
     PolicyConfig,
     backlog_slots,
     decide,
+    queue_overflow_risk,
     slots_for_wait,
 )
 
@@ -240,9 +243,9 @@ def test_never_scales_in_below_the_tasks_busy_with_in_flight_work(in_flight: int
 
 def test_with_a_stabilization_a_brief_dip_does_not_scale_in_but_a_lasting_one_does() -> None:
     config = replace(CONFIG, scale_in_stabilization_s=2 * INTERVAL_S)
-    decision, now = steady(config, rate_per_s=2.0, run_time_s=10, desired=6)
+    decision, now = steady(config, rate_per_s=2.4, run_time_s=10, desired=6)
     level = decision.desired
-    assert level >= 6  # 20 slots of load need more than 5 tasks of 4
+    assert level >= 6  # 24 slots of load: fewer than 6 tasks of 4 fall behind
     dip = {"arrived_since_last": 60, "completed_since_last": 60, "in_flight": 2}
     now += INTERVAL_S
     first = decide(observe(now=now, desired=level, **dip), config, decision.state)
@@ -387,37 +390,50 @@ def test_long_tasks_get_a_slot_per_waiting_message_not_more() -> None:
     assert 10 < after.desired <= math.ceil((20 + 4) / 2) + 2
 
 
-def test_tasks_that_start_the_backlog_in_time_are_not_joined_by_new_ones() -> None:
-    """Spend the target: the 20 or more slots busy with 15-minute messages start the 4th
-    waiting one within about 180 s, within 85 % of a 300 s target, so no task is launched
-    (and billed) for it."""
-    config = replace(CONFIG, concurrency=2, target_wait_s=300)
-    decision, now = steady(config, rate_per_s=20 / 900, run_time_s=900, desired=10, steps=12)
+def test_tasks_that_start_a_backlog_in_time_are_not_joined_by_new_ones() -> None:
+    """Spend the target: 12 slots of 10 s messages start 150 waiting ones within about
+    125 s, well within 85 % of a 300 s target, so no task is launched (and billed) for
+    them, though the backlog's sizing asks for a fourth."""
+    config = replace(CONFIG, target_wait_s=300)
+    decision, now = steady(config, rate_per_s=1.0, run_time_s=10, desired=3, steps=12)
+    assert decision.desired == 3
     observation = observe(
         now=now + INTERVAL_S,
-        desired=decision.desired,
-        waiting=4,
-        in_flight=20,
-        arrived_since_last=11,
-        completed_since_last=7,
+        desired=3,
+        waiting=150,
+        in_flight=12,
+        arrived_since_last=450,
+        completed_since_last=300,
     )
-    held = decide(observation, config, decision.state)
-    assert held.desired == decision.desired
-    level = decision.desired
-    assert f"held at {level}: the {level} tasks start the backlog within" in held.reason
-    # None of the target spent on the backlog: the same backlog scales out.
+    spent = decide(observation, config, decision.state)
+    assert spent.desired == 3
+    assert "3 tasks spend the target" in spent.reason
+    # None of the target spent: the same backlog scales out.
     eager = decide(observation, replace(config, scale_out_wait_fraction=0), decision.state)
-    assert eager.desired > decision.desired
+    assert eager.desired > 3
 
 
-def test_the_steady_need_is_never_held() -> None:
-    """Only a backlog's scale-out waits for the target: with nothing waiting, the arrival
-    rate's own sizing scales out at once (here 0.06/s of 100 s tasks: 6 busy slots, more
-    than 2 tasks of 4 give for a 30 s target)."""
+def test_a_long_target_is_spent_on_steady_load() -> None:
+    """1.5/s of 40 s messages keep 60 slots busy. For a 300 s target the service runs the
+    load itself, 15 tasks of 4 (the busy ones), not the 16 a stationary queue would need:
+    the queue that builds until the next decision's tasks are up stays well within it."""
+    config = replace(CONFIG, target_wait_s=300)
+    decision, _ = steady(config, rate_per_s=1.5, run_time_s=40, desired=16, steps=12)
+    assert decision.desired == 15, decision.reason
+    assert "spend the target" in decision.reason
+    eager, _ = steady(
+        replace(config, scale_out_wait_fraction=0), rate_per_s=1.5, run_time_s=40, desired=16
+    )
+    assert eager.desired == 16
+
+
+def test_a_short_target_keeps_the_queueing_sizing() -> None:
+    """Nothing to spend where the target is short: 0.06/s of 100 s messages (6 busy slots)
+    get the 3 tasks of 4 the stationary queue needs for a 30 s target."""
     config = replace(CONFIG, target_wait_s=30)
     decision, _ = steady(config, rate_per_s=0.06, run_time_s=100, desired=2, steps=12)
-    assert decision.desired >= 3, decision.reason
-    assert "held" not in decision.reason
+    assert decision.desired == 3, decision.reason
+    assert "spend the target" not in decision.reason
 
 
 # ---------------------------------------------------------------- state
@@ -547,6 +563,42 @@ def test_erlang_sizing_is_the_fewest_slots_meeting_the_target(
     k = slots_for_wait(load, run_s, target_s, late)
     assert _late_mmk(k, load, run_s, target_s) <= late
     assert k - 1 <= load or _late_mmk(k - 1, load, run_s, target_s) > late
+
+
+def test_overflow_risk_matches_known_values() -> None:
+    common = {"arrival_rate": 1.0, "run_time_s": 10.0, "horizon_s": 800.0}
+    # No drift: twice the normal tail at the distance over sqrt(variance 2 x horizon) = 40.
+    assert queue_overflow_risk(waiting=0, slots=10, limit=40, **common) == pytest.approx(
+        2 * NormalDist().cdf(-1)
+    )
+    # Already beyond the limit; no room at all.
+    assert queue_overflow_risk(waiting=50, slots=10, limit=40, **common) == 1.0
+    # Draining fast, far from the limit; filling fast, near it.
+    assert queue_overflow_risk(waiting=0, slots=20, limit=40, **common) < 1e-3
+    assert queue_overflow_risk(waiting=0, slots=5, limit=40, **common) > 0.99
+
+
+def test_overflow_risk_matches_a_simulated_queue() -> None:
+    """Against the queue it approximates: Poisson arrivals at 1.5/s, 56 busy slots of 40 s
+    (each finishing at 1/40 per second), 100 waiting, 160 allowed, over 375 s."""
+    rng = random.Random(7)
+    arrival, service, horizon, limit = 1.5, 56 / 40, 375.0, 160
+    paths, over = 1000, 0
+    for _ in range(paths):
+        t, queue = 0.0, 100
+        while True:
+            t += rng.expovariate(arrival + service)
+            if t > horizon:
+                break
+            queue += 1 if rng.random() < arrival / (arrival + service) else -1
+            if queue > limit:
+                over += 1
+                break
+    approximation = queue_overflow_risk(
+        waiting=100, slots=56, arrival_rate=arrival, run_time_s=40, horizon_s=horizon, limit=limit
+    )
+    assert 0.2 < approximation < 0.5
+    assert over / paths == pytest.approx(approximation, abs=0.05)
 
 
 def test_queueing_helpers_match_known_values() -> None:
