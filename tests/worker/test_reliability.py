@@ -275,5 +275,10 @@ def test_time_limits_from_the_catalog_stop_a_task_and_record_it(
         with pytest.raises(Exception, match=r"TimeLimitExceeded"):
             result.get(timeout=20)
         wait_for(lambda: dlq.depth("reports") == 1, 10, "the dead letter")
+        # Enforced by the platform's prefork pool (celery_service.pool), not a timer per task.
+        stats = app.control.inspect(timeout=5).stats() or {}
+        assert [s["pool"]["implementation"] for s in stats.values()] == [
+            "celery_service.pool:TaskPool"
+        ]
     assert "TimeLimitExceeded" in (dlq.entries("reports")[0].exception or "")
     app.close()

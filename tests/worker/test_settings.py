@@ -293,6 +293,17 @@ def test_events_started_and_the_results_database_follow_the_catalog() -> None:
     assert "/5?" in config["result_backend"]
 
 
+def test_prefork_groups_run_the_platform_pool_and_others_their_own() -> None:
+    shipped = celery_config(Settings.from_env(env(CELERY_WORKER_GROUP="general")))
+    assert shipped["worker_pool"] == "celery_service.pool:TaskPool"
+    catalog = json.loads(json.dumps(TEST_CATALOG))
+    catalog["worker_groups"]["general"].update(pool="gevent", soft_time_limit_s=None)
+    gevent = celery_config(
+        Settings.from_env(env(CELERY_WORKER_GROUP="general", CELERY_CATALOG=json.dumps(catalog)))
+    )
+    assert "worker_pool" not in gevent
+
+
 def test_variables_for_is_what_from_env_reads_back() -> None:
     """The one rendering of settings into variables (stacks, local tools, tests) round-trips."""
     fields: dict[str, Any] = {

@@ -216,6 +216,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         config["task_soft_time_limit"] = group.soft_time_limit_s
         config["task_time_limit"] = group.time_limit_s
         config["worker_max_tasks_per_child"] = group.max_tasks_per_child
+        if group.pool == "prefork":
+            # `--pool prefork` then runs this subclass: time limits without a timer per task.
+            config["worker_pool"] = "celery_service.pool:TaskPool"
         if group.max_memory_per_child_mib is not None:
             config["worker_max_memory_per_child"] = group.max_memory_per_child_mib * 1024  # KiB
     return config
