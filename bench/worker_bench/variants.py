@@ -89,6 +89,11 @@ VARIANTS = _variants(
     _shipped("not_extended", "shipped, result_extended off", {"result_extended": False}),
     _shipped("no_signals", "shipped, no prerun/postrun handlers", None, "no_platform_signals"),
     _shipped(
+        "celery_pool",
+        "shipped on Celery's prefork pool (a timer per task's limits)",
+        {"worker_pool": "prefork"},
+    ),
+    _shipped(
         "no_time_limits",
         "shipped, no time limits",
         {"task_time_limit": None, "task_soft_time_limit": None},
