@@ -589,13 +589,12 @@ def _spend_target(
     allowed_s = config.scale_out_wait_fraction * config.target_wait_s
     horizon_s = config.interval_s + config.startup_s
     current_slots = inputs.current * c
+    # What piles up while launched tasks start, for counts above the current one.
+    startup_growth = max(0.0, rate - current_slots / run_time_s) * config.startup_s
     for tasks in range(1, need):
         slots = tasks * c
-        waiting = float(inputs.waiting_n)
-        if slots > current_slots:
-            waiting += max(0.0, rate - current_slots / run_time_s) * config.startup_s
         risk = queue_overflow_risk(
-            waiting=waiting,
+            waiting=inputs.waiting_n + (startup_growth if slots > current_slots else 0.0),
             slots=slots,
             arrival_rate=rate,
             run_time_s=run_time_s,
