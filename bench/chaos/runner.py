@@ -49,7 +49,7 @@ from tools.local_redis import (
 
 
 class Broker:
-    """redis-server with the append-only file; `kill9_and_restart` keeps port and files."""
+    """redis-server with the append-only file; `kill9` then `start` keeps its port and files."""
 
     def __init__(self, workdir: Path) -> None:
         try:

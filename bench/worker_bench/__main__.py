@@ -43,7 +43,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="cProfile each worker's main and pool processes into bench/results/",
+        help="cProfile each worker's main and pool processes into bench/results/ (not the "
+        "`shipped` row, which runs the image's own entry point: profile `control`, the same "
+        "configuration through bench_app)",
     )
     parser.add_argument(
         "--output", default="worker_bench", help="result file stem under bench/results/"

@@ -70,6 +70,32 @@ def test_outside_ecs_the_monitor_only_keeps_the_heartbeat(tmp_path: Path) -> Non
     assert monitor.protected_until == 0.0
 
 
+def test_a_message_wakes_the_monitor_only_when_protection_may_be_missing() -> None:
+    """Each wake-up is a thread switch in the worker's main process, on the path of the
+    message that caused it: only a worker without a lease, or whose idle spell the monitor
+    has seen (it may be releasing), needs one; outside ECS none does."""
+    monitor = TaskMonitor(
+        busy=lambda: 1, agent_uri="http://agent", protection_minutes=5, heartbeat_file=None
+    )
+
+    def woken() -> bool:
+        was = monitor._wake.is_set()
+        monitor._wake.clear()
+        return was
+
+    monitor.wake()
+    assert woken(), "not protected yet"
+    monitor.protected_until = time.monotonic() + 300
+    monitor.wake()
+    assert not woken(), "a lease holds and the worker was busy at the last look"
+    monitor.idle_since = time.monotonic()
+    monitor.wake()
+    assert woken(), "idle at the last look: the lease may be on its way out"
+    outside = TaskMonitor(busy=lambda: 1, agent_uri=None, protection_minutes=5, heartbeat_file=None)
+    outside.wake()
+    assert not outside._wake.is_set()
+
+
 def test_protection_is_renewed_before_it_expires_and_retried_after_failure() -> None:
     with standin([(500, {}), (200, {}), (200, {})]) as agent:
         monitor = TaskMonitor(

@@ -63,7 +63,12 @@ class TaskMonitor:
         self._thread.start()
 
     def wake(self) -> None:
-        """A message arrived: protect now rather than at the next poll."""
+        """A message found the worker idle: protect now rather than at the next poll. Not
+        while a lease holds and the last poll found the worker busy (a release needs an
+        idle poll first), nor outside ECS: each wake-up is a thread switch in the main
+        process, on the path of the message that caused it."""
+        if self.agent_uri is None or (self.protected_until and self.idle_since is None):
+            return
         self._wake.set()
 
     def stop(self) -> None:
