@@ -132,20 +132,21 @@ def monitors(config: EnvironmentConfig) -> list[Monitor]:
     tags = (MANAGED_BY_TAG, f"environment:{config.name}", f"project:{config.project}")
     result = []
     for alarm in catalog.alarms(config):
-        window = alarm.periods * alarm.period_minutes
+        rule = alarm.datadog or alarm
+        window = rule.periods * rule.period_minutes
         description = alarm.description.replace("{node}", "{{cacheclusterid.name}}")
-        crawled = not all(metric.from_agent for _, metric in alarm.metrics)
+        crawled = not all(metric.from_agent for _, metric in rule.metrics)
         result.append(
             Monitor(
                 key=alarm.key,
                 name=f"[{config.name}] {alarm.title}",
-                query=monitor_query(alarm),
+                query=monitor_query(rule),
                 message=f"{description}.\n\n{notify}".strip(),
                 tags=tags,
-                critical=alarm.threshold,
-                missing=alarm.missing,
+                critical=rule.threshold,
+                missing=rule.missing,
                 no_data_minutes=NO_DATA_WINDOWS * window
-                if alarm.missing is MissingData.IS_FAILURE
+                if rule.missing is MissingData.IS_FAILURE
                 else None,
                 evaluation_delay_s=CRAWLER_EVALUATION_DELAY_S if crawled else 0,
                 priority=alarm.priority,

@@ -132,6 +132,10 @@ class Alarm:
     periods: int  # consecutive periods that must breach
     missing: MissingData
     priority: int = 3  # Datadog's, 1 (highest) to 5
+    # The condition the Datadog monitor evaluates instead, where Datadog has a timelier
+    # source for the same failure (its agent, against a metric it would crawl late from
+    # CloudWatch); the key, title, text and priority stay this alarm's.
+    datadog: Alarm | None = None
 
     def __post_init__(self) -> None:
         if len({metric.period_minutes for _, metric in self.metrics}) != 1:

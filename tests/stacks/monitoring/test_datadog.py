@@ -109,6 +109,28 @@ def test_monitors_follow_the_config(registry_synth: Synth) -> None:
     assert all(f"environment:{config.name}" in monitor.tags for monitor in by_key.values())
 
 
+def test_the_beat_monitor_counts_beats_own_ticks_from_the_agent() -> None:
+    """Beat's heartbeat age reaches Datadog only through the AWS integration's crawler, a
+    quarter of an hour late; its ticks come from the agent within seconds. The monitor
+    counts those over the same limit, without the crawler's evaluation delay, and a silent
+    beat (no ticks at all) is no data, which alarms."""
+    config = with_datadog()
+    limit = config.monitoring.beat_heartbeat_max_age_s
+    (beat,) = [monitor for monitor in dd.monitors(config) if monitor.key == "beat-heartbeat"]
+    minutes = -(-limit // 60)
+    assert beat.query == (
+        f"sum(last_{minutes}m):sum:{m.BEAT_HEARTBEAT}{{env:{config.name}}}.as_count()"
+        f".rollup(sum, {minutes * 60}) < 1"
+    )
+    assert beat.evaluation_delay_s == 0
+    assert beat.notify_no_data
+    assert beat.no_data_minutes == 2 * minutes
+    assert str(limit) in beat.message
+    # No other monitor reads the ticks.
+    ticking = [monitor for monitor in dd.monitors(config) if m.BEAT_HEARTBEAT in monitor.query]
+    assert ticking == [beat]
+
+
 def test_the_errors_monitor_sees_a_crash_as_the_alarm_does(synth_env: Any) -> None:
     """A run that crashes before the autoscaler reports counts only in Lambda's errors: the
     monitor reads those of the autoscaler's function, found by its resource tag."""

@@ -56,14 +56,16 @@ def test_each_alarm_is_rendered_alike_to_cloudwatch_and_datadog(env_synth: Synth
         )
         expected_ids |= set(ids)
         monitor = monitors[alarm.key]
+        # The condition Datadog evaluates: the alarm's, or its timelier Datadog source's.
+        rule = alarm.datadog or alarm
         match = MONITOR_QUERY.match(monitor.query)
         assert match, monitor.query
-        assert int(match["window"]) == alarm.periods * alarm.period_minutes, alarm.key
-        assert match["op"] == alarm.comparison.value
-        assert float(match["threshold"]) == monitor.critical == alarm.threshold
-        assert monitor.missing is alarm.missing
+        assert int(match["window"]) == rule.periods * rule.period_minutes, alarm.key
+        assert match["op"] == rule.comparison.value
+        assert float(match["threshold"]) == monitor.critical == rule.threshold
+        assert monitor.missing is rule.missing is alarm.missing
         # One point per CloudWatch period, of the alarm's statistic.
-        assert f", {alarm.period_minutes * 60})" in match["terms"], monitor.query
+        assert f", {rule.period_minutes * 60})" in match["terms"], monitor.query
         for construct_id in ids:
             props = rendered[construct_id]
             assert props["Threshold"] == alarm.threshold, construct_id
@@ -120,6 +122,17 @@ def test_a_monitor_breaches_when_the_alarm_does(
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_monitors_on_crawled_metrics_wait_for_the_crawler(env: str) -> None:
-    for monitor in dd.monitors(load_environment(env)):
-        # Every alarm reads AWS or autoscaler metrics, which Datadog collects from CloudWatch.
-        assert monitor.api_body()["options"]["evaluation_delay"] == dd.CRAWLER_EVALUATION_DELAY_S
+    config = load_environment(env)
+    from_agent = {
+        alarm.key
+        for alarm in catalog.alarms(config)
+        if alarm.datadog and all(metric.from_agent for _, metric in alarm.datadog.metrics)
+    }
+    assert from_agent == {"beat-heartbeat"}
+    for monitor in dd.monitors(config):
+        options = monitor.api_body()["options"]
+        if monitor.key in from_agent:
+            assert "evaluation_delay" not in options
+        else:
+            # AWS or autoscaler metrics, which Datadog collects from CloudWatch.
+            assert options["evaluation_delay"] == dd.CRAWLER_EVALUATION_DELAY_S
