@@ -102,9 +102,9 @@ def test_alarms_on_errors_and_on_missed_runs(env_synth: Synth) -> None:
     ]
     # Both the function's own failures and the errors a run reports and survives.
     watched = {
-        (m["MetricStat"]["Metric"]["Namespace"], m["MetricStat"]["Metric"]["MetricName"])
-        for m in errors["Metrics"]
-        if "MetricStat" in m
+        (query["MetricStat"]["Metric"]["Namespace"], query["MetricStat"]["Metric"]["MetricName"])
+        for query in errors["Metrics"]
+        if "MetricStat" in query
     }
     assert watched == {("AWS/Lambda", "Errors"), ("CeleryPlatform", "AutoscalerErrors")}
 
