@@ -70,12 +70,25 @@ def test_outside_ecs_the_monitor_only_keeps_the_heartbeat(tmp_path: Path) -> Non
     assert monitor.protected_until == 0.0
 
 
-def test_a_message_wakes_the_monitor_only_when_protection_may_be_missing() -> None:
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_message_wakes_the_monitor_only_when_its_lease_may_be_missing() -> None:
     """Each wake-up is a thread switch in the worker's main process, on the path of the
-    message that caused it: only a worker without a lease, or whose idle spell the monitor
-    has seen (it may be releasing), needs one; outside ECS none does."""
+    message that caused it: a worker without a lease, or with one past half-life, needs
+    one; a fresh lease only needs the time noted; outside ECS nothing does."""
+    clock = Clock()
     monitor = TaskMonitor(
-        busy=lambda: 1, agent_uri="http://agent", protection_minutes=5, heartbeat_file=None
+        busy=lambda: 1,
+        agent_uri="http://agent",
+        protection_minutes=5,
+        heartbeat_file=None,
+        clock=clock,
     )
 
     def woken() -> bool:
@@ -85,15 +98,47 @@ def test_a_message_wakes_the_monitor_only_when_protection_may_be_missing() -> No
 
     monitor.wake()
     assert woken(), "not protected yet"
-    monitor.protected_until = time.monotonic() + 300
+    monitor.protected_until, monitor.lease_s = clock.now + 300, 300
     monitor.wake()
-    assert not woken(), "a lease holds and the worker was busy at the last look"
-    monitor.idle_since = time.monotonic()
+    assert not woken(), "a fresh lease holds"
+    assert monitor.message_at == clock.now
+    clock.now += 151
     monitor.wake()
-    assert woken(), "idle at the last look: the lease may be on its way out"
+    assert woken(), "past half-life: the lease is due for renewal"
     outside = TaskMonitor(busy=lambda: 1, agent_uri=None, protection_minutes=5, heartbeat_file=None)
     outside.wake()
     assert not outside._wake.is_set()
+
+
+def test_a_message_during_an_idle_spell_restarts_it_without_a_wake_up() -> None:
+    """The lease is released after IDLE_GRACE_S without work: a message that found the
+    worker idle, and finished before the next poll, counts as work all the same."""
+    clock = Clock()
+    busy = [1]
+    with standin([(200, {})] * 2) as agent:
+        monitor = TaskMonitor(
+            busy=lambda: busy[0],
+            agent_uri=agent.url,
+            protection_minutes=60,
+            heartbeat_file=None,
+            clock=clock,
+        )
+        monitor.step()  # protected
+        busy[0] = 0
+        monitor.step()  # idle from now
+        clock.now += 4
+        monitor.wake()  # a short task came and went between two polls
+        assert not monitor._wake.is_set()
+        clock.now += 2
+        monitor.step()  # 6 s since the last work by the polls alone, 2 s by the message
+        assert monitor.protected_until > 0
+        clock.now += 4
+        monitor.step()
+        assert monitor.protected_until == 0.0
+    assert bodies(agent.requests) == [
+        {"ProtectionEnabled": True, "ExpiresInMinutes": 60},
+        {"ProtectionEnabled": False},
+    ]
 
 
 def test_protection_is_renewed_before_it_expires_and_retried_after_failure() -> None:
@@ -111,14 +156,6 @@ def test_protection_is_renewed_before_it_expires_and_retried_after_failure() -> 
         monitor.step()
         assert len(agent.requests) == 3
     assert AGENT_TIMEOUT_S <= 2
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_busy_worker_releases_its_protection_at_the_bound_then_waits_for_idle() -> None:

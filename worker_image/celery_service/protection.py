@@ -54,6 +54,7 @@ class TaskMonitor:
         self.protected_until = 0.0  # monotonic; 0 means not protected
         self.lease_s = 0.0  # length of the current lease
         self.idle_since: float | None = None
+        self.message_at = -math.inf  # when a message last found the worker idle (wake)
         self.busy_since: float | None = None  # start of the current busy stretch
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -63,11 +64,13 @@ class TaskMonitor:
         self._thread.start()
 
     def wake(self) -> None:
-        """A message found the worker idle: protect now rather than at the next poll. Not
-        while a lease holds and the last poll found the worker busy (a release needs an
-        idle poll first), nor outside ECS: each wake-up is a thread switch in the main
-        process, on the path of the message that caused it."""
-        if self.agent_uri is None or (self.protected_until and self.idle_since is None):
+        """A message found the worker idle: protect now rather than at the next poll. While
+        a fresh lease holds (not past half-life), only note the time: the next poll counts
+        the idle spell from it, so the lease is not released under the message. Each
+        wake-up is a thread switch in the main process, on the path of the message that
+        caused it."""
+        now = self.message_at = self.clock()
+        if self.agent_uri is None or now < self.protected_until - self.lease_s / 2:
             return
         self._wake.set()
 
@@ -116,7 +119,7 @@ class TaskMonitor:
                 self.protected_until = now + lease * 60
                 self.lease_s = lease * 60
             return
-        self.idle_since = self.idle_since or now
+        self.idle_since = max(self.idle_since or now, self.message_at)
         if now - self.idle_since < IDLE_GRACE_S:
             return
         self.busy_since = None  # idle: the next busy stretch starts a new bound
