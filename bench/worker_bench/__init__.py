@@ -16,6 +16,9 @@ worker with a prefork pool of 2 processes consuming one queue, then
    before_task_publish (as the platform's `published_at`, for both apps). The time from the
    caller's `apply_async` is reported too.
 
+The shipped variants' workers get a loopback stand-in for the ECS agent's task-protection
+endpoint (ECS_AGENT_URI), so their scale-in protection runs as on Fargate.
+
 Completions are counted from the worker side over a Unix datagram socket (see bench_tasks):
 no Redis command, no result backend read, so counting does not load what is measured. Other
 load on the machine is measured as well (CPU used by processes other than the benchmark's,

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,38 @@ class Reports:
         self.sock.close()
 
 
+class EcsAgentStandIn:
+    """The ECS agent's task-protection endpoint on loopback, answering every call as ECS
+    does, so the shipped worker's protection thread runs as it does on Fargate."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                stand_in.calls += 1
+                body = b'{"protection": {"ProtectionEnabled": true}}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 # ---------------------------------------------------------------- one variant
 
 
@@ -264,10 +297,16 @@ class Bench:
     seconds: float
     profile: bool
     statsd_sink: socket.socket = field(init=False)
+    ecs_agent: EcsAgentStandIn = field(init=False)
 
     def __post_init__(self) -> None:
         self.statsd_sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.statsd_sink.bind(("127.0.0.1", 0))
+        self.ecs_agent = EcsAgentStandIn()
+
+    def close(self) -> None:
+        self.statsd_sink.close()
+        self.ecs_agent.close()
 
     @property
     def broker_url(self) -> str:
@@ -339,6 +378,8 @@ class Bench:
             # A bound socket nobody reads: sends succeed, the kernel drops what overflows.
             env["DD_AGENT_HOST"] = "127.0.0.1"
             env["DD_DOGSTATSD_PORT"] = str(self.statsd_sink.getsockname()[1])
+        if variant.app == "shipped":
+            env["ECS_AGENT_URI"] = self.ecs_agent.url  # scale-in protection, as on Fargate
         if self.profile:
             env["BENCH_PROFILE"] = str(RESULTS_DIR / f"profile_{variant.name}.prof")
         return env
@@ -347,6 +388,7 @@ class Bench:
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
         client.flushall()
         self.reports.reset()
+        calls_before = self.ecs_agent.calls
         app = self.publisher(variant)
         fill_queue(app, client, self.tasks)
         log_path = self.workdir / f"worker_{variant.name}.log"
@@ -384,6 +426,7 @@ class Bench:
             "latency": latency,
             # The platform's own Redis completion counter, as a cross-check (shipped only).
             "platform_completion_counter": int(counter) if counter is not None else None,
+            "protection_calls": self.ecs_agent.calls - calls_before,
         }
 
     def _drain(self, worker: subprocess.Popen[bytes]) -> dict[str, Any]:
@@ -530,6 +573,6 @@ def run_all(
                             print(f"{drain['tasks_per_s']:.0f} tasks/s, start p99 {p99:.2f} ms")
                         runs.append({"round": round_, **run})
             finally:
-                bench.statsd_sink.close()
+                bench.close()
                 reports.close()
     return floor, runs
