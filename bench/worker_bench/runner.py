@@ -18,9 +18,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from bench.worker_bench.variants import BENCH_GROUP, CONCURRENCY, VARIANTS, Vari
 from celery_service.__main__ import worker_args
 from celery_service.factory import create_app
 from celery_service.settings import Settings, variables_for
+from tools.http_standin import StandIn, standin
 from tools.local_redis import (
     RedisServerMissingError,
     redis_server_binary,
@@ -250,38 +250,6 @@ class Reports:
         self.sock.close()
 
 
-class EcsAgentStandIn:
-    """The ECS agent's task-protection endpoint on loopback, answering every call as ECS
-    does, so the shipped worker's protection thread runs as it does on Fargate."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_PUT(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                stand_in.calls += 1
-                body = b'{"protection": {"ProtectionEnabled": true}}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 # ---------------------------------------------------------------- one variant
 
 
@@ -297,16 +265,23 @@ class Bench:
     seconds: float
     profile: bool
     statsd_sink: socket.socket = field(init=False)
-    ecs_agent: EcsAgentStandIn = field(init=False)
+    # The ECS agent's task-protection endpoint, answering every call as ECS does, so the
+    # shipped worker's protection thread runs as it does on Fargate.
+    ecs_agent: StandIn = field(init=False)
+    _open: ExitStack = field(init=False)
 
     def __post_init__(self) -> None:
-        self.statsd_sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._open = ExitStack()
+        self.statsd_sink = self._open.enter_context(
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        )
         self.statsd_sink.bind(("127.0.0.1", 0))
-        self.ecs_agent = EcsAgentStandIn()
+        self.ecs_agent = self._open.enter_context(
+            standin([(200, {"protection": {"ProtectionEnabled": True}})])
+        )
 
     def close(self) -> None:
-        self.statsd_sink.close()
-        self.ecs_agent.close()
+        self._open.close()
 
     @property
     def broker_url(self) -> str:
@@ -388,7 +363,7 @@ class Bench:
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
         client.flushall()
         self.reports.reset()
-        calls_before = self.ecs_agent.calls
+        calls_before = len(self.ecs_agent.requests)
         app = self.publisher(variant)
         fill_queue(app, client, self.tasks)
         log_path = self.workdir / f"worker_{variant.name}.log"
@@ -426,7 +401,7 @@ class Bench:
             "latency": latency,
             # The platform's own Redis completion counter, as a cross-check (shipped only).
             "platform_completion_counter": int(counter) if counter is not None else None,
-            "protection_calls": self.ecs_agent.calls - calls_before,
+            "protection_calls": len(self.ecs_agent.requests) - calls_before,
         }
 
     def _drain(self, worker: subprocess.Popen[bytes]) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from celery_service import contract
 from celery_service.dlq import DeadLetterQueues
 from tests.conftest import RedisServer
 from tests.worker.harness import TEST_CATALOG, base_env, publisher, running, start, wait_for
-from tests.worker.http_standin import standin
 from tools.faultproxy import FaultProxy
+from tools.http_standin import standin
 
 # How long a worker takes at most to work again after every connection it had went silent
 # (seconds): each connection notices within contract.REDIS_SOCKET_TIMEOUT_S of its next

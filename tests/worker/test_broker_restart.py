@@ -12,7 +12,7 @@ from celery_service.contract import queue_keys
 from celery_service.settings import Settings
 from tests.conftest import RedisServer
 from tests.worker.harness import Process, base_env, publisher, start, wait_for
-from tests.worker.http_standin import standin
+from tools.http_standin import standin
 from tools.local_redis import redis_server_binary, start_server
 
 REDIS_DOWN_S = 2.0  # how long the broker stays down (seconds)

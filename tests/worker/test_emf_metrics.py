@@ -20,7 +20,7 @@ from celery_service import contract
 from celery_service.metrics import EMF_MAX_VALUES, EmfAggregator
 from tests.conftest import RedisServer
 from tests.worker.harness import publisher, running, wait_for
-from tests.worker.http_standin import standin
+from tools.http_standin import standin
 
 UNITS = {"Milliseconds", "Count", "Seconds", "None"}
 

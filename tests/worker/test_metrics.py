@@ -11,7 +11,7 @@ import pytest
 from celery_service import contract
 from tests.conftest import RedisServer
 from tests.worker.harness import publisher, running, wait_for
-from tests.worker.http_standin import standin
+from tools.http_standin import standin
 
 
 @pytest.fixture

@@ -7,11 +7,12 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from celery_service.protection import AGENT_TIMEOUT_S, TaskMonitor
 from tests.conftest import RedisServer
 from tests.worker.harness import TEST_CATALOG, publisher, running, wait_for
-from tests.worker.http_standin import standin
+from tools.http_standin import standin
 
 
 def bodies(requests: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -78,6 +79,18 @@ class Clock:
         return self.now
 
 
+def agent_monitor(url: str, busy: list[int], clock: Clock, **options: Any) -> TaskMonitor:
+    """A monitor of `busy[0]` running messages with 60-minute leases, on `clock`."""
+    return TaskMonitor(
+        busy=lambda: busy[0],
+        agent_uri=url,
+        protection_minutes=60,
+        heartbeat_file=None,
+        clock=clock,
+        **options,
+    )
+
+
 def test_a_message_wakes_the_monitor_only_when_its_lease_may_be_missing() -> None:
     """Each wake-up is a thread switch in the worker's main process, on the path of the
     message that caused it: a worker without a lease, or with one past half-life, needs
@@ -116,13 +129,7 @@ def test_a_message_during_an_idle_spell_restarts_it_without_a_wake_up() -> None:
     clock = Clock()
     busy = [1]
     with standin([(200, {})] * 2) as agent:
-        monitor = TaskMonitor(
-            busy=lambda: busy[0],
-            agent_uri=agent.url,
-            protection_minutes=60,
-            heartbeat_file=None,
-            clock=clock,
-        )
+        monitor = agent_monitor(agent.url, busy, clock)
         monitor.step()  # protected
         busy[0] = 0
         monitor.step()  # idle from now
@@ -165,14 +172,7 @@ def test_a_busy_worker_releases_its_protection_at_the_bound_then_waits_for_idle(
     clock = Clock()
     busy = [1]
     with standin([(200, {})] * 6) as agent:
-        monitor = TaskMonitor(
-            busy=lambda: busy[0],
-            agent_uri=agent.url,
-            protection_minutes=60,
-            heartbeat_file=None,
-            max_minutes=90,
-            clock=clock,
-        )
+        monitor = agent_monitor(agent.url, busy, clock, max_minutes=90)
         monitor.step()
         clock.now += 31 * 60  # past half-life: renewed, but only up to the bound
         monitor.step()
@@ -202,13 +202,7 @@ def test_an_idle_worker_releases_without_being_told_to_stop() -> None:
     clock = Clock()
     busy = [2]
     with standin([(200, {})] * 2) as agent:
-        monitor = TaskMonitor(
-            busy=lambda: busy[0],
-            agent_uri=agent.url,
-            protection_minutes=60,
-            heartbeat_file=None,
-            clock=clock,
-        )
+        monitor = agent_monitor(agent.url, busy, clock)
         monitor.step()
         busy[0] = 0
         monitor.step()

@@ -25,7 +25,7 @@ from tests.worker.harness import (
     running,
     wait_for,
 )
-from tests.worker.http_standin import standin
+from tools.http_standin import standin
 
 
 def dlq_cli(port: int, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,6 @@
-"""A scripted HTTP server on loopback: answers from a list and records every request."""
+"""A scripted HTTP server on loopback: answers from a list and records every request. The
+tests stand it in for what tasks and the worker call over HTTP (the ECS agent, a rates
+API); the worker benchmark for the ECS agent's task-protection endpoint."""
 
 from __future__ import annotations
 
