@@ -91,7 +91,7 @@ def goals(results: Sequence[RunResult], interval_s: float) -> dict[str, Any]:
         policy: {
             "mean_late": statistics.fmean(r.late for r in runs),
             "worst_late": max(r.late for r in runs),
-            "geomean_cost_x": math.exp(statistics.fmean(math.log(r.cost_x) for r in runs)),
+            "geomean_cost_x": _geomean_cost(runs),
             "killed": sum(r.killed for r in runs),
         }
         for policy, runs in by_policy.items()
@@ -115,7 +115,28 @@ def goals(results: Sequence[RunResult], interval_s: float) -> dict[str, Any]:
             and ours["geomean_cost_x"] <= cost_limit
             and ours["killed"] == 0,
         }
+        if goal.anchor:
+            verdict["cost_vs_anchor_by_shape"] = _cost_ratio_by_shape(
+                by_policy[OURS], by_policy[goal.anchor]
+            )
     return {"interval_s": interval_s, "policies": summary, "best_anchor": best, **verdict}
+
+
+def _geomean_cost(runs: Sequence[RunResult]) -> float:
+    return math.exp(statistics.fmean(math.log(r.cost_x) for r in runs))
+
+
+def _cost_ratio_by_shape(
+    ours: Sequence[RunResult], anchor: Sequence[RunResult]
+) -> dict[str, float]:
+    """The policy's geometric-mean cost over the anchor's, per shape: where a cost gap is."""
+    shapes = dict.fromkeys(r.workload for r in ours)
+    return {
+        shape: _geomean_cost([r for r in ours if r.workload == shape])
+        / _geomean_cost([r for r in anchor if r.workload == shape])
+        for shape in shapes
+        if any(r.workload == shape for r in anchor)
+    }
 
 
 def table(results: Sequence[RunResult]) -> list[str]:
@@ -149,9 +170,7 @@ def _goal_lines(g: dict[str, Any]) -> list[str]:
 
 
 def _late_and_cost(runs: Sequence[RunResult]) -> str:
-    late = statistics.fmean(r.late for r in runs)
-    cost = math.exp(statistics.fmean(math.log(r.cost_x) for r in runs))
-    return f"{late:.1%} / {cost:.2f}"
+    return f"{statistics.fmean(r.late for r in runs):.1%} / {_geomean_cost(runs):.2f}"
 
 
 def compact(
@@ -201,12 +220,23 @@ def goal_text(g: dict[str, Any], label: str) -> str:
         distance.append(f"cost {over:+.1%} over")
     if ours["killed"]:
         distance.append(f"{ours['killed']} killed")
-    return (
+    text = (
         f"{label}: goal {target}; the policy {ours['mean_late']:.2%} late at "
         f"{ours['geomean_cost_x']:.3f} x, {ours['killed']} killed: {verdict}"
         + (f" ({', '.join(distance)})" if distance else "")
         + "."
     )
+    by_shape = g.get("cost_vs_anchor_by_shape", {})
+    if ours["geomean_cost_x"] > g["cost_limit"] and by_shape:
+        ratios = ", ".join(
+            f"{shape} {ratio:.2f} x"
+            for shape, ratio in sorted(by_shape.items(), key=lambda item: -item[1])
+        )
+        text += (
+            f" Its cost over {goal.anchor}'s, per shape: {ratios}. Why, and the levers "
+            "measured: bench/README.md, Autoscaler simulation."
+        )
+    return text
 
 
 def render(

@@ -133,6 +133,40 @@ def table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def goal_line(runs: list[dict[str, Any]]) -> str:
+    """The worker's goal, judged by the medians over the rounds: the shipped configuration
+    drains at least as fast as Celery's defaults with a start p99 no worse. The rounds'
+    spread shows how much of a gap is noise."""
+    by_round: dict[str, dict[int, dict[str, Any]]] = {"shipped": {}, "defaults": {}}
+    for r in runs:
+        if r["variant"] in by_round and "error" not in r:
+            by_round[r["variant"]][r["round"]] = r
+    rounds = sorted(by_round["shipped"].keys() & by_round["defaults"].keys())
+    if not rounds:
+        return ""
+    pairs = [(by_round["shipped"][n], by_round["defaults"][n]) for n in rounds]
+    ratios = [s["drain"]["tasks_per_s"] / d["drain"]["tasks_per_s"] for s, d in pairs]
+    p99s = [(s["latency"]["start_ms"]["p99"], d["latency"]["start_ms"]["p99"]) for s, d in pairs]
+    ratio = median(ratios)
+    shipped_p99, defaults_p99 = median(p for p, _ in p99s), median(p for _, p in p99s)
+    faster = sum(r >= 1 for r in ratios)
+    lower = sum(s <= d for s, d in p99s)
+    if ratio >= 1 and shipped_p99 <= defaults_p99:
+        verdict = "**met**"
+    elif faster and lower:
+        verdict = "**not met** by the medians, within the rounds' spread"
+    else:
+        verdict = "**not met**"
+    return (
+        f"Goal: the shipped configuration drains at least as fast as Celery's defaults, with "
+        f"a start p99 no worse. Drain {ratio:.2f} of the defaults' (rounds {min(ratios):.2f}-"
+        f"{max(ratios):.2f}, at or above in {faster} of {len(rounds)}); median p99 "
+        f"{shipped_p99:.2f} against {defaults_p99:.2f} ms (no worse in {lower} of "
+        f"{len(rounds)} rounds; the defaults' own p99 ranged "
+        f"{min(d for _, d in p99s):.2f}-{max(d for _, d in p99s):.2f} ms): {verdict}."
+    )
+
+
 def floor_lines(floor: dict[str, Any]) -> str:
     if "error" in floor:
         return f"redis-benchmark: {floor['error']}"
@@ -211,7 +245,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"over that of Celery's defaults in the same round. Other load: the largest CPU share "
         f"other processes used meanwhile."
         f"{best_of}\n\n"
-        f"{table(summary)}\n\n{floor_lines(doc['redis_benchmark'])}\n{warning}"
+        + (f"{goal}\n\n" if (goal := goal_line(doc["runs"])) else "")
+        + f"{table(summary)}\n\n{floor_lines(doc['redis_benchmark'])}\n{warning}"
     )
 
 
