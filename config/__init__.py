@@ -2,7 +2,8 @@
 
 The catalog declares the queues and worker groups once; an environment file sets what is
 specific to it (sizes, network, Redis) and may override any catalog value, for example a
-worker group's `max_tasks`. The merged result is validated by `EnvironmentConfig`, and any
+worker group's `max_tasks` (a setting that stands in for others replaces them: REPLACES). The
+merged result is validated by `EnvironmentConfig`, and any
 problem is raised as a `ConfigError` with one line per problem naming the environment, the
 field and what is allowed.
 """
@@ -70,12 +71,17 @@ def load_environment(
     if name == Path(CATALOG_FILE).stem or not env_file.is_file():
         known = ", ".join(available_environments(config_dir)) or "none"
         raise ConfigError(f"unknown environment {name!r}; known environments: {known}")
+    if not (config_dir / CATALOG_FILE).is_file():
+        raise ConfigError(
+            f"{name}: {config_dir / CATALOG_FILE} is missing: it declares the app, its queues "
+            "and worker groups, which every environment file overlays"
+        )
     catalog = _read_toml(name, config_dir / CATALOG_FILE)
     overrides = _read_toml(name, env_file)
     _check_overrides(name, env_file.name, catalog, overrides)
-    merged = _deep_merge(catalog, overrides)
+    merged = _merge(catalog, overrides)
     if image_digest:
-        merged = _deep_merge(merged, {"app": {"image": {"digest": image_digest}}})
+        merged = _merge(merged, {"app": {"image": {"digest": image_digest}}})
     return parse_environment(name, merged, config_dir)
 
 
@@ -123,8 +129,6 @@ def _resolve_paths(data: dict[str, Any], config_dir: Path) -> dict[str, Any]:
 
 
 def _read_toml(env: str, path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
@@ -132,15 +136,63 @@ def _read_toml(env: str, path: Path) -> dict[str, Any]:
         raise ConfigError(f"{env}: {path.name}: not valid TOML: {exc}") from None
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Tables merge key by key; any other value (including a list) replaces the base."""
-    merged = dict(base)
-    for key, value in over.items():
+# Settings that stand in for others (TOML cannot unset a key): where an environment file
+# changes one of the first, the catalog's settings of the second at the same place are
+# dropped. So one environment can build its image while another promotes a prebuilt one, a
+# schedule can run on a cron line in one and every few seconds in another, and a group whose
+# pool an environment changes takes its limits and recycling from that file or the new
+# pool's defaults, not those the catalog chose for the other pool.
+POOL_SETTINGS = frozenset(
+    {
+        "soft_time_limit_s",
+        "time_limit_s",
+        "longest_task_s",
+        "max_tasks_per_child",
+        "max_memory_per_child_mib",
+    }
+)
+# What an unset trigger of REPLACES means: setting it to this is no change.
+IMPLIED = {"pool": WorkerGroupConfig.model_fields["pool"].default}
+REPLACES: dict[tuple[str, ...], tuple[tuple[frozenset[str], frozenset[str]], ...]] = {
+    ("app", "image"): (
+        (frozenset({"build_dir"}), frozenset({"repository", "digest"})),
+        (frozenset({"repository", "digest"}), frozenset({"build_dir", "build_args"})),
+    ),
+    ("schedules", "*"): (
+        (frozenset({"every_s"}), frozenset({"cron"})),
+        (frozenset({"cron"}), frozenset({"every_s"})),
+    ),
+    ("worker_groups", "*"): ((frozenset({"pool"}), POOL_SETTINGS),),
+}
+
+
+def _merge(
+    catalog: dict[str, Any], overrides: dict[str, Any], path: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Tables merge key by key and any other value (including a list) replaces the catalog's,
+    except that a changed setting drops the catalog's settings it replaces (REPLACES)."""
+    changed = {k for k, v in overrides.items() if catalog.get(k, IMPLIED.get(k)) != v}
+    replaced = {
+        key
+        for pattern, rules in REPLACES.items()
+        if _matches(pattern, path)
+        for keys, gone in rules
+        if keys & changed
+        for key in gone
+    }
+    merged = {k: v for k, v in catalog.items() if k not in replaced}
+    for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = _merge(merged[key], value, (*path, key))
         else:
             merged[key] = value
     return merged
+
+
+def _matches(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
+    return len(pattern) == len(path) and all(
+        p in ("*", k) for p, k in zip(pattern, path, strict=True)
+    )
 
 
 def _describe(env: str, err: Any) -> str:

@@ -557,10 +557,12 @@ class WorkerGroupConfig(GroupSpec, TaskAccess):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_limits(cls, data: Any) -> Any:
+    def _pool_defaults(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
         pool = data.get("pool", "prefork")
+        if pool == "solo":
+            data = {"concurrency": 1, **data}  # its only possible value
         enforced = POOL_LIMITS.get(pool, ()) if isinstance(pool, str) else ()
         if any(limit in data for limit in DEFAULT_LIMITS):
             return data  # set by hand: checked as written
@@ -595,8 +597,8 @@ class WorkerGroupConfig(GroupSpec, TaskAccess):
 class CeleryConfig(Strict):
     """Celery behaviour with a cost, chosen per catalog (measured in bench/results/)."""
 
-    # Off by default, as in Celery: measured, task events cost 30 % of a worker's throughput
-    # and STARTED 10 % (bench/results/worker_bench.md).
+    # Off by default, as in Celery: each costs a large share of a worker's throughput
+    # (measured in bench/results/worker_bench.md; worker_image/README.md has the figures).
     # Task events: Flower's task pages and `celery events`; a publish per task state change.
     task_events: bool = False
     # The STARTED state: a poller sees that its task left the queue; one result write per task.

@@ -256,13 +256,39 @@ MALFORMED: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         {"worker_groups": {"general": {"pool": "gevent", "soft_time_limit_s": 60}}},
         ("worker_groups.general", "pool 'gevent' does not enforce soft_time_limit_s", "'prefork'"),
     ),
+    "prefork group's longest task, which its default hard limit would cut short": (
+        {
+            "worker_groups": {
+                "batch": {"soft_time_limit_s": None, "time_limit_s": None, "longest_task_s": 7200}
+            }
+        },
+        ("worker_groups.batch", "pool 'prefork' enforces a hard limit", "set time_limit_s"),
+    ),
+    "prefork group with a soft limit only": (
+        {"worker_groups": {"general": {"time_limit_s": None}}},
+        ("worker_groups.general", "pool 'prefork' needs time_limit_s"),
+    ),
+    "solo pool with more than one slot": (
+        {
+            "worker_groups": {
+                "general": {
+                    "pool": "solo",
+                    "concurrency": 4,
+                    "longest_task_s": 60,
+                    "soft_time_limit_s": None,
+                    "time_limit_s": None,
+                }
+            }
+        },
+        ("worker_groups.general", "pool 'solo' runs one task at a time", "concurrency 1, not 4"),
+    ),
     "threads pool without the longest task": (
         {
             "worker_groups": {
                 "general": {"pool": "threads", "soft_time_limit_s": None, "time_limit_s": None}
             }
         },
-        ("worker_groups.general", "pool 'threads' enforces no hard time limit", "longest_task_s"),
+        ("worker_groups.general", "pool 'threads' needs longest_task_s"),
     ),
     "task limit under a pool that cannot enforce it": (
         {
@@ -283,6 +309,7 @@ MALFORMED: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
             "worker_groups": {
                 "general": {
                     "pool": "solo",
+                    "concurrency": 1,
                     "longest_task_s": 60,
                     "max_tasks_per_child": 100,
                     "soft_time_limit_s": None,
@@ -352,6 +379,72 @@ def test_several_problems_give_one_line_each() -> None:
     assert any(line.startswith("dev: network.cidr:") for line in lines)
 
 
+def environment(tmp_path: Path, text: str, image: str = 'build_dir = "."') -> Path:
+    """A config directory: the sample catalog with `image` as its `[app.image]`, and qa.toml
+    holding `text`."""
+    catalog_text = (CONFIG_DIR / "catalog.toml").read_text()
+    assert 'build_dir = ".."' in catalog_text
+    (tmp_path / "catalog.toml").write_text(catalog_text.replace('build_dir = ".."', image))
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "qa.toml").write_text('region = "us-east-1"\n' + text)
+    return tmp_path
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def test_an_environment_promotes_a_prebuilt_image_where_the_catalog_builds_one(
+    tmp_path: Path,
+) -> None:
+    config_dir = environment(tmp_path, '[app.image]\nrepository = "shop-worker"\n')
+    image = load_environment("qa", config_dir, image_digest=DIGEST).app.image
+    assert (image.build_dir, image.repository, image.digest) == (None, "shop-worker", DIGEST)
+
+
+@pytest.mark.parametrize(
+    "prebuilt",
+    ['repository = "shop-worker"', f'repository = "shop-worker"\ndigest = "{DIGEST}"'],
+    ids=["CI's layout: the digest comes at deploy", "digest in the catalog"],
+)
+def test_an_environment_builds_where_the_catalog_names_a_prebuilt_image(
+    tmp_path: Path, prebuilt: str
+) -> None:
+    config_dir = environment(tmp_path, '[app.image]\nbuild_dir = "."\n', image=prebuilt)
+    image = load_environment("qa", config_dir).app.image
+    assert (image.build_dir, image.repository, image.digest) == (str(tmp_path), None, None)
+
+
+def test_an_environment_changes_a_cron_schedule_to_an_interval(tmp_path: Path) -> None:
+    config_dir = environment(tmp_path, "[schedules.nightly-report]\nevery_s = 60\n")
+    schedule = load_environment("qa", config_dir).schedules["nightly-report"]
+    assert (schedule.every_s, schedule.cron, schedule.args) == (60, None, ["nightly", 10])
+
+
+@pytest.mark.parametrize(
+    ("pool", "expected"),
+    [
+        # Another pool: the catalog's limits (soft 240 s, hard 300 s) went with the old one.
+        ('pool = "gevent"\ntime_limit_s = 1800', (None, 1800, None)),
+        ('pool = "threads"\nlongest_task_s = 900', (None, None, 900)),
+        ('pool = "gevent"', (None, 300, None)),  # the pool's default, without a soft limit
+        # The same pool written out changes nothing: the catalog's limits stay.
+        ('pool = "prefork"\ntime_limit_s = 600', (240, 600, None)),
+    ],
+)
+def test_an_environment_that_changes_a_pool_sets_its_limits_anew(
+    tmp_path: Path, pool: str, expected: tuple[int | None, ...]
+) -> None:
+    config_dir = environment(tmp_path, f"[worker_groups.general]\n{pool}\n")
+    general = load_environment("qa", config_dir).worker_groups["general"]
+    assert (general.soft_time_limit_s, general.time_limit_s, general.longest_task_s) == expected
+
+
+def test_a_missing_catalog_is_named(tmp_path: Path) -> None:
+    (tmp_path / "qa.toml").write_text('region = "us-east-1"\n')
+    with pytest.raises(ConfigError, match=r"^qa: .*catalog\.toml is missing: it declares"):
+        load_environment("qa", config_dir=tmp_path)
+
+
 def test_an_environment_file_cannot_invent_a_worker_group(tmp_path: Path) -> None:
     shutil.copy(CONFIG_DIR / "catalog.toml", tmp_path / "catalog.toml")
     (tmp_path / "qa.toml").write_text(
@@ -383,6 +476,12 @@ def test_pools_get_the_limits_they_enforce_by_default() -> None:
     assert groups["batch"].longest_s == 3600
     prefork = load_environment("dev").worker_groups["general"]
     assert (prefork.soft_time_limit_s, prefork.time_limit_s) == (240, 300)
+
+
+def test_a_solo_group_runs_one_slot_per_task_unless_told_otherwise() -> None:
+    solo = {"pool": "solo", "longest_task_s": 60, "soft_time_limit_s": None, "time_limit_s": None}
+    data = merged(worker_groups={"general": {**solo, "concurrency": None}})
+    assert parse_environment("dev", data).worker_groups["general"].concurrency == 1
 
 
 def test_the_runtime_catalog_carries_only_what_the_catalog_sets() -> None:

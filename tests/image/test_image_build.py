@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import tarfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -252,3 +253,51 @@ def test_a_task_completes_inside_the_container(
     RESULTS.write_text(
         json.dumps({**built_image, "worker_ready_s": round(ready_s, 1)}, indent=2) + "\n"
     )
+
+
+# README's "Bring your app" Dockerfile, its dependency lines as written there; the package
+# comes from a wheel in the build context instead of PyPI.
+APP_WITH_DEPENDENCIES = """\
+ARG CELERY_PLATFORM_IMAGE
+FROM ${CELERY_PLATFORM_IMAGE}
+USER root
+COPY requirements.txt /tmp/requirements.txt
+COPY greeting-1.0-py3-none-any.whl /tmp/
+RUN pip install --no-cache-dir -r /tmp/requirements.txt
+USER 10001:10001
+"""
+
+
+def write_wheel(path: Path, package: str, source: str) -> None:
+    """A pure-Python wheel of one module (what pip needs: the module, METADATA, WHEEL and
+    RECORD)."""
+    info = f"{package}-1.0.dist-info"
+    files = {
+        f"{package}/__init__.py": source,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, text in {**files, f"{info}/RECORD": record}.items():
+            wheel.writestr(name, text)
+
+
+def test_an_app_image_installs_its_own_dependencies(built_image: Figures, tmp_path: Path) -> None:
+    write_wheel(tmp_path / "greeting-1.0-py3-none-any.whl", "greeting", 'HELLO = "hello"\n')
+    (tmp_path / "requirements.txt").write_text("/tmp/greeting-1.0-py3-none-any.whl\n")
+    (tmp_path / "Dockerfile").write_text(APP_WITH_DEPENDENCIES)
+    tag = "localhost/celery-app-dependencies:test"
+    build(tag, tmp_path, **{BASE_IMAGE_ARG: PLATFORM_IMAGE})
+    probe = podman(
+        "run",
+        "--rm",
+        *RUN_FLAGS,
+        "--entrypoint",
+        "python",
+        tag,
+        "-c",
+        "import greeting, os; print(greeting.HELLO, os.getuid())",
+    )
+    assert probe.stdout.split() == ["hello", "10001"]

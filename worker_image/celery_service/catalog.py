@@ -102,10 +102,23 @@ class GroupSpec(CatalogModel):
                     f"{' or '.join(repr(p) for p in able)}"
                 )
         _check_soft_below_hard(self.soft_time_limit_s, self.time_limit_s)
-        if self.time_limit_s is None and self.longest_task_s is None:
+        enforces_hard = "time_limit_s" in POOL_LIMITS[self.pool]
+        if enforces_hard and self.longest_task_s is not None:
+            # Ignoring it would let the default hard limit kill the tasks it describes.
             raise ValueError(
-                f"pool {self.pool!r} enforces no hard time limit: set longest_task_s, the "
-                "longest a task of this group runs, which the visibility timeout must cover"
+                f"pool {self.pool!r} enforces a hard limit: set time_limit_s, the longest a "
+                "task of this group may run, instead of longest_task_s"
+            )
+        if self.time_limit_s is None and self.longest_task_s is None:
+            wanted = "time_limit_s" if enforces_hard else "longest_task_s"
+            raise ValueError(
+                f"pool {self.pool!r} needs {wanted}, the longest a task of this group runs, "
+                "which the visibility timeout must cover"
+            )
+        if self.pool == "solo" and self.concurrency != 1:
+            raise ValueError(
+                f"pool 'solo' runs one task at a time: set concurrency 1, not "
+                f"{self.concurrency} (the autoscaler sizes the group by it)"
             )
         if self.pool != "prefork" and (self.max_tasks_per_child or self.max_memory_per_child_mib):
             raise ValueError(
