@@ -26,7 +26,12 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config import CONFIG_DIR, ConfigError, EnvironmentConfig, load_environment
-from stacks.parts.app_image import BASE_IMAGE_LABEL, BASE_IMAGE_TAG, runtime_fingerprint
+from stacks.parts.app_image import (
+    BASE_IMAGE_ARG,
+    BASE_IMAGE_LABEL,
+    BASE_IMAGE_TAG,
+    runtime_fingerprint,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_QUALIFIER = "hnb659fds"
@@ -142,8 +147,13 @@ def check_docker(config: EnvironmentConfig) -> list[Finding]:
         )
     else:
         findings.append(Finding(True, f"build platform: {platform}"))
-    if config.app.image.build_dir is not None:
-        findings += check_base_image(arch)
+    image = config.app.image
+    if image.build_dir is not None:
+        base = image.build_args.get(BASE_IMAGE_ARG)
+        if base is None or base == BASE_IMAGE_TAG:
+            findings += check_base_image(arch)
+        else:  # the team's own copy of the base, pulled by the build from its registry
+            findings.append(Finding(True, f"base image: {base} (app.image.build_args)"))
     return findings
 
 

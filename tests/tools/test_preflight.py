@@ -189,6 +189,20 @@ def test_the_base_image_must_be_built_for_the_platform(
     assert "was built from other worker_image/ files than these" in line
 
 
+def test_a_base_image_from_the_teams_registry_is_not_looked_for_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = "123456789012.dkr.ecr.us-east-1.amazonaws.com/celery-platform-runtime:0.2.0"
+    data = merged()
+    data["app"]["image"]["build_args"] = {"CELERY_PLATFORM_IMAGE": base}
+    config = parse_environment("qa", data)
+    docker = fake_docker(tmp_path, buildx=BUILDX_X86_WITH_QEMU, base_image_arch=None)
+    monkeypatch.setenv("CDK_DOCKER", str(docker))
+    findings = preflight.check_docker(config)
+    assert problems(findings) == []
+    assert f"base image: {base} (app.image.build_args)" in [f.line for f in findings]
+
+
 def test_main_prints_each_problem_on_one_line_and_fails(
     aws: Any,
     tmp_path: Path,
