@@ -161,7 +161,9 @@ class RedisConfig(Strict):
     snapshot_retention_days: int = Field(default=1, ge=0, le=35)
     snapshot_window: str = "03:00-04:00"  # UTC, hh:mm-hh:mm
     maintenance_window: str = "sun:05:00-sun:06:00"  # UTC, ddd:hh:mm-ddd:hh:mm
-    removal_policy: Literal["destroy", "snapshot", "retain"] = "destroy"
+    # What deleting the stack does to the broker and its queued work: the safe choice unless
+    # an environment says its data may be thrown away.
+    removal_policy: Literal["destroy", "snapshot", "retain"] = "snapshot"
     log_retention_days: int = 14
 
     @field_validator("snapshot_window")
@@ -665,10 +667,10 @@ class EnvironmentConfig(Strict):
                 "datadog.enabled needs network.nat_gateways >= 1: the agent sends to "
                 "Datadog over the internet"
             )
-        if self.name == "prod" and self.redis.removal_policy == "destroy":
+        if self.name.startswith("prod") and self.redis.removal_policy == "destroy":
             raise ValueError(
-                "redis.removal_policy 'destroy' would delete prod's queued work with the "
-                "stack; allowed for prod: snapshot, retain"
+                f"redis.removal_policy 'destroy' would delete {self.name}'s queued work with "
+                "the stack; allowed for a prod environment: snapshot, retain"
             )
         return self
 

@@ -230,7 +230,7 @@ MALFORMED: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     ),
     "removal policy that would delete prod data": (
         {"redis": {"removal_policy": "destroy"}},
-        ("redis.removal_policy", "prod", "allowed for prod: snapshot, retain"),
+        ("redis.removal_policy", "prod's queued work", "allowed for a prod environment"),
     ),
     "alarm email that is not an address": (
         {"monitoring": {"alarm_email": "ops team"}},
@@ -340,6 +340,15 @@ MALFORMED: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         ("monitoring.max_tasks_alarm_minutes (10)", "autoscaler.schedule_minutes (15)"),
     ),
 }
+
+
+def test_the_broker_survives_deleting_its_stack_unless_an_environment_says_otherwise() -> None:
+    assert "removal_policy" not in catalog().get("redis", {})
+    assert parse_environment("qa", merged()).redis.removal_policy == "snapshot"
+    destroy = merged(redis={"removal_policy": "destroy"})
+    assert parse_environment("qa", destroy).redis.removal_policy == "destroy"
+    with pytest.raises(ConfigError, match="would delete production's queued work"):
+        parse_environment("production", destroy)
 
 
 def test_monitoring_defaults_are_the_documented_thresholds() -> None:
