@@ -65,7 +65,7 @@ def worker_service_names(config: EnvironmentConfig) -> dict[str, str]:
 
 def team_access(config: EnvironmentConfig, service: CeleryService) -> TaskAccess | None:
     """What the team's code declares for the service (environment, secrets, IAM grants):
-    a worker group's or beat's own; Flower runs no team code."""
+    a worker group's or beat's own; Flower runs no team code (container_environment)."""
     if service.worker_group is not None:
         # A group the catalog lacks has none: its worker refuses to start, with one line.
         return config.worker_groups.get(service.worker_group)
@@ -90,13 +90,16 @@ def container_environment(
     reads it from its .env); broker values may be CDK tokens."""
     access = team_access(config, service)
     env = dict(access.environment) if access is not None else {}
+    # Flower imports none of the team's modules: it reads the broker and task events, and
+    # the app's settings module may need variables or secrets only workers and beat have.
+    runs_team_code = service.command != "flower"
     env |= variables_for(
         broker_host=broker_host,
         broker_port=broker_port,
         broker_tls=broker_tls,
         catalog=config.runtime_catalog_json() if catalog is None else catalog,
-        task_modules=config.app.task_modules,
-        app_config_module=config.app.celery_config_module,
+        task_modules=config.app.task_modules if runs_team_code else [],
+        app_config_module=config.app.celery_config_module if runs_team_code else None,
         shutdown_budget_s=shutdown_budget_s,
         log_level=log_level,
     )

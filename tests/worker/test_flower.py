@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from celery_service.contract import Env
 from stacks.parts.celery_fargate_service import APP_CONTAINER
 from tests.conftest import RedisServer, free_port
 from tests.synth import Synth
@@ -53,9 +54,11 @@ def test_flower_as_deployed_requires_its_password(
         "CELERY_BROKER_AUTH_TOKEN",
         "FLOWER_PASSWORD",
     }
+    # Flower imports none of the team's modules (its container names none).
+    assert not {Env.TASK_MODULES, Env.APP_CONFIG_MODULE} & settings.keys()
     server = redis_server()
     port = free_port()
-    env = base_env(server.port, tmp_path)
+    env = base_env(server.port, tmp_path, task_modules=())
     # The container's own settings, except where this machine differs: loopback only, a
     # local broker without TLS, and the secrets ECS would inject.
     passthrough = {k: v for k, v in settings.items() if k.startswith("FLOWER_")}

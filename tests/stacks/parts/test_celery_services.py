@@ -14,7 +14,7 @@ from aws_cdk.assertions import Match, Template
 
 from celery_service.contract import Env
 from celery_service.settings import ENV_VARS
-from config import load_environment
+from config import load_environment, parse_environment
 from config.model import BeatConfig, RedisConfig, ServicesConfig, WorkerGroupConfig
 from config.services import BEAT, FLOWER, container_environment, services_of, worker
 from stacks.parts.app_image import AppImage
@@ -22,6 +22,7 @@ from stacks.parts.beat import Beat
 from stacks.parts.celery_fargate_service import APP_CONTAINER, CeleryRuntime
 from stacks.parts.redis_broker import RedisBroker
 from stacks.parts.worker_group import WorkerGroup
+from tests.config.test_config import merged
 from tools import run_local
 
 
@@ -148,3 +149,18 @@ def test_stacks_local_and_compose_give_a_service_the_same_platform_variables(env
     )[Env.WORKER_GROUP]  # fmt: skip
     assert Env.WORKER_GROUP not in platform.environment(BEAT, nowhere / "heartbeat")
     assert platform.environment(FLOWER, nowhere / "heartbeat")["FLOWER_ADDRESS"] == "127.0.0.1"
+
+
+def test_flower_imports_none_of_the_teams_modules() -> None:
+    app = {"task_modules": ["samples.tasks"], "celery_config_module": "shop.celeryconfig"}
+    config = parse_environment("dev", merged(app=app))
+    variables = {
+        service.command: container_environment(
+            config, service, broker_host="h", broker_port=1, broker_tls=True, shutdown_budget_s=9
+        )
+        for service in (BEAT, FLOWER)
+    }
+    assert variables["beat"][Env.APP_CONFIG_MODULE] == "shop.celeryconfig"
+    assert variables["beat"][Env.TASK_MODULES] == "samples.tasks"
+    assert Env.APP_CONFIG_MODULE not in variables["flower"]
+    assert Env.TASK_MODULES not in variables["flower"]
