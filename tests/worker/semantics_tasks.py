@@ -179,3 +179,14 @@ def rejected_once(self: Any, label: str, hold_s: float) -> str:
         raise Reject("not ready yet", requeue=True)
     _note(self, label)
     return label
+
+
+@shared_task(bind=True, name="semantics.not_ready")
+def not_ready(self: Any, label: str, runs: int) -> int:
+    """Hands its message back to its queue (its input not ready yet) until its `runs`-th
+    run, which completes."""
+    _note(self, label)
+    done = int(client_for(self.app.platform_settings).hget(RUNS_KEY, label) or 0)
+    if done < runs:
+        raise Reject("input not ready", requeue=True)
+    return done

@@ -62,6 +62,7 @@ CATALOG: dict[str, Any] = {
         "semantics.quiet": {"queue": "work"},
         "semantics.crash": {"queue": "work"},
         "semantics.nap": {"queue": "work"},
+        "semantics.not_ready": {"queue": "work"},
     },
     "schedules": {},
 }
@@ -264,6 +265,30 @@ def test_a_task_that_ends_its_process_stops_in_the_dlq_after_max_deliveries(
     assert json.loads(base64.b64decode(entry["raw"]))["headers"]["id"] == poison.id
     assert client.hlen(contract.DELIVERIES_KEY) == 0, "counts end with their message"
     assert client.hlen("unacked") == 0
+
+
+def test_requeues_that_end_no_process_never_make_a_message_poison(
+    app: Celery, server: RedisServer, tmp_path: Path
+) -> None:
+    """Only a delivery whose task ended its process counts towards max_deliveries: a task's
+    own Reject(requeue=True), and an ETA message its workers hand back at each warm
+    shutdown (a deploy, a scale-in), go back to their queue as often as they need."""
+    client: Any = server.client()
+    catalog = {**runner_with(), "max_deliveries": 2, "visibility_timeout_s": 60}
+    held = t.later.apply_async(("held",), countdown=20)
+    not_ready = t.not_ready.delay("not-ready", 4)  # handed back 3 times, then done
+    for restart in range(3):
+        with running(server.port, tmp_path, "runner", catalog=catalog, task_modules=MODULES):
+            if restart == 0:
+                assert not_ready.get(timeout=30) == 4
+            wait_for(lambda: client.hlen("unacked") == 1, 10, "the ETA message held")
+        assert client.hget(t.RUNS_KEY, "held") is None, "not due yet"
+    with running(server.port, tmp_path, "runner", catalog=catalog, task_modules=MODULES):
+        held.get(timeout=30)
+    assert client.hget(t.RUNS_KEY, "held") == b"1"
+    assert client.hget(t.RUNS_KEY, "not-ready") == b"4"
+    assert client.zcard(contract.dlq_index_key("work")) == 0, "nothing set aside as poison"
+    assert client.hlen(contract.DELIVERIES_KEY) == 0
 
 
 # ---------------------------------------------------------------- 3. recycling

@@ -179,6 +179,10 @@ class PlatformRequest(Request):  # type: ignore[misc]
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc
+        if isinstance(exc, WorkerLostError):
+            qos = getattr(self.message.channel, "qos", None)
+            if isinstance(qos, RecordingQoS):
+                qos.count_as_crash(self.message.delivery_tag)
         if return_ok and self.task.acks_late and not isinstance(exc, _NOT_DEAD_LETTERED):
             # The pool process recorded it, or could not: record it here, where the ack is
             # decided (the entry's id makes a second record of one failure a no-op).
@@ -219,10 +223,7 @@ class PlatformRequest(Request):  # type: ignore[misc]
         return True
 
     def _requeue(self) -> None:
-        qos = getattr(self.message.channel, "qos", None)
-        if isinstance(qos, RecordingQoS):
-            qos.uncount(self.message.delivery_tag)  # a failure, not a process it ended
-        super().reject(requeue=True)
+        super().reject(requeue=True)  # a failure, not a process it ended: not counted
 
     @contextlib.contextmanager
     def _on_task_stack(self) -> Iterator[None]:

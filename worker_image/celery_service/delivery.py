@@ -156,19 +156,29 @@ class RecordingQoS(kombu_redis.QoS):
         virtual.QoS.ack(self, delivery_tag)
 
     def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
-        """kombu's requeue (a rejection, a shutdown, a lost pop) from the `unacked` entry.
-        A failover to a replica that never received this worker's pop leaves no entry:
-        then the message this worker holds is pushed back, which kombu's restore would
-        drop (lost for good when the replica missed its publish too). With the catalog's
-        `wait_for_replicas`, the requeue is on the replicas before it returns."""
+        """kombu's requeue (a rejection, a shutdown, a lost pop, the overdue sweep) from the
+        `unacked` entry. A failover to a replica that never received this worker's pop
+        leaves no entry: then the message this worker holds is pushed back, which kombu's
+        restore would drop (lost for good when the replica missed its publish too). With
+        the catalog's `wait_for_replicas`, the requeue is on the replicas before it returns.
+
+        A message this worker holds and puts back itself (a task's `Reject(requeue=True)`,
+        an ETA or reserved message at shutdown) gives its delivery count back: only a
+        delivery whose task ended its process (`count_as_crash`) or whose worker vanished
+        (the overdue sweep) counts towards `max_deliveries`."""
         if not self._still_holds(tag):
             return
         held = self._delivered.get(tag)
+        uncount = held is not None and tag not in self._crashed
+        self._crashed.discard(tag)
 
         def restore(pipe: Any) -> None:
             entry = pipe.hget(self.unacked_key, tag)
+            counted = pipe.hget(contract.DELIVERIES_KEY, tag) if uncount else None
             pipe.multi()
             self._remove_from_indices(tag, pipe)
+            if counted is not None and int(counted) > 0:
+                pipe.hincrby(contract.DELIVERIES_KEY, tag, -1)
             if entry:
                 payload, exchange, routing_key = loads(bytes_to_str(entry))
             elif held is not None:
@@ -227,14 +237,15 @@ class RecordingQoS(kombu_redis.QoS):
         except OutOfMemoryError as exc:
             log.warning("overdue unacked messages not restored now: %s", exc)
 
-    def uncount(self, delivery_tag: str) -> None:
-        """Take back the delivery count of a message about to be requeued that did not end
-        its process, so that it is not set aside as poison for it."""
-        try:
-            with self.channel.conn_or_acquire() as client:
-                client.hincrby(contract.DELIVERIES_KEY, delivery_tag, -1)
-        except self.channel.connection_errors as exc:
-            log.warning("delivery count of %s kept: %s", delivery_tag, exc)
+    @cached_property
+    def _crashed(self) -> set[str]:
+        return set()
+
+    def count_as_crash(self, delivery_tag: str) -> None:
+        """The next requeue of this message keeps its delivery count: its task ended its
+        process (Celery requeues it on WorkerLostError), which is what `max_deliveries`
+        counts before the message is set aside as poison."""
+        self._crashed.add(delivery_tag)
 
     def append(self, message: Any, delivery_tag: str) -> None:
         recorded: set[str] = getattr(self.channel, "_recorded_tags", set())
