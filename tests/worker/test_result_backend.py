@@ -53,10 +53,21 @@ def test_a_stored_state_is_published_and_expires_as_configured(app: Celery) -> N
     assert backend.expires - 5 <= client.ttl(key) <= backend.expires
 
 
-def test_an_app_with_another_result_serializer_stores_as_celery_does(app: Celery) -> None:
-    """The script reads the stored status as JSON; another serializer takes Celery's path."""
-    app.conf.result_serializer = "pickle"
-    app.conf.result_accept_content = ["json", "pickle"]
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"result_serializer": "pickle", "result_accept_content": ["json", "pickle"]},
+        {"result_compression": "zlib"},
+    ],
+    ids=["pickle", "compressed"],
+)
+def test_an_app_with_another_result_encoding_stores_as_celery_does(
+    app: Celery, settings: dict[str, object]
+) -> None:
+    """The script reads the stored status as plain JSON; another serializer, or compressed
+    results (an app's celeryconfig may set either), take Celery's path, whose SUCCESS is
+    as final."""
+    app.conf.update(settings)
     backend = ResultBackend(app=app, url=app.conf.result_backend)
     task_id = str(uuid4())
     backend.store_result(task_id, {"n": 1}, states.SUCCESS)

@@ -107,7 +107,8 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
-        if self.serializer != "json":  # the script reads the stored status as JSON
+        if self.serializer != "json" or self.compression:
+            # The script reads the stored status as plain JSON; others take Celery's path.
             return super()._store_result(task_id, result, state, traceback, request, **kwargs)
         meta = self._get_result_meta(
             result=result, state=state, traceback=traceback, request=request
