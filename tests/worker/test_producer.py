@@ -112,3 +112,25 @@ def test_a_lambda_producer_reads_the_token_from_the_secret_arn(
             producer.producer_app(env | {Env.BROKER_AUTH_SECRET_ARN: arn + "-gone"})
     client = redis.Redis(host="127.0.0.1", port=server.port, password="t0ken-from-secrets-manager")
     assert sum(int(client.llen(key)) for key in queue_keys("default")) == 1
+
+
+def test_a_lambda_producer_reads_the_catalog_from_its_parameter(
+    redis_server: Callable[..., RedisServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Lambda's variables hold 4 KB in all and a catalog may take 8: it names the SSM
+    parameter `catalog` instead, and the client reads it at start."""
+    use_fake_aws_credentials(monkeypatch)
+    server = redis_server()
+    env = base_env(server.port, tmp_path)
+    catalog = env.pop(Env.CATALOG)
+    with mock_aws():
+        name = "/celery/qa/celery/catalog"
+        boto3.client("ssm").put_parameter(Name=name, Value=catalog, Type="String", Tier="Advanced")
+        producer.producer_app(env | {Env.CATALOG_PARAMETER: name})
+        producer.send("samples.send_welcome_email", 7)
+        with pytest.raises(SettingsError, match=r"^CELERY_CATALOG_PARAMETER: /gone could not be"):
+            producer.producer_app(env | {Env.CATALOG_PARAMETER: "/gone"})
+    keys = queue_keys("default")
+    assert sum(int(server.client().llen(key)) for key in keys) == 1

@@ -235,6 +235,9 @@ class Env:
     BROKER_AUTH_SECRET_ARN: Final = "CELERY_BROKER_AUTH_SECRET_ARN"
     BROKER_DB: Final = "CELERY_BROKER_DB"
     CATALOG: Final = "CELERY_CATALOG"  # the catalog's JSON form (celery_service.catalog)
+    # For a producer whose variables cannot hold the catalog (a Lambda's hold 4 KB in all,
+    # the catalog up to 8 KB): the SSM parameter's name, read at start with the AWS SDK.
+    CATALOG_PARAMETER: Final = "CELERY_CATALOG_PARAMETER"
     WORKER_GROUP: Final = "CELERY_WORKER_GROUP"
     TASK_MODULES: Final = "CELERY_TASK_MODULES"  # comma-separated
     # The app's own Celery settings module (celeryconfig style), applied under the platform's.

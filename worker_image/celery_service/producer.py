@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,29 +48,40 @@ def producer_app(environ: Mapping[str, str] | None = None) -> Celery:
     Raises celery_service.settings.SettingsError (one line per problem) on bad settings.
     Task modules are not imported: a producer publishes by name or through its own
     `shared_task` functions. Without CELERY_BROKER_AUTH_TOKEN, the token is read from the
-    secret named by CELERY_BROKER_AUTH_SECRET_ARN (boto3, as a Lambda has it).
+    secret named by CELERY_BROKER_AUTH_SECRET_ARN, and without CELERY_CATALOG the catalog
+    from the SSM parameter named by CELERY_CATALOG_PARAMETER (boto3, as a Lambda has it).
     """
     global _app
     env = dict(os.environ if environ is None else environ)
     arn = env.get(Env.BROKER_AUTH_SECRET_ARN)
     if arn and not env.get(Env.BROKER_AUTH_TOKEN):
-        env[Env.BROKER_AUTH_TOKEN] = _read_secret(arn)
+        env[Env.BROKER_AUTH_TOKEN] = _read_aws(Env.BROKER_AUTH_SECRET_ARN, arn, _secret)
+    parameter = env.get(Env.CATALOG_PARAMETER)
+    if parameter and not env.get(Env.CATALOG):
+        env[Env.CATALOG] = _read_aws(Env.CATALOG_PARAMETER, parameter, _parameter)
     app = create_app(Settings.from_env(env), main="producer")
     app.set_default()
     _app = app
     return app
 
 
-def _read_secret(arn: str) -> str:
+def _read_aws(variable: str, name: str, read: Callable[[Any, str], Any]) -> str:
     import boto3  # the AWS SDK: in every Lambda runtime, not a dependency of the package
 
     try:
-        value = boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+        return str(read(boto3, name))
     except Exception as exc:
         raise SettingsError(
-            f"{Env.BROKER_AUTH_SECRET_ARN}: {arn} could not be read: {type(exc).__name__}: {exc}"
+            f"{variable}: {name} could not be read: {type(exc).__name__}: {exc}"
         ) from None
-    return str(value)
+
+
+def _secret(boto3: Any, arn: str) -> Any:
+    return boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+
+
+def _parameter(boto3: Any, name: str) -> Any:
+    return boto3.client("ssm").get_parameter(Name=name)["Parameter"]["Value"]
 
 
 def _current() -> Celery:
