@@ -54,6 +54,10 @@ PATTERN_HINTS = {
 }
 
 
+# Tables keyed by names that may contain dots (task names, queue names).
+DOTTED_NAMES = ("tasks", "queues")
+
+
 class ConfigError(Exception):
     """An environment's settings are invalid; the message is meant for the user as is."""
 
@@ -205,6 +209,10 @@ def _describe(env: str, err: Any) -> str:
     if kind == "extra_forbidden":
         allowed = _fields_at(loc[:-1])
         hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        if loc[0] in DOTTED_NAMES and len(loc) >= 3 and isinstance(err.get("input"), dict):
+            # A table where a setting belongs: TOML reads [tasks.shop.send_email] as tables
+            # nested in each other.
+            hint += f'; a name with dots is quoted: [{loc[0]}."{".".join(loc[1:])}"]'
         return f"{prefix}unknown setting{hint}"
     if kind == "missing":
         return f"{prefix}required setting is missing"

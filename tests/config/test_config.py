@@ -448,6 +448,26 @@ def test_an_environment_that_changes_a_pool_sets_its_limits_anew(
     assert (general.soft_time_limit_s, general.time_limit_s, general.longest_task_s) == expected
 
 
+def test_a_dotted_name_left_unquoted_gets_the_quoted_form(tmp_path: Path) -> None:
+    config_dir = environment(
+        tmp_path,
+        '[tasks.samples.build_report]\nqueue = "reports"\n[tasks."samples.nap"]\nqueu = "x"\n',
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_environment("qa", config_dir)
+    lines = str(raised.value).splitlines()
+    assert (
+        "qa: tasks.samples.build_report: unknown setting; allowed: queue, priority, rate_limit, "
+        "max_retries, soft_time_limit_s, time_limit_s; a name with dots is quoted: "
+        '[tasks."samples.build_report"]'
+    ) in lines
+    # A misspelt setting of a quoted name is only that.
+    assert (
+        "qa: tasks.samples.nap.queu: unknown setting; allowed: queue, priority, rate_limit, "
+        "max_retries, soft_time_limit_s, time_limit_s" in lines
+    )
+
+
 def test_a_missing_catalog_is_named(tmp_path: Path) -> None:
     (tmp_path / "qa.toml").write_text('region = "us-east-1"\n')
     with pytest.raises(ConfigError, match=r"^qa: .*catalog\.toml is missing: it declares"):
