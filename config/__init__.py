@@ -2,10 +2,10 @@
 
 The catalog declares the queues and worker groups once; an environment file sets what is
 specific to it (sizes, network, Redis) and may override any catalog value, for example a
-worker group's `max_tasks` (a setting that stands in for others replaces them: REPLACES). The
-merged result is validated by `EnvironmentConfig`, and any
-problem is raised as a `ConfigError` with one line per problem naming the environment, the
-field and what is allowed.
+worker group's `max_tasks` (a setting that stands in for others replaces them: REPLACES).
+The merged result is validated by `EnvironmentConfig`, and any problem is raised as a
+`ConfigError` with one line per problem naming the environment, the field and what is
+allowed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from celery_service.catalog import QUEUE_NAME
+from celery_service.catalog import QUEUE_NAME, TIME_LIMITS
 from config import model
 from config.model import EnvironmentConfig, WorkerGroupConfig
 
@@ -147,13 +147,7 @@ def _read_toml(env: str, path: Path) -> dict[str, Any]:
 # pool an environment changes takes its limits and recycling from that file or the new
 # pool's defaults, not those the catalog chose for the other pool.
 POOL_SETTINGS = frozenset(
-    {
-        "soft_time_limit_s",
-        "time_limit_s",
-        "longest_task_s",
-        "max_tasks_per_child",
-        "max_memory_per_child_mib",
-    }
+    {*TIME_LIMITS, "longest_task_s", "max_tasks_per_child", "max_memory_per_child_mib"}
 )
 # What an unset trigger of REPLACES means: setting it to this is no change.
 IMPLIED = {"pool": WorkerGroupConfig.model_fields["pool"].default}

@@ -153,6 +153,7 @@ class RecordingQoS(kombu_redis.QoS):
 
     def ack(self, delivery_tag: str) -> None:
         self._forget(delivery_tag)
+        self._crashed.discard(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
     def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
