@@ -331,6 +331,14 @@ MALFORMED: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         {"schedules": {"nightly-report": {"task": "samples.build_report", "cron": "0 2 * * fun"}}},
         ("schedules.nightly-report", "day-of-week 'fun'", "sun..sat"),
     ),
+    "cron step after a single number": (
+        {"schedules": {"nightly-report": {"task": "samples.build_report", "cron": "5/10 * * * *"}}},
+        ("schedules.nightly-report", "minute '5/10': a step follows * or a range", "5-59/10"),
+    ),
+    "cron day that no month of the line has": (
+        {"schedules": {"nightly-report": {"task": "samples.build_report", "cron": "0 0 30 feb *"}}},
+        ("schedules.nightly-report", "day-of-month '30' never occurs in month 'feb'"),
+    ),
     "rate limit written wrong": (
         {"tasks": {"samples.send_welcome_email": {"queue": "default", "rate_limit": "50 per s"}}},
         ("tasks.samples.send_welcome_email.rate_limit", "10/s", "100/m", "'50 per s'"),

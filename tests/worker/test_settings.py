@@ -11,8 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.schedules import crontab
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from celery_service.catalog import Catalog
+from celery_service.catalog import CRON_FIELDS, Catalog, check_cron
 from celery_service.contract import PRIORITY_SEPARATOR, PRIORITY_STEPS
 from celery_service.factory import (
     celery_config,
@@ -328,3 +332,34 @@ def test_variables_for_is_what_from_env_reads_back() -> None:
         assert read == value, field
     with pytest.raises(KeyError):
         variables_for(broker_hots="typo")
+
+
+def _cron_field(name: str, low: int, high: int, names: tuple[str, ...]) -> Any:
+    """Cron field text of every form, valid or not: numbers in and just out of range,
+    names, ranges (wrapping too), steps after *, ranges, numbers and names, lists."""
+    value = st.integers(low - 1, high + 1).map(str)
+    if names:
+        value = st.one_of(value, st.sampled_from(names))
+    step = st.integers(0, high + 2).map(str)
+    part = st.one_of(
+        st.just("*"),
+        step.map(lambda s: f"*/{s}"),
+        value,
+        st.tuples(value, value).map("-".join),
+        st.tuples(value, value, step).map(lambda p: f"{p[0]}-{p[1]}/{p[2]}"),
+        st.tuples(value, step).map("/".join),
+    )
+    return st.lists(part, min_size=1, max_size=3).map(",".join)
+
+
+@hypothesis_settings(max_examples=1000, deadline=None)
+@given(st.tuples(*(_cron_field(*spec) for spec in CRON_FIELDS)).map(" ".join))
+def test_every_cron_line_the_catalog_accepts_celery_accepts_too(line: str) -> None:
+    """The catalog checks cron lines without Celery (the CDK app has none); a line it lets
+    through that Celery refuses would stop beat and every worker at start."""
+    try:
+        check_cron(line)
+    except ValueError:
+        return
+    minute, hour, day_of_month, month, day_of_week = line.split()
+    crontab(minute, hour, day_of_week, day_of_month, month)

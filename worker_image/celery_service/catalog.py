@@ -186,27 +186,70 @@ class ScheduleSpec(CatalogModel):
         return crontab(minute, hour, day_of_week, day_of_month, month)
 
 
+# The most days each month has (February: in a leap year).
+DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
 def check_cron(line: str) -> None:
-    """Each field as Celery's crontab parses it: `*`, numbers, names, ranges, steps, lists;
-    ValueError naming the bad field. Beat would fail on every start with one."""
+    """Each field as Celery's crontab parses it: `*`, numbers, names, ranges, lists, and
+    steps after `*` or a range; a day of the month that some month of the line has.
+    ValueError naming the bad field: Celery would refuse the line in every process that
+    loads the schedule."""
     fields = line.split()
     if len(fields) != len(CRON_FIELDS):
         names = " ".join(field for field, *_ in CRON_FIELDS)
         raise ValueError(f"cron must have 5 fields ({names}), got {line!r}")
-    for text, (field, low, high, names_) in zip(fields, CRON_FIELDS, strict=True):
-        for part in text.split(","):
-            span, _, step = part.partition("/")
-            if step and not (step.isdigit() and int(step) >= 1):
-                raise ValueError(f"cron {line!r}: {field} step {step!r} must be a number >= 1")
-            if span == "*":
-                continue
-            for bound in span.split("-", 1):
-                value = names_.index(bound.lower()) + low if bound.lower() in names_ else None
-                if value is None and bound.isdigit():
-                    value = int(bound)
-                if value is None or not low <= value <= high:
-                    allowed = f"{low}-{high}" + (f" or {names_[0]}..{names_[-1]}" if names_ else "")
-                    raise ValueError(f"cron {line!r}: {field} {bound!r} is not in {allowed}")
+    values = [
+        _cron_values(line, text, *spec) for text, spec in zip(fields, CRON_FIELDS, strict=True)
+    ]
+    days, months = values[2], values[3]
+    if not any(day <= DAYS_IN_MONTH[month - 1] for day in days for month in months):
+        raise ValueError(
+            f"cron {line!r}: day-of-month {fields[2]!r} never occurs in month {fields[3]!r}"
+        )
+
+
+def _cron_values(
+    line: str, text: str, field: str, low: int, high: int, names: tuple[str, ...]
+) -> set[int]:
+    """The values one cron field names."""
+    values: set[int] = set()
+    for part in text.split(","):
+        span, slash, step_text = part.partition("/")
+        if slash and not (step_text.isdigit() and int(step_text) >= 1):
+            raise ValueError(f"cron {line!r}: {field} step {step_text!r} must be a number >= 1")
+        if slash and span != "*" and "-" not in span:
+            raise ValueError(
+                f"cron {line!r}: {field} {part!r}: a step follows * or a range "
+                f"(*/{step_text} or {span}-{high}/{step_text})"
+            )
+        if span == "*":
+            first, last = low, high
+        else:
+            bounds = [
+                _cron_value(line, bound, field, low, high, names) for bound in span.split("-", 1)
+            ]
+            first, last = bounds[0], bounds[-1]
+        # A range may wrap around (22-2, fri-mon), as Celery reads it.
+        span_values = (
+            list(range(first, last + 1))
+            if first <= last
+            else [*range(first, high + 1), *range(low, last + 1)]
+        )
+        values.update(span_values[:: int(step_text) if slash else 1])
+    return values
+
+
+def _cron_value(
+    line: str, bound: str, field: str, low: int, high: int, names: tuple[str, ...]
+) -> int:
+    value = names.index(bound.lower()) + low if bound.lower() in names else None
+    if value is None and bound.isdigit():
+        value = int(bound)
+    if value is None or not low <= value <= high:
+        allowed = f"{low}-{high}" + (f" or {names[0]}..{names[-1]}" if names else "")
+        raise ValueError(f"cron {line!r}: {field} {bound!r} is not in {allowed}")
+    return value
 
 
 def _check_soft_below_hard(soft: int | None, hard: int | None) -> None:
