@@ -43,3 +43,23 @@ def test_two_beats_never_double_schedule(
     assert expected * 0.6 <= published <= expected * 1.3, (published, expected)
     assert len(ticking) == 1, "only the lock holder ticks"
     assert float(client.get(BEAT_HEARTBEAT_KEY) or 0) > time.time() - 10
+
+
+def test_beat_names_a_schedule_whose_task_no_module_registers(
+    redis_server: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """Beat publishes it on time all the same (a worker of another release may know it), but
+    says at start that every run will go to the DLQ as an unknown task."""
+    server = redis_server()
+    catalog: dict[str, Any] = {
+        **TEST_CATALOG,
+        "schedules": {"typo": {"task": "samples.squre", "every_s": 60}},
+    }
+    beat = start(["beat"], "beat-typo", base_env(server.port, tmp_path, catalog), tmp_path)
+    try:
+        wait_for(lambda: "no task module registers" in beat.output(), 30, "the warning")
+    finally:
+        beat.stop()
+    (line,) = [line for line in beat.output().splitlines() if "no task module registers" in line]
+    assert "schedules name tasks no task module registers" in line
+    assert "typo (samples.squre)" in line

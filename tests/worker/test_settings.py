@@ -223,6 +223,16 @@ def test_check_fails_when_the_catalog_names_a_task_no_module_registers() -> None
     assert run_image("check").returncode == 0  # the test catalog's names all register
 
 
+def test_check_fails_when_a_schedule_names_a_task_no_module_registers() -> None:
+    schedules = {"purge": {"task": "samples.purge_expird_sessions", "every_s": 60}}
+    result = run_image("check", CELERY_CATALOG=json.dumps({**TEST_CATALOG, "schedules": schedules}))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "settings error: CELERY_CATALOG: schedules purge (samples.purge_expird_sessions) name "
+        "no task of the app (CELERY_TASK_MODULES: samples.tasks)"
+    )
+
+
 @pytest.mark.parametrize("name", available_environments())
 def test_every_catalog_task_of_the_shipped_environments_is_registered(name: str) -> None:
     settings = Settings.from_env(

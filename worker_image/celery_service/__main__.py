@@ -76,19 +76,23 @@ def main(argv: list[str]) -> int:
 def check(settings: Settings) -> int:
     """Print the settings (secrets masked); fail if the catalog names a task that no task
     module registers: its routing, priority and limits would never apply."""
-    from celery_service.factory import create_app, unregistered_catalog_entries
+    from celery_service.factory import (
+        create_app,
+        unregistered_catalog_entries,
+        unregistered_schedules,
+    )
 
     print(settings.model_dump_json(indent=2, exclude={"broker_auth_token"}))
     print(f"broker: {settings.redis_url(with_password=False)}")
-    missing = unregistered_catalog_entries(create_app(settings, main="check"))
-    if missing:
-        print(
-            f"settings error: CELERY_CATALOG: tasks {', '.join(missing)} match no task of "
-            f"the app ({settings.modules()})",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    app = create_app(settings, main="check")
+    problems = []
+    if missing := unregistered_catalog_entries(app):
+        problems.append(f"tasks {', '.join(missing)} match no task of the app")
+    if unscheduled := unregistered_schedules(app):
+        problems.append(f"schedules {', '.join(unscheduled)} name no task of the app")
+    for problem in problems:
+        print(f"settings error: CELERY_CATALOG: {problem} ({settings.modules()})", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def worker_args(settings: Settings) -> list[str]:

@@ -107,6 +107,17 @@ def unregistered_catalog_entries(app: Celery) -> list[str]:
     ]
 
 
+def unregistered_schedules(app: Celery) -> list[str]:
+    """Schedules ("name (task)") whose task the app does not register: beat publishes it
+    on time, and every run goes to the DLQ as an unknown task."""
+    app.loader.import_default_modules()
+    return [
+        f"{name} ({schedule.task})"
+        for name, schedule in app.platform_settings.catalog.schedules.items()
+        if schedule.task not in app.tasks
+    ]
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     catalog = settings.catalog
     url = settings.redis_url()

@@ -253,6 +253,21 @@ def _warn_unregistered(**_: Any) -> None:
             ", ".join(missing),
             _settings().modules(),
         )
+    _warn_unscheduled()
+
+
+@signals.beat_init.connect
+def _warn_unscheduled(**_: Any) -> None:
+    from celery_service.factory import unregistered_schedules
+
+    unscheduled = unregistered_schedules(current_app)
+    if unscheduled:
+        log.warning(
+            "schedules name tasks no task module registers (each run goes to the DLQ as an "
+            "unknown task): %s; %s",
+            ", ".join(unscheduled),
+            _settings().modules(),
+        )
 
 
 @signals.worker_ready.connect
