@@ -22,6 +22,7 @@ from celery_service.factory import (
     celery_config,
     create_app,
     unregistered_catalog_entries,
+    unregistered_schedules,
 )
 from celery_service.settings import Settings, SettingsError, variables_for
 from config import available_environments, load_environment
@@ -234,11 +235,15 @@ def test_check_fails_when_a_schedule_names_a_task_no_module_registers() -> None:
 
 
 @pytest.mark.parametrize("name", available_environments())
-def test_every_catalog_task_of_the_shipped_environments_is_registered(name: str) -> None:
+def test_every_catalog_task_and_schedule_of_the_shipped_environments_is_registered(
+    name: str,
+) -> None:
     settings = Settings.from_env(
         env(CELERY_CATALOG=json.dumps(load_environment(name).runtime_catalog()))
     )
-    assert unregistered_catalog_entries(create_app(settings, main="check")) == []
+    app = create_app(settings, main="check")
+    assert unregistered_catalog_entries(app) == []
+    assert unregistered_schedules(app) == []
 
 
 def test_the_catalog_overrides_only_what_it_sets_and_patterns_apply_it_all() -> None:
