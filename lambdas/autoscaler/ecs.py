@@ -13,15 +13,28 @@ class ServiceCounts:
     desired: int
 
 
+class DescribeFailed(str):
+    """The reason `describe` gives for a service it could not read (its batch throttled or
+    timed out): unknown this run, which is not missing."""
+
+    __slots__ = ()
+
+
 class EcsApi(Protocol):
     def describe(self, services: list[str]) -> tuple[dict[str, ServiceCounts], dict[str, str]]:
-        """Counts of the services found, and a reason for each one not found."""
+        """Counts of the services found, and a reason for each one not found (a
+        DescribeFailed for those that could not be read)."""
 
     def set_desired(self, service: str, count: int) -> None: ...
 
 
+# Attempts per ECS call (botocore's standard mode default): a call given up on is made again
+# by the next run, and more attempts would spend the run's time on one throttled service.
+MAX_ATTEMPTS = 3
+
+
 class BotoEcs:
-    """ECS through boto3: bounded retries with backoff for throttling."""
+    """ECS through boto3: bounded retries with backoff for throttling (MAX_ATTEMPTS)."""
 
     def __init__(self, cluster: str) -> None:
         import boto3
@@ -31,7 +44,9 @@ class BotoEcs:
         self.client = boto3.client(
             "ecs",
             config=Config(
-                retries={"mode": "standard", "max_attempts": 5}, connect_timeout=3, read_timeout=10
+                retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+                connect_timeout=3,
+                read_timeout=10,
             ),
         )
 
@@ -39,9 +54,12 @@ class BotoEcs:
         found: dict[str, ServiceCounts] = {}
         missing: dict[str, str] = {}
         for start in range(0, len(services), 10):  # DescribeServices takes 10 at a time
-            reply = self.client.describe_services(
-                cluster=self.cluster, services=services[start : start + 10]
-            )
+            batch = services[start : start + 10]
+            try:
+                reply = self.client.describe_services(cluster=self.cluster, services=batch)
+            except Exception as exc:  # throttled, timed out: this batch only is unknown
+                missing |= dict.fromkeys(batch, DescribeFailed(f"describe failed: {exc}"))
+                continue
             for service in reply.get("services", []):
                 if service.get("status") != "ACTIVE":
                     missing[service["serviceName"]] = f"status {service.get('status')}"

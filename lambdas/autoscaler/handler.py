@@ -25,7 +25,7 @@ from celery_service import contract
 from celery_service.contract import autoscaler_state_key
 
 from . import telemetry
-from .ecs import BotoEcs, EcsApi, ReadOnlyEcs
+from .ecs import BotoEcs, DescribeFailed, EcsApi, ReadOnlyEcs
 from .observe import estimated_wait_s, observation_of, read_all
 from .policy import Decision, Observation, PolicyConfig, decide
 from .redis_access import auth_token, redis_client_for
@@ -44,10 +44,30 @@ class GroupResult:
     error: str | None = None
 
 
+# Of a run's AUTOSCALER_RUN_WORK_S (45 s, the Lambda's time for one decision's work), how
+# long ECS updates may still be sent: the rest saves the state and flushes the metrics.
+# Updates not sent by then (a throttled ECS API) are held until the next run.
+UPDATE_BUDGET_S = 30.0
+
+
+@dataclass
+class _Decided:
+    """One group's decision before it is applied: what its metrics and log line need."""
+
+    result: GroupResult
+    observation: Observation
+    wait_s: float | None
+
+
 def run_once(
-    settings: Settings, redis_client: Any, ecs: EcsApi, now: float | None = None
+    settings: Settings,
+    redis_client: Any,
+    ecs: EcsApi,
+    now: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[GroupResult]:
     """Observe, decide and act once for every worker group."""
+    started = clock()
     now = time.time() if now is None else now
     queues = sorted(
         {q for t in settings.targets.values() for q in t.queues} | set(settings.dlq_queues)
@@ -63,23 +83,31 @@ def run_once(
         age = max(0.0, now - reading.beat_heartbeat)
         telemetry.metric(settings, contract.BEAT_HEARTBEAT_AGE_S, age, MetricUnit.Seconds)
     names = [settings.targets[g].service for g in groups]
-    described = True
     try:
         found, missing = ecs.describe(names)
     except Exception as exc:
-        logger.error("ecs describe failed: no change this run", extra={"error": str(exc)})
+        found, missing = {}, dict.fromkeys(names, DescribeFailed(f"describe failed: {exc}"))
+    unread = sorted(n for n, reason in missing.items() if isinstance(reason, DescribeFailed))
+    if unread:  # one error for the describe, not one per group it left unknown
+        logger.error(
+            "ecs describe failed: these services hold this run",
+            extra={"services": unread, "error": missing[unread[0]]},
+        )
         telemetry.error(settings, "ecs_describe")
-        found, missing = {}, {n: f"describe failed: {exc}" for n in names}
-        described = False
 
     results = []
+    decided: list[_Decided] = []
     new_states: dict[str, str] = {}
     for group in groups:
         target = settings.targets[group]
         counts = found.get(target.service)
         if counts is None:
             reason = missing.get(target.service, "not found")
-            if described:  # a failed describe is one ecs_describe error, not a missing service
+            if not isinstance(reason, DescribeFailed):
+                logger.error(
+                    "service missing: hold",
+                    extra={"worker_group": group, "service": target.service, "reason": reason},
+                )
                 telemetry.error(settings, "service_missing", group)
             results.append(GroupResult(group, target.service, None, None, reason, False, reason))
             continue
@@ -105,13 +133,6 @@ def run_once(
             decision.reason,
             changed=decision.desired != counts.desired,
         )
-        if result.changed:
-            try:
-                ecs.set_desired(target.service, decision.desired)
-            except Exception as exc:
-                result.error = f"update failed: {exc}"
-                result.changed = False
-                telemetry.error(settings, "ecs_update", group)
         new_states[group] = json.dumps(
             {
                 "policy": decision.state,
@@ -123,19 +144,23 @@ def run_once(
                 },
             }
         )
-        wait = estimated_wait_s(observation, stored, now)
+        decided.append(_Decided(result, observation, estimated_wait_s(observation, stored, now)))
+        results.append(result)
+    _apply(settings, ecs, [d.result for d in decided if d.result.changed], started, clock)
+    for entry in decided:
+        result = entry.result
         telemetry.group_metrics(
             settings,
-            group,
-            observation,
+            result.group,
+            entry.observation,
             desired=result.desired,
             changed=result.changed,
-            estimated_wait_s=wait,
+            estimated_wait_s=entry.wait_s,
         )
         logger.info(
             "decision",
             extra={
-                "worker_group": group,
+                "worker_group": result.group,
                 "service": result.service,
                 "before": result.before,
                 "desired": result.desired,
@@ -143,7 +168,6 @@ def run_once(
                 "reason": result.reason,
             },
         )
-        results.append(result)
     if new_states:
         try:
             pipe = redis_client.pipeline(transaction=False)
@@ -154,6 +178,33 @@ def run_once(
             logger.error("policy state not saved", extra={"error": str(exc)})
             telemetry.error(settings, "redis_write")
     return results
+
+
+def _apply(
+    settings: Settings,
+    ecs: EcsApi,
+    changes: list[GroupResult],
+    started: float,
+    clock: Callable[[], float],
+) -> None:
+    """Send the desired counts, scale-outs first (largest first: where work waits), while the
+    run has time; a change not sent is held, reported, and decided again next run."""
+    for result in sorted(changes, key=lambda r: (r.before or 0) - (r.desired or 0)):
+        if clock() - started > UPDATE_BUDGET_S:
+            result.error = f"update not sent: the run's {UPDATE_BUDGET_S:g} s for updates are spent"
+        else:
+            try:
+                assert result.desired is not None  # a decided group's
+                ecs.set_desired(result.service, result.desired)
+                continue
+            except Exception as exc:
+                result.error = f"update failed: {exc}"
+        result.changed = False
+        logger.error(
+            "ecs update not applied: hold",
+            extra={"worker_group": result.group, "desired": result.desired, "error": result.error},
+        )
+        telemetry.error(settings, "ecs_update", result.group)
 
 
 def run_exclusive(

@@ -6,19 +6,20 @@ import base64
 import json
 import tracemalloc
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import redis
+from botocore.retries import standard
 from moto import mock_aws
 
 from bench import autoscaler_run
 from celery_service.contract import PRIORITY_SEPARATOR as SEP
-from celery_service.contract import UNACKED_KEY, completed_key, dlq_index_key
+from celery_service.contract import UNACKED_KEY, autoscaler_state_key, completed_key, dlq_index_key
 from lambdas.autoscaler import handler as scaler
 from lambdas.autoscaler.ecs import BotoEcs, ServiceCounts
-from lambdas.autoscaler.handler import run_once
+from lambdas.autoscaler.handler import GroupResult, run_once
 from lambdas.autoscaler.observe import read_all
 from lambdas.autoscaler.settings import Settings
 from tests.conftest import (
@@ -28,6 +29,7 @@ from tests.conftest import (
     free_port,
     use_fake_aws_credentials,
 )
+from tests.lambdas.ecs_faults import error_kinds, throttle
 from tools.autoscale_once import DryRunEcs
 
 CONFIG: dict[str, Any] = {
@@ -179,6 +181,96 @@ def test_a_throttled_update_is_reported_and_holds(seeded: RedisServer) -> None:
     assert results["batch"].error is not None
     assert "Throttling" in results["batch"].error
     assert results["batch"].changed is False
+
+
+@dataclass
+class SlowEcs:
+    """ECS whose every update takes `update_s` of the run's clock (a throttled API's retries)."""
+
+    counts: dict[str, int]
+    clock: list[float]
+    update_s: float
+    updates: list[tuple[str, int]] = field(default_factory=list)
+
+    def describe(self, services: list[str]) -> tuple[dict[str, ServiceCounts], dict[str, str]]:
+        return {s: ServiceCounts(c, 0, c) for s, c in self.counts.items()}, {}
+
+    def set_desired(self, service: str, count: int) -> None:
+        self.clock[0] += self.update_s
+        self.updates.append((service, count))
+
+
+def test_updates_stop_when_the_runs_time_is_spent_biggest_scale_out_first(
+    redis_server: Callable[..., RedisServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each update takes 16 s (retries of a throttled API): two start within the run's 30 s
+    for updates, the biggest scale-outs; the last holds, is reported and is decided again
+    next run, and the state is saved for every group all the same."""
+    server = redis_server()
+    client = server.client()
+    targets = {
+        name: {**CONFIG["targets"]["general"], "service": f"svc-{name}", "queues": [name]}
+        for name in "abc"
+    }
+    for name, waiting in (("a", 30), ("b", 300), ("c", 100)):
+        client.lpush(name, *["m"] * waiting)
+    clock = [0.0]
+    ecs = SlowEcs({f"svc-{n}": 1 for n in "abc"}, clock, update_s=16.0)
+    settings = settings_for(server.port, targets=targets, dlq_queues=[])
+    results = {
+        r.group: r for r in run_once(settings, client, ecs, now=1000.0, clock=lambda: clock[0])
+    }
+    assert [service for service, _ in ecs.updates] == ["svc-b", "svc-c"]
+    assert results["b"].changed
+    assert results["c"].changed
+    assert not results["a"].changed
+    assert "the run's 30 s for updates are spent" in (results["a"].error or "")
+    assert error_kinds(capsys.readouterr().out) == [("ecs_update", "a")]
+    assert all(client.exists(autoscaler_state_key(g)) for g in "abc")
+
+
+def test_scale_ins_are_sent_after_every_scale_out() -> None:
+    clock = [0.0]
+    ecs = SlowEcs({}, clock, update_s=1.0)
+    changes = [
+        GroupResult("in", "svc-in", 8, 2, "", changed=True),
+        GroupResult("small", "svc-small", 1, 2, "", changed=True),
+        GroupResult("big", "svc-big", 1, 9, "", changed=True),
+    ]
+    settings = settings_for(6379)
+    scaler._apply(settings, ecs, changes, started=0.0, clock=lambda: clock[0])
+    assert ecs.updates == [("svc-big", 9), ("svc-small", 2), ("svc-in", 2)]
+
+
+def test_a_throttled_describe_batch_holds_only_its_services(
+    redis_server: Callable[..., RedisServer],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """DescribeServices takes ten services a call: one call throttled past its retries leaves
+    its ten unknown this run (one ecs_describe error, not a missing service each); the
+    others are decided."""
+    use_fake_aws_credentials(monkeypatch)
+    monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", lambda *_: 0.0)
+    server = redis_server()
+    names = [f"g{i:02d}" for i in range(12)]
+    targets = {
+        name: {**CONFIG["targets"]["general"], "service": f"svc-{name}", "queues": [name]}
+        for name in names
+    }
+    for name in names:
+        server.client().lpush(name, *["m"] * 50)
+    settings = settings_for(server.port, targets=targets, dlq_queues=[])
+    with mock_aws():
+        ecs_cluster_with("celery-test", {f"svc-{n}": 1 for n in names})
+        boto = BotoEcs("celery-test")
+        throttle(boto, "DescribeServices", None, when=lambda call: "svc-g00" in call["services"])
+        results = {r.group: r for r in run_once(settings, server.client(), boto, now=1000.0)}
+    unknown = {g for g, r in results.items() if r.desired is None}
+    assert unknown == set(names[:10]), "the first call's ten, in sorted order"
+    assert all(results[g].changed for g in names[10:])
+    assert all("describe failed" in (results[g].error or "") for g in unknown)
+    assert error_kinds(capsys.readouterr().out) == [("ecs_describe", None)]
 
 
 @pytest.fixture

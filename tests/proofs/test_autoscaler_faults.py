@@ -19,18 +19,18 @@ from typing import Any
 
 import pytest
 import redis
-from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.retries import standard
 from moto import mock_aws
 
 from celery_service.contract import UNACKED_KEY, completed_key, queue_keys
 from lambdas.autoscaler import handler as scaler
 from lambdas.autoscaler import redis_access
-from lambdas.autoscaler.ecs import BotoEcs, ServiceCounts
+from lambdas.autoscaler.ecs import MAX_ATTEMPTS, BotoEcs, ServiceCounts
 from lambdas.autoscaler.handler import GroupResult, run_once
 from lambdas.autoscaler.redis_access import redis_client_for
 from lambdas.autoscaler.settings import Settings
 from tests.conftest import FakeLambdaContext, ecs_cluster_with, use_fake_aws_credentials
+from tests.lambdas.ecs_faults import error_kinds, throttle
 from tests.proofs.conftest import RestartableRedis
 from tests.proofs.figures import EXHAUSTIVE, FIGURES
 from tools.faultproxy import FaultProxy
@@ -79,36 +79,6 @@ def settings_for(port: int) -> Settings:
 
 
 # ---------------------------------------------------------------- ECS faults (botocore)
-
-
-class _Body:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self.data
-
-
-def throttle(ecs: BotoEcs, operation: str, attempts: int | None) -> list[int]:
-    """Answer `operation` with ThrottlingException for `attempts` HTTP attempts (None: all),
-    below moto, so botocore's own retries see real throttling responses."""
-    fired = [0]
-
-    def answer(request: Any, **_: Any) -> AWSResponse | None:
-        if attempts is not None and fired[0] >= attempts:
-            return None
-        fired[0] += 1
-        # Every before-send handler runs; moto's comes after this one and would still apply
-        # the call. Pointing the request elsewhere keeps a throttled call from taking effect.
-        request.url = "https://throttled.invalid/"
-        body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"})
-        headers = HTTPHeaders()
-        headers["x-amzn-RequestId"] = "proof"
-        return AWSResponse(request.url, 400, headers, _Body(body.encode()))
-
-    hook: Any = answer  # botocore's stubs type handlers as returning None; this one answers
-    ecs.client.meta.events.register_first(f"before-send.ecs.{operation}", hook)
-    return fired
 
 
 @dataclass
@@ -296,25 +266,19 @@ FAULTS = [
         "ECS DescribeServices throttled, then answers",
         "same",
         NONE,
-        _throttle("DescribeServices", 5),
+        _throttle("DescribeServices", MAX_ATTEMPTS - 1),
     ),
     Fault(
         "ECS UpdateService throttled", "hold", kinds("ecs_update"), _throttle("UpdateService", None)
     ),
-    Fault("ECS UpdateService throttled, then answers", "same", NONE, _throttle("UpdateService", 5)),
+    Fault(
+        "ECS UpdateService throttled, then answers",
+        "same",
+        NONE,
+        _throttle("UpdateService", MAX_ATTEMPTS - 1),
+    ),
     Fault("ECS service deleted", "others", kinds("service_missing"), _delete_service),
 ]
-
-
-def error_kinds(out: str) -> list[tuple[str, str | None]]:
-    """(kind, worker_group) of every AutoscalerErrors metric printed as EMF."""
-    found = []
-    for line in out.splitlines():
-        if '"_aws"' in line:
-            record = json.loads(line)
-            if "AutoscalerErrors" in record and "kind" in record:
-                found.append((record["kind"], record.get("worker_group")))
-    return found
 
 
 # ---------------------------------------------------------------- the runs

@@ -26,6 +26,7 @@ from lambdas.autoscaler import handler as scaler
 from lambdas.autoscaler.ecs import ServiceCounts
 from lambdas.autoscaler.handler import run_once
 from tests.conftest import FakeLambdaContext, ecs_cluster_with, use_fake_aws_credentials
+from tests.lambdas.ecs_faults import error_kinds
 from tests.proofs.conftest import RestartableRedis
 from tests.proofs.figures import FIGURES
 from tests.proofs.test_autoscaler_faults import (
@@ -34,7 +35,6 @@ from tests.proofs.test_autoscaler_faults import (
     QUEUES,
     REGION,
     FrozenEcs,
-    error_kinds,
     service_of,
     settings_for,
 )
