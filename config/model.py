@@ -519,7 +519,7 @@ class ImageConfig(Strict):
 
 
 class AppConfig(Strict):
-    """The team's Celery code: the modules every worker, beat and Flower imports, and the
+    """The team's Celery code: the modules every worker and beat imports (Flower none), and the
     image they are in."""
 
     task_modules: list[Annotated[str, StringConstraints(pattern=MODULE_NAME)]] = Field(
