@@ -205,8 +205,12 @@ def _describe(env: str, err: Any) -> str:
         hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
         if loc[0] in DOTTED_NAMES and len(loc) >= 3 and isinstance(err.get("input"), dict):
             # A table where a setting belongs: TOML reads [tasks.shop.send_email] as tables
-            # nested in each other.
-            hint += f'; a name with dots is quoted: [{loc[0]}."{".".join(loc[1:])}"]'
+            # nested in each other, as deep as the name has dots.
+            parts, table = list(loc[1:]), err["input"]
+            while len(table) == 1 and isinstance(nested := next(iter(table.values())), dict):
+                parts.append(next(iter(table)))
+                table = nested
+            hint += f'; a name with dots is quoted: [{loc[0]}."{".".join(parts)}"]'
         return f"{prefix}unknown setting{hint}"
     if kind == "missing":
         return f"{prefix}required setting is missing"

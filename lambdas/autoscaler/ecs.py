@@ -45,8 +45,10 @@ class BotoEcs:
             "ecs",
             config=Config(
                 retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+                # The control plane answers in well under a second: a call that hangs is
+                # given up on soon, within the run's time (handler.UPDATE_BUDGET_S).
                 connect_timeout=3,
-                read_timeout=10,
+                read_timeout=5,
             ),
         )
 

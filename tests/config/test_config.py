@@ -459,7 +459,8 @@ def test_an_environment_that_changes_a_pool_sets_its_limits_anew(
 def test_a_dotted_name_left_unquoted_gets_the_quoted_form(tmp_path: Path) -> None:
     config_dir = environment(
         tmp_path,
-        '[tasks.samples.build_report]\nqueue = "reports"\n[tasks."samples.nap"]\nqueu = "x"\n',
+        '[tasks.samples.build_report]\nqueue = "reports"\n[tasks."samples.nap"]\nqueu = "x"\n'
+        '[tasks.shop.mail.send]\nqueue = "default"\n',
     )
     with pytest.raises(ConfigError) as raised:
         load_environment("qa", config_dir)
@@ -469,6 +470,7 @@ def test_a_dotted_name_left_unquoted_gets_the_quoted_form(tmp_path: Path) -> Non
         "max_retries, soft_time_limit_s, time_limit_s; a name with dots is quoted: "
         '[tasks."samples.build_report"]'
     ) in lines
+    assert any(line.endswith('quoted: [tasks."shop.mail.send"]') for line in lines)
     # A misspelt setting of a quoted name is only that.
     assert (
         "qa: tasks.samples.nap.queu: unknown setting; allowed: queue, priority, rate_limit, "

@@ -90,6 +90,14 @@ def sleep_through_soft(self: Any, seconds: float) -> None:
             continue
 
 
+@shared_task(bind=True, name="semantics.limits.requeued_at_hard_limit", acks_on_timeout=False)
+def requeued_at_hard_limit(self: Any, label: str) -> None:
+    """Runs past its hard limit every time; its message goes back to the queue then (the
+    task's acks_on_timeout=False) instead of to the DLQ."""
+    _note(self, label)
+    sleep_through_soft(60)
+
+
 @shared_task(bind=True, name="semantics.limits.sleep")
 def sleep(self: Any, seconds: float) -> None:
     time.sleep(seconds)

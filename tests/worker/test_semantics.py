@@ -267,6 +267,26 @@ def test_a_task_that_ends_its_process_stops_in_the_dlq_after_max_deliveries(
     assert client.hlen("unacked") == 0
 
 
+def test_a_task_requeued_at_each_hard_limit_stops_in_the_dlq_after_max_deliveries(
+    app: Celery, server: RedisServer, tmp_path: Path
+) -> None:
+    """The hard limit kills the pool process, like a crash: with the task's
+    acks_on_timeout=False each kill requeues it (Celery still reports the failure, so its
+    attempt is recorded once), and the delivery count sets it aside as poison."""
+    client: Any = server.client()
+    catalog = {**runner_with(), "max_deliveries": 2}
+
+    def kinds() -> list[str]:
+        entries = client.hvals(contract.dlq_entries_key("work"))
+        return sorted(json.loads(entry)["kind"] for entry in entries)
+
+    with running(server.port, tmp_path, "runner", catalog=catalog, task_modules=MODULES):
+        t.requeued_at_hard_limit.delay("stuck")
+        wait_for(lambda: "poison" in kinds(), 60, "the poison entry")
+    assert client.hget(t.RUNS_KEY, "stuck") == b"2", "run max_deliveries times"
+    assert kinds() == ["failed", "poison"]
+
+
 def test_requeues_that_end_no_process_never_make_a_message_poison(
     app: Celery, server: RedisServer, tmp_path: Path
 ) -> None:

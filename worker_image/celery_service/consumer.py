@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback
-from billiard.exceptions import Terminated, WorkerLostError
+from billiard.exceptions import Terminated, TimeLimitExceeded, WorkerLostError
 from celery.exceptions import CPendingDeprecationWarning, Ignore, InvalidTaskError, Reject, Retry
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
@@ -179,7 +179,10 @@ class PlatformRequest(Request):  # type: ignore[misc]
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc
-        if isinstance(exc, WorkerLostError):
+        if isinstance(exc, WorkerLostError | TimeLimitExceeded):
+            # Its run ended its pool process (a crash, or the hard limit's kill): a requeue
+            # (reject on worker lost, or a task's acks_on_timeout=False) counts towards
+            # max_deliveries, so a task that always does it is set aside as poison.
             qos = getattr(self.message.channel, "qos", None)
             if isinstance(qos, RecordingQoS):
                 qos.count_as_crash(self.message.delivery_tag)

@@ -171,7 +171,6 @@ class RecordingQoS(kombu_redis.QoS):
             return
         held = self._delivered.get(tag)
         uncount = held is not None and tag not in self._crashed
-        self._crashed.discard(tag)
 
         def restore(pipe: Any) -> None:
             entry = pipe.hget(self.unacked_key, tag)
@@ -194,6 +193,7 @@ class RecordingQoS(kombu_redis.QoS):
         channel = self.channel
         with channel.conn_or_acquire(client) as conn:
             conn.transaction(restore, self.unacked_key)
+            self._crashed.discard(tag)  # kept until requeued: a retry at close still counts
             if channel.wait_for_replicas:
                 write_replicated(conn, channel.wait_for_replicas, channel.replica_wait_ms)
 
@@ -209,6 +209,7 @@ class RecordingQoS(kombu_redis.QoS):
             self.restore_by_tag(delivery_tag, leftmost=True)
         else:
             self._forget(delivery_tag)
+            self._crashed.discard(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
     _forget_script: Any = None  # redis-py's Script: its SHA computed once, not per ack
