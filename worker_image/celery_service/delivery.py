@@ -156,7 +156,9 @@ class RecordingQoS(kombu_redis.QoS):
         self._crashed.discard(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
-    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+    def restore_by_tag(
+        self, tag: str, client: Any = None, leftmost: bool = False, *, popped_only: bool = False
+    ) -> None:
         """kombu's requeue (a rejection, a shutdown, a lost pop, the overdue sweep) from the
         `unacked` entry. A failover to a replica that never received this worker's pop
         leaves no entry: then the message this worker holds is pushed back, which kombu's
@@ -164,13 +166,14 @@ class RecordingQoS(kombu_redis.QoS):
         the catalog's `wait_for_replicas`, the requeue is on the replicas before it returns.
 
         A message this worker holds and puts back itself (a task's `Reject(requeue=True)`,
-        an ETA or reserved message at shutdown) gives its delivery count back: only a
-        delivery whose task ended its process (`count_as_crash`) or whose worker vanished
-        (the overdue sweep) counts towards `max_deliveries`."""
+        an ETA or reserved message at shutdown), or one it popped and never received
+        (`popped_only`: a lost pop), gives its delivery count back: only a delivery whose
+        run ended its process (`count_as_crash`) or whose worker vanished (the overdue
+        sweep) counts towards `max_deliveries`."""
         if not self._still_holds(tag):
             return
         held = self._delivered.get(tag)
-        uncount = held is not None and tag not in self._crashed
+        uncount = popped_only or (held is not None and tag not in self._crashed)
 
         def restore(pipe: Any) -> None:
             entry = pipe.hget(self.unacked_key, tag)
@@ -244,9 +247,10 @@ class RecordingQoS(kombu_redis.QoS):
         return set()
 
     def count_as_crash(self, delivery_tag: str) -> None:
-        """The next requeue of this message keeps its delivery count: its task ended its
-        process (Celery requeues it on WorkerLostError), which is what `max_deliveries`
-        counts before the message is set aside as poison."""
+        """The next requeue of this message keeps its delivery count: its run ended its
+        process (Celery requeues it on WorkerLostError, and on a hard time limit where the
+        task says acks_on_timeout=False), which is what `max_deliveries` counts before the
+        message is set aside as poison."""
         self._crashed.add(delivery_tag)
 
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -432,8 +436,7 @@ class DeliveryChannel(kombu_redis.Channel):
                 return
             log.warning("message %s popped but its reply was lost: back to its queue", tag)
             try:
-                self.qos.restore_by_tag(tag, client=client, leftmost=True)
-                client.hincrby(contract.DELIVERIES_KEY, tag, -1)  # it never reached a worker
+                self.qos.restore_by_tag(tag, client=client, leftmost=True, popped_only=True)
             except self.ResponseError as exc:  # a full server refuses MULTI: the sweep does it
                 log.warning("message %s left to the visibility timeout: %s", tag, exc)
 
